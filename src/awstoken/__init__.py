@@ -1,0 +1,81 @@
+"""awstoken: keep AWS authorization tokens fresh in storage shared by every process.
+
+The module-level functions keep the API of the OpenResty module ``ngx_aws_token``::
+
+    import awstoken
+    awstoken.set_storage(awstoken.FileStorage("/run/awstoken"))
+    awstoken.rotate("ecr", "aws ecr get-login-password", awstoken.basic_auth("AWS"))
+    awstoken.token("ecr")   # "Basic QVdT..." or None while there is none
+
+Objects (:class:`Keeper`, :class:`Rotator`, sources, transforms, storages) offer the same
+without module state.
+"""
+
+from ._api import (
+    create,
+    default_keeper,
+    manage,
+    rotate,
+    set_interval,
+    set_retry,
+    set_storage,
+    set_timeout,
+    token,
+)
+from ._errors import (
+    AwstokenError,
+    CommandError,
+    CommandTimeout,
+    ConfigError,
+    SourceError,
+    StorageError,
+    TokenExpiredError,
+    TokenValueError,
+)
+from ._keeper import Keeper
+from ._rotator import Rotator, Schedule
+from ._sources import Command, Fetched, FunctionSource, Source
+from ._token import Token
+from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
+from .storage import FileStorage, Lease, MemoryStorage, Storage
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AwstokenError",
+    "Command",
+    "CommandError",
+    "CommandTimeout",
+    "ConfigError",
+    "Fetched",
+    "FileStorage",
+    "FunctionSource",
+    "Keeper",
+    "Lease",
+    "MemoryStorage",
+    "Rotator",
+    "Schedule",
+    "Source",
+    "SourceError",
+    "Storage",
+    "StorageError",
+    "Token",
+    "TokenExpiredError",
+    "TokenValueError",
+    "Transform",
+    "__version__",
+    "basic",
+    "basic_auth",
+    "bearer",
+    "create",
+    "default_keeper",
+    "manage",
+    "rotate",
+    "set_interval",
+    "set_retry",
+    "set_storage",
+    "set_timeout",
+    "template",
+    "token",
+    "validate_value",
+]

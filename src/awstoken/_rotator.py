@@ -1,0 +1,345 @@
+"""The Rotator: keeps one token fresh in storage, with one leader across processes.
+
+Scheduling follows botocore's RefreshableCredentials: a token is refreshed at the earlier of
+``refreshed_at + interval`` and the start of its *advisory* window before expiry. A failed
+refresh keeps the previous token and retries after ``retry`` seconds, backing off
+exponentially with jitter up to ``max_retry``; inside the *mandatory* window (close to
+expiry) retries never wait longer than half the time left. Windows shrink for short-lived
+tokens (a third and a sixth of the lifetime at most), so 15-minute tokens still refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ._errors import AwstokenError, TokenExpiredError
+from ._sources import Fetched, Source
+from ._token import Token
+from ._transforms import Transform, validate_value
+from .storage._base import Clock, Lease, Storage, check_name
+
+log = logging.getLogger("awstoken")
+
+DEFAULT_INTERVAL = 6 * 3600.0
+DEFAULT_RETRY = 30.0
+DEFAULT_ADVISORY = 15 * 60.0
+DEFAULT_MANDATORY = 10 * 60.0
+#: How often a follower checks whether the leader is gone (and the leader renews its lease).
+DEFAULT_POLL = 1.0
+#: A forced refresh (after an upstream 401/403) happens at most this often per token.
+DEFAULT_MIN_REFRESH_GAP = 10.0
+
+RotateHook = Callable[[str, Fetched, Token], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Timing options of a rotator; every duration is in seconds."""
+
+    interval: float = DEFAULT_INTERVAL
+    retry: float = DEFAULT_RETRY
+    max_retry: float | None = None  # default: max(retry, 300)
+    advisory: float = DEFAULT_ADVISORY
+    mandatory: float = DEFAULT_MANDATORY
+    jitter: float = 0.2  # each retry waits up to this fraction longer, to spread a fleet out
+    poll: float = DEFAULT_POLL
+    min_refresh_gap: float = DEFAULT_MIN_REFRESH_GAP
+
+    def __post_init__(self) -> None:
+        for field in ("interval", "retry", "poll"):
+            value = getattr(self, field)
+            if not isinstance(value, int | float) or value <= 0:
+                raise AwstokenError(f"{field} must be a positive number of seconds, not {value!r}")
+        if self.max_retry is not None and self.max_retry < self.retry:
+            raise AwstokenError(f"max_retry ({self.max_retry}) must not be below retry "
+                                f"({self.retry})")
+
+    @property
+    def retry_cap(self) -> float:
+        return self.max_retry if self.max_retry is not None else max(self.retry, 300.0)
+
+    def windows(self, record: Token) -> tuple[float, float]:
+        """Advisory and mandatory window lengths for ``record``'s lifetime."""
+        if record.expires_at is None:
+            return 0.0, 0.0
+        life = max(record.expires_at - record.refreshed_at, 0.0)
+        return min(self.advisory, life / 3), min(self.mandatory, life / 6)
+
+    def refresh_due(self, record: Token | None) -> float:
+        """When the token in ``record`` should be refreshed (ignoring failures)."""
+        if record is None or record.value is None:
+            return 0.0
+        due = record.refreshed_at + self.interval
+        if record.expires_at is not None:
+            due = min(due, record.expires_at - self.windows(record)[0])
+        return due
+
+    def retry_delay(self, failures: int, record: Token | None, now: float,
+                    rand: Callable[[], float]) -> float:
+        """How long to wait after the ``failures``-th failure in a row."""
+        delay: float = min(self.retry_cap, self.retry * 2.0 ** max(failures - 1, 0))
+        delay = min(self.retry_cap, delay * (1 + self.jitter * rand()))
+        if record is not None and record.value is not None and record.expires_at is not None:
+            left = record.expires_at - now
+            if 0 < left <= self.windows(record)[1]:
+                # Mandatory window: keep trying while the old token still works.
+                delay = min(delay, max(left / 2, 1.0))
+        return delay
+
+    def due(self, record: Token | None, now: float, rand: Callable[[], float]) -> float:
+        """When the next refresh attempt should run."""
+        due = self.refresh_due(record)
+        if record is not None and record.failures and record.error_at is not None:
+            due = max(due, record.error_at + self.retry_delay(record.failures, record,
+                                                               record.error_at, rand))
+        return due
+
+
+def process_id() -> str:
+    """``host:pid``, as recorded in the leader field."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+_live: weakref.WeakSet[Rotator] = weakref.WeakSet()
+
+
+class Rotator:
+    """Keeps the token ``name`` fresh in ``storage``.
+
+    Every process may run a rotator for the same name; only the holder of the storage's lease
+    runs the source, the others read what it stores and take over when it is gone. Call
+    :meth:`start` for a background daemon thread, or :meth:`step` to drive it yourself.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        source: Source,
+        transform: Transform,
+        storage: Storage,
+        *,
+        schedule: Schedule | None = None,
+        clock: Clock = time.time,
+        rand: Callable[[], float] = random.random,
+        on_rotate: Sequence[RotateHook] = (),
+    ) -> None:
+        self.name = check_name(name)
+        self.source = source
+        self.transform = transform
+        self.storage = storage
+        self.schedule = schedule or Schedule()
+        self.clock = clock
+        self.rand = rand
+        self.on_rotate = list(on_rotate)
+        self.refreshes = 0  # successful refreshes run by this process
+        self.failures = 0  # failed refreshes run by this process
+        self._lease: Lease | None = None
+        self._init_threading()
+        _live.add(self)
+
+    def __repr__(self) -> str:
+        return f"Rotator({self.name!r}, {self.source!r}, storage={self.storage!r})"
+
+    def _init_threading(self) -> None:
+        self._refresh_lock = threading.Lock()  # single flight within the process
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rand_due: tuple[int, float] | None = None
+
+    @property
+    def leader(self) -> bool:
+        """True while this process holds the lease for this token."""
+        return self._lease is not None and self._lease.held()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> Rotator:
+        """Run in a daemon thread: refresh now if due, then on schedule."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"awstoken-rotate-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the thread and give leadership up."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Make the thread look at the schedule now."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.step()
+            except Exception:  # the rotation thread must survive anything
+                log.exception("awstoken: token %r: unexpected error in rotation", self.name)
+                delay = self.schedule.retry
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def step(self) -> float:
+        """Do what is due now (become leader, refresh) and return seconds until next step."""
+        poll = self.schedule.poll
+        if not self.leader:
+            self._lease = self.storage.acquire(self.name)
+            if self._lease is None:
+                return poll  # a follower: the storage's cache brings the leader's tokens
+            log.info("awstoken: token %r: this process (%s) is now the leader", self.name,
+                     process_id())
+        now = self.clock()
+        record = self.storage.read(self.name)
+        due = self._due(record)
+        if now >= due or self._forced(record, now):
+            self._refresh_locked(record)
+            record = self.storage.read(self.name)
+            now = self.clock()
+            due = self._due(record)
+        return max(min(due - now, poll), 0.0)
+
+    def _due(self, record: Token | None) -> float:
+        # Draw the jitter once per failure count, so repeated steps agree on the due time.
+        failures = record.failures if record is not None else 0
+        if self._rand_due is None or self._rand_due[0] != failures:
+            self._rand_due = (failures, self.rand())
+        fixed = self._rand_due[1]
+        return self.schedule.due(record, self.clock(), lambda: fixed)
+
+    def _forced(self, record: Token | None, now: float) -> bool:
+        requested = self.storage.refresh_requested(self.name)
+        if not requested:
+            return False
+        last = 0.0 if record is None else max(record.refreshed_at, record.error_at or 0.0)
+        return requested > last and now - last >= self.schedule.min_refresh_gap
+
+    # -- refreshing ------------------------------------------------------------------------
+
+    def refresh(self) -> Token:
+        """Fetch a new token now and store it; raise on failure (the old token stays).
+
+        Runs in the caller's thread, regardless of leadership: use it for one-off refreshes.
+        """
+        with self._refresh_lock:
+            record = self.storage.read(self.name)
+            return self._refresh(record, raise_errors=True)
+
+    def _refresh_locked(self, record: Token | None) -> None:
+        with self._refresh_lock:
+            self._refresh(record, raise_errors=False)
+
+    def _refresh(self, record: Token | None, *, raise_errors: bool) -> Token:
+        started = self.clock()
+        try:
+            fetched, value = self.fetch()
+        except Exception as exc:
+            self.failures += 1
+            message = _describe(self.name, exc)
+            base = record if record is not None else Token(value=None)
+            failed = base.with_failure(message, self.clock(), process_id())
+            log.warning("awstoken: %s (failure %d in a row; %s)", message, failed.failures,
+                        "keeping the previous token" if base.usable(started) else "no usable token")
+            self._write(failed)
+            if raise_errors:
+                if isinstance(exc, AwstokenError):
+                    raise
+                raise AwstokenError(message) from None
+            return failed
+        now = self.clock()
+        token = Token(value=value, expires_at=fetched.expires_at, refreshed_at=now,
+                      generation=(record.generation if record is not None else 0) + 1,
+                      leader=process_id())
+        self._write(token)
+        self.refreshes += 1
+        left = "" if token.expires_at is None else f", expires in {token.expires_at - now:.0f}s"
+        log.info("awstoken: token %r refreshed (generation %d%s)", self.name, token.generation, left)
+        self._run_hooks(fetched, token)
+        return token
+
+    def fetch(self) -> tuple[Fetched, str]:
+        """Run the source and the transform; return the raw fetch and the validated value."""
+        return fetch_value(self.name, self.source, self.transform, self.clock)
+
+    def _write(self, token: Token) -> None:
+        try:
+            self.storage.write(self.name, token)
+        except AwstokenError as exc:
+            log.error("awstoken: token %r: could not store the record (serving it from memory): "
+                      "%s", self.name, exc)
+
+    def _run_hooks(self, fetched: Fetched, token: Token) -> None:
+        for hook in self.on_rotate:
+            try:
+                hook(self.name, fetched, token)
+            except Exception as exc:
+                log.error("awstoken: token %r: on-rotate hook %s failed: %s", self.name,
+                          getattr(hook, "__name__", hook), _describe(self.name, exc))
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here and its lease belongs to the parent.
+        was_running = self._thread is not None and not self._stop.is_set()
+        self._lease = None
+        self._init_threading()
+        if was_running:
+            self.start()
+
+
+def fetch_value(name: str, source: Source, transform: Transform,
+                clock: Clock = time.time) -> tuple[Fetched, str]:
+    """Run ``source`` and ``transform``; return the raw fetch and the validated header value.
+
+    Raises when the source fails, the raw token or the value is malformed, or the token is
+    already expired. Error messages name the token and never contain its value.
+    """
+    fetched = source.fetch()
+    raw = validate_value(fetched.token.strip() if isinstance(fetched.token, str) else fetched.token,
+                         f"token {name!r} (raw)")
+    try:
+        value = transform(raw)
+    except Exception as exc:
+        raise AwstokenError(f"token {name!r}: the transform raised {type(exc).__name__}") from None
+    value = validate_value(value, f"token {name!r}")
+    now = clock()
+    if fetched.expires_at is not None and fetched.expires_at <= now:
+        raise TokenExpiredError(f"token {name!r}: the source returned a token that expired "
+                                f"{now - fetched.expires_at:.0f}s ago")
+    return Fetched(raw, fetched.expires_at), value
+
+
+def _describe(name: str, exc: BaseException) -> str:
+    """An error message that names the token and never contains a token value."""
+    if isinstance(exc, AwstokenError):
+        text = str(exc)
+        return text if text.startswith(f"token {name!r}") else f"token {name!r}: {text}"
+    # A foreign exception's text may quote its input (the token): keep only its type.
+    return f"token {name!r}: {type(exc).__name__}"
+
+
+def _after_fork() -> None:
+    for rotator in list(_live):
+        rotator._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,169 @@
+"""Token sources: the Source protocol and the Command source (the AWS CLI way)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ._errors import CommandError, CommandTimeout
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What a source yields: the raw token and, where known, its expiry (epoch seconds)."""
+
+    token: str
+    expires_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Fetched(token='***', expires_at={self.expires_at!r})"
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Anything that can fetch a fresh raw token."""
+
+    def fetch(self) -> Fetched:
+        """Fetch a token now; raise :class:`awstoken.SourceError` on failure."""
+        ...
+
+
+class FunctionSource:
+    """A source backed by a plain callable returning the raw token (or a :class:`Fetched`)."""
+
+    def __init__(self, func: Callable[[], str | Fetched]) -> None:
+        self._func = func
+
+    def fetch(self) -> Fetched:
+        result = self._func()
+        return result if isinstance(result, Fetched) else Fetched(result)
+
+    def __repr__(self) -> str:
+        return f"FunctionSource({getattr(self._func, '__name__', self._func)!r})"
+
+
+OutputParser = Callable[[str], Fetched]
+
+
+class Command:
+    """Run a command and use its standard output as the token.
+
+    ``command`` is a shell command line (run by ``/bin/sh -c``, as ngx_aws_token's
+    ``io.popen`` did, so quotes and pipes work) or an argv list (run directly). The output is
+    stripped of surrounding whitespace: the AWS CLI's trailing newline never reaches a header.
+    On timeout the command's whole process group is killed. ``parse`` turns the stripped
+    output into a :class:`Fetched` (the default takes it as the token, with no expiry).
+    """
+
+    def __init__(
+        self,
+        command: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        parse: OutputParser | None = None,
+    ) -> None:
+        if isinstance(command, str):
+            if not command.strip():
+                raise CommandError("the command is empty")
+            self._argv: list[str] | str = command
+        else:
+            argv = [str(a) for a in command]
+            if not argv or not argv[0]:
+                raise CommandError("the command is empty")
+            self._argv = argv
+        if timeout <= 0:
+            raise CommandError(f"command timeout must be positive, not {timeout!r}")
+        self.timeout = float(timeout)
+        self._env = dict(env) if env is not None else None
+        self._parse = parse
+
+    @property
+    def display(self) -> str:
+        """A short rendering of the command for messages."""
+        text = self._argv if isinstance(self._argv, str) else shlex.join(self._argv)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    def __repr__(self) -> str:
+        return f"Command({self.display!r})"
+
+    def fetch(self) -> Fetched:
+        out = self.run()
+        if not out:
+            raise CommandError(f"command {self.display!r} printed nothing", returncode=0)
+        return self._parse(out) if self._parse is not None else Fetched(out)
+
+    def run(self) -> str:
+        """Run the command and return its stripped standard output."""
+        shell = isinstance(self._argv, str)
+        env = None if self._env is None else {**os.environ, **self._env}
+        try:
+            proc = subprocess.Popen(
+                self._argv, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        except OSError as exc:
+            raise CommandError(f"command {self.display!r} could not start: {exc.strerror}") from None
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise CommandTimeout(
+                f"command {self.display!r} ran past its timeout of {self.timeout:g}s and was "
+                "killed") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode != 0:
+            raise CommandError(
+                f"command {self.display!r} exited with status {_status(proc.returncode)}"
+                f"{_first_line(err)}", returncode=proc.returncode)
+        try:
+            return out.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise CommandError(
+                f"command {self.display!r} printed output that is not UTF-8 (byte "
+                f"{exc.start})", returncode=0) from None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    # The shell may have started children (the aws CLI, a pipe): kill them all, then reap.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def _status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
+        except ValueError:
+            return str(returncode)
+    return str(returncode)
+
+
+def _first_line(stderr: bytes) -> str:
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if line:
+            return ": " + (line if len(line) <= 200 else line[:197] + "...")
+    return ""
+
+
+def as_source(source: Source | str | Sequence[str] | Callable[[], str | Fetched], *,
+              timeout: float = DEFAULT_TIMEOUT) -> Source:
+    """Accept a Source, a command (string or argv list) or a callable."""
+    if isinstance(source, str):
+        return Command(source, timeout=timeout)
+    if isinstance(source, Source):
+        return source
+    if callable(source):
+        return FunctionSource(source)
+    return Command(source, timeout=timeout)
