@@ -1,0 +1,88 @@
+"""Typed settings: what a configuration file means, independent of TOML.
+
+``_config.load`` fills these from a file (with errors that name the file and key); the
+server, the CLI and the library build objects from them. Durations are seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+StorageType = Literal["memory", "file", "redis"]
+SourceType = Literal["command", "ecr", "ecr-public", "codeartifact", "eks", "rds"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The ``[storage]`` table."""
+
+    type: StorageType = "file"
+    path: str | None = None  # file: the directory (default: awstoken's default directory)
+    url: str | None = None  # redis: redis:// or rediss:// URL
+    password_env: str | None = None  # redis: name of an environment variable with the password
+    prefix: str = "awstoken:"  # redis: key prefix
+    lease: float = 15.0  # redis: leadership lease
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    """One ``[tokens.NAME]`` table."""
+
+    name: str
+    source: SourceType = "command"
+    # Source-specific keys, validated by the loader: command, token_path, expiry_path (command);
+    # region, profile, role_arn (all native); registry_id (ecr); domain, domain_owner, duration
+    # (codeartifact); cluster (eks); host, port, user (rds).
+    options: Mapping[str, Any] = field(default_factory=dict)
+    format: str = "{token}"
+    basic_user: str | None = None  # excludes format: Basic base64(user + ":" + token)
+    interval: float = 6 * 3600.0
+    retry: float = 30.0
+    timeout: float = 60.0
+    sink: str | None = None  # file written atomically (0600) on each rotation
+    sink_content: Literal["value", "raw"] = "value"
+    on_rotate: tuple[str, ...] | None = None  # argv run after each rotation, token on stdin
+    hook_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The ``[server]`` table."""
+
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    workers: int = 1
+    admin_listen: tuple[str, int] | None = ("127.0.0.1", 9090)  # None: no admin listener
+    htpasswd: str | None = None  # inbound Basic auth (bcrypt htpasswd file)
+    bearer_tokens_env: str | None = None  # env var with comma-separated inbound bearer tokens
+    allow: tuple[str, ...] = ()  # client networks (CIDR); empty: any
+    ca_file: str | None = None  # extra CA bundle for upstream TLS
+    verify_tls: bool = True
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0  # per read from the upstream
+    shutdown_timeout: float = 30.0
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """One ``[[routes]]`` entry."""
+
+    prefix: str
+    upstream: str
+    token: str
+    header: str = "Authorization"
+    strip_prefix: bool = False
+    redirects: Literal["follow", "pass"] = "follow"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A whole configuration file."""
+
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    tokens: Mapping[str, TokenSettings] = field(default_factory=dict)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    routes: tuple[RouteSettings, ...] = ()
+    path: str | None = None  # the file it came from, for messages
