@@ -62,10 +62,13 @@ class Keeper:
 
     def rotator(self, name: str, source: SourceLike, transform: TransformLike = None, *,
                 interval: float | None = None, retry: float | None = None,
-                timeout: float | None = None, on_rotate: Sequence[RotateHook] = ()) -> Rotator:
+                timeout: float | None = None, on_rotate: Sequence[RotateHook] = (),
+                min_refresh_gap: float | None = None) -> Rotator:
         """Build (without starting) a rotator with this keeper's storage and defaults."""
         schedule = Schedule(interval=_seconds(interval or self.interval, "interval"),
-                            retry=_seconds(retry or self.retry, "retry"))
+                            retry=_seconds(retry or self.retry, "retry"),
+                            min_refresh_gap=(Schedule.min_refresh_gap if min_refresh_gap is None
+                                             else float(min_refresh_gap)))
         src = as_source(source, timeout=_seconds(timeout or self.timeout, "timeout"))
         return Rotator(check_name(name), src, as_transform(transform), self.storage,
                        schedule=schedule, on_rotate=on_rotate)
@@ -87,13 +90,15 @@ class Keeper:
 
     def rotate(self, name: str, source: SourceLike, transform: TransformLike = None, *,
                interval: float | None = None, retry: float | None = None,
-               timeout: float | None = None, on_rotate: Sequence[RotateHook] = ()) -> Rotator:
+               timeout: float | None = None, on_rotate: Sequence[RotateHook] = (),
+               min_refresh_gap: float | None = None) -> Rotator:
         """Keep ``name`` fresh in the background (one leader across processes); return at once.
 
         Calling it again for the same name replaces the previous rotator.
         """
         rotator = self.rotator(name, source, transform, interval=interval, retry=retry,
-                               timeout=timeout, on_rotate=on_rotate)
+                               timeout=timeout, on_rotate=on_rotate,
+                               min_refresh_gap=min_refresh_gap)
         with self._lock:
             old = self._rotators.pop(name, None)
             if old is not None:

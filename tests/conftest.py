@@ -1,0 +1,5 @@
+"""Test configuration: fixture modules for each real peer live in tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.aws",
+]
