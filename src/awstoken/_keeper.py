@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ._errors import AwstokenError
-from ._rotator import RotateHook, Rotator, Schedule, fetch_value
+from ._rotator import DEFAULT_MIN_REFRESH_GAP, RotateHook, Rotator, Schedule, fetch_value
 from ._sources import DEFAULT_TIMEOUT, Fetched, Source, as_source
 from ._token import Token
 from ._transforms import Transform, as_transform
@@ -67,7 +67,7 @@ class Keeper:
         """Build (without starting) a rotator with this keeper's storage and defaults."""
         schedule = Schedule(interval=_seconds(interval or self.interval, "interval"),
                             retry=_seconds(retry or self.retry, "retry"),
-                            min_refresh_gap=(Schedule.min_refresh_gap if min_refresh_gap is None
+                            min_refresh_gap=(DEFAULT_MIN_REFRESH_GAP if min_refresh_gap is None
                                              else float(min_refresh_gap)))
         src = as_source(source, timeout=_seconds(timeout or self.timeout, "timeout"))
         return Rotator(check_name(name), src, as_transform(transform), self.storage,
