@@ -4,7 +4,8 @@ Scheduling follows botocore's RefreshableCredentials: a token is refreshed at th
 ``refreshed_at + interval`` and the start of its *advisory* window before expiry. A failed
 refresh keeps the previous token and retries after ``retry`` seconds, backing off
 exponentially with jitter up to ``max_retry``; inside the *mandatory* window (close to
-expiry) retries never wait longer than half the time left. Windows shrink for short-lived
+expiry) retries never wait longer than half the time left, and no backoff reaches past
+the start of that window. Windows shrink for short-lived
 tokens (a third and a sixth of the lifetime at most), so 15-minute tokens still refresh.
 """
 
@@ -89,9 +90,10 @@ class Schedule:
         delay = min(self.retry_cap, delay * (1 + self.jitter * rand()))
         if record is not None and record.value is not None and record.expires_at is not None:
             left = record.expires_at - now
-            if 0 < left <= self.windows(record)[1]:
-                # Mandatory window: keep trying while the old token still works.
-                delay = min(delay, max(left / 2, 1.0))
+            if left > 0:
+                # Never back off past the start of the mandatory window, and inside it wait
+                # at most half the time left: keep trying while the old token still works.
+                delay = min(delay, max(left - self.windows(record)[1], left / 2, 1.0))
         return delay
 
     def due(self, record: Token | None, now: float, rand: Callable[[], float]) -> float:
@@ -264,6 +266,7 @@ class Rotator:
             self._write(failed)
             if raise_errors:
                 if isinstance(exc, AwstokenError):
+                    exc.args = (message,)  # same type and attributes, message names the token
                     raise
                 raise AwstokenError(message) from None
             return failed

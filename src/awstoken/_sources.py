@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shlex
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -14,6 +16,20 @@ from typing import Protocol, runtime_checkable
 from ._errors import CommandError, CommandTimeout
 
 DEFAULT_TIMEOUT = 60.0
+
+# Commands still running when the interpreter exits (rotation threads are daemons) would
+# outlive it in their own sessions: remember them so that exit kills their process groups.
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+
+
+@atexit.register
+def _kill_running() -> None:
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,8 @@ class Command:
                 stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             raise CommandError(f"command {self.display!r} could not start: {exc.strerror}") from None
+        with _running_lock:
+            _running.add(proc)
         try:
             out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -121,6 +139,9 @@ class Command:
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            with _running_lock:
+                _running.discard(proc)
         if proc.returncode != 0:
             raise CommandError(
                 f"command {self.display!r} exited with status {_status(proc.returncode)}"
