@@ -72,7 +72,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     # The shell starts a grandchild that would outlive a plain kill of the shell.
     cmd = awstoken.Command(f"sleep 30 & echo $! > {pidfile}; wait", timeout=0.5)
     started = time.monotonic()
-    with pytest.raises(awstoken.CommandTimeout, match="timeout of 0.5s"):
+    with pytest.raises(awstoken.CommandTimeout, match=r"timeout of 0\.5s"):
         cmd.fetch()
     assert time.monotonic() - started < 10
     grandchild = int(pidfile.read_text())

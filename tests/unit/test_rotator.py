@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
+
 import pytest
 
 import awstoken
@@ -127,7 +129,7 @@ def test_mandatory_window_retries_faster_than_the_backoff() -> None:
     # Advisory at 600 (retry 100 -> 700), then 200 would pass the expiry at 900: inside the
     # mandatory window (150 s) retries wait half the time left instead.
     assert offsets[:3] == [0, 600, 700]
-    assert all(later - earlier < 200 for earlier, later in zip(offsets[2:], offsets[3:], strict=False))
+    assert all(later - earlier < 200 for earlier, later in itertools.pairwise(offsets[2:]))
     assert offsets[-1] >= 890
     record = storage.read("t")
     assert record is not None and record.failures >= 4
