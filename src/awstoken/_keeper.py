@@ -65,11 +65,13 @@ class Keeper:
                 timeout: float | None = None, on_rotate: Sequence[RotateHook] = (),
                 min_refresh_gap: float | None = None) -> Rotator:
         """Build (without starting) a rotator with this keeper's storage and defaults."""
-        schedule = Schedule(interval=_seconds(interval or self.interval, "interval"),
-                            retry=_seconds(retry or self.retry, "retry"),
+        schedule = Schedule(interval=_seconds(self.interval if interval is None else interval,
+                                              "interval"),
+                            retry=_seconds(self.retry if retry is None else retry, "retry"),
                             min_refresh_gap=(DEFAULT_MIN_REFRESH_GAP if min_refresh_gap is None
                                              else float(min_refresh_gap)))
-        src = as_source(source, timeout=_seconds(timeout or self.timeout, "timeout"))
+        src = as_source(source, timeout=_seconds(self.timeout if timeout is None else timeout,
+                                                 "timeout"))
         return Rotator(check_name(name), src, as_transform(transform), self.storage,
                        schedule=schedule, on_rotate=on_rotate)
 

@@ -173,7 +173,8 @@ class FileStorage(BaseStorage):
                 return None
             raise StorageError(f"token {name!r}: cannot lock {path}: {exc.strerror}") from None
         lease = _FileLease(path, fd)
-        self._leases.append(lease)
+        # Remember live leases so a forked child can drop its copies (see _after_fork_in_child).
+        self._leases = [held for held in self._leases if held._fd is not None] + [lease]
         return lease
 
     def request_refresh(self, name: str) -> None:
