@@ -172,10 +172,20 @@ class FileStorage(BaseStorage):
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return None
             raise StorageError(f"token {name!r}: cannot lock {path}: {exc.strerror}") from None
+        self._remove_stale_temporaries(name)
         lease = _FileLease(path, fd)
         # Remember live leases so a forked child can drop its copies (see _after_fork_in_child).
         self._leases = [held for held in self._leases if held._fd is not None] + [lease]
         return lease
+
+    def _remove_stale_temporaries(self, name: str) -> None:
+        # A writer killed between mkstemp and rename leaves a temporary file behind; the new
+        # leader sweeps those that are clearly abandoned.
+        cutoff = time.time() - 60
+        for tmp in self.path.glob(f".{name}.json.*.tmp"):
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
     def request_refresh(self, name: str) -> None:
         path = self.path / f"{check_name(name)}.refresh"
