@@ -27,13 +27,17 @@ from ._errors import (
     CommandError,
     CommandTimeout,
     ConfigError,
+    HookError,
+    HookTimeout,
     SourceError,
     StorageError,
     TokenExpiredError,
+    TokenUnavailableError,
     TokenValueError,
 )
+from ._hooks import CommandHook, FileSink, HookStats
 from ._keeper import Keeper
-from ._rotator import Rotator, Schedule
+from ._rotator import RotateHook, Rotator, Schedule
 from ._sources import Command, Fetched, FunctionSource, Source
 from ._token import Token
 from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
@@ -45,14 +49,20 @@ __all__ = [
     "AwstokenError",
     "Command",
     "CommandError",
+    "CommandHook",
     "CommandTimeout",
     "ConfigError",
     "Fetched",
+    "FileSink",
     "FileStorage",
     "FunctionSource",
+    "HookError",
+    "HookStats",
+    "HookTimeout",
     "Keeper",
     "Lease",
     "MemoryStorage",
+    "RotateHook",
     "Rotator",
     "Schedule",
     "Source",
@@ -61,6 +71,7 @@ __all__ = [
     "StorageError",
     "Token",
     "TokenExpiredError",
+    "TokenUnavailableError",
     "TokenValueError",
     "Transform",
     "__version__",

@@ -6,6 +6,9 @@
     │   └── CommandTimeout     a command ran past its timeout (its process group was killed)
     ├── TokenValueError        a token or header value is empty, too long or has control characters
     ├── TokenExpiredError      a freshly fetched token is already expired
+    ├── TokenUnavailableError  a client needs a token and none is usable (missing or expired)
+    ├── HookError              an on-rotate hook (file sink, command) failed; the token stays
+    │   └── HookTimeout        an on-rotate command ran past its timeout (its group was killed)
     ├── StorageError           storage could not be read or written
     └── ConfigError            a configuration file or option is invalid
 """
@@ -39,6 +42,21 @@ class TokenValueError(AwstokenError, ValueError):
 
 class TokenExpiredError(AwstokenError):
     """A token was already expired when it was fetched."""
+
+
+class TokenUnavailableError(AwstokenError):
+    """No usable token: never fetched, or expired (the message says which, and why)."""
+
+
+class HookError(AwstokenError):
+    """An on-rotate hook failed (a file sink could not be written, a command failed).
+
+    The token itself was stored before any hook ran and stays in use.
+    """
+
+
+class HookTimeout(HookError):
+    """An on-rotate command ran past its timeout; its whole process group was killed."""
 
 
 class StorageError(AwstokenError):

@@ -1,0 +1,259 @@
+"""On-rotate hooks: a file sink and a command, run after each successful rotation.
+
+A hook is any ``RotateHook`` callable ``(name, fetched, token)``. The :class:`Rotator` calls
+its hooks after the new token is stored, only in the process that ran the refresh (the
+leader), and logs a hook's failure without ever losing the token. The two built-in hooks
+also count their runs and failures (:class:`HookStats`) for status output and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from ._errors import HookError, HookTimeout
+from ._sources import Fetched
+from ._token import Token
+
+log = logging.getLogger("awstoken")
+
+Content = Literal["value", "raw"]
+DEFAULT_HOOK_TIMEOUT = 30.0
+_CONTENTS = ("value", "raw")
+
+
+@dataclass(frozen=True, slots=True)
+class HookStats:
+    """What a hook has done in this process; times are Unix epoch seconds."""
+
+    runs: int = 0
+    failures: int = 0  # includes timeouts
+    timeouts: int = 0
+    last_error: str | None = None  # never contains the token
+    last_run_at: float | None = None
+    last_success_at: float | None = None
+    last_failure_at: float | None = None
+    last_duration: float | None = None  # seconds
+
+
+class _CountedHook:
+    """Base of the built-in hooks: runs ``_run`` and keeps :class:`HookStats`."""
+
+    def __init__(self, content: Content) -> None:
+        if content not in _CONTENTS:
+            raise HookError(f"hook content must be 'value' or 'raw', not {content!r}")
+        self.content: Content = content
+        self._stats = HookStats()
+        self._stats_lock = threading.Lock()
+
+    @property
+    def stats(self) -> HookStats:
+        """A snapshot of the counters."""
+        return self._stats
+
+    def __call__(self, name: str, fetched: Fetched, token: Token) -> None:
+        started, clock = time.time(), time.monotonic()
+        try:
+            self._run(name, fetched, token)
+        except HookError as exc:
+            self._count(started, clock, exc)
+            raise
+        except Exception as exc:
+            # A foreign exception's text may quote its input: keep only its type.
+            error = HookError(f"token {name!r}: {self.describe()}: {type(exc).__name__}")
+            self._count(started, clock, error)
+            raise error from None
+        self._count(started, clock, None)
+
+    def _count(self, started: float, clock: float, error: HookError | None) -> None:
+        duration = time.monotonic() - clock
+        with self._stats_lock:
+            stats = replace(self._stats, runs=self._stats.runs + 1, last_run_at=started,
+                            last_duration=duration)
+            if error is None:
+                stats = replace(stats, last_success_at=started)
+            else:
+                stats = replace(stats, failures=stats.failures + 1, last_error=str(error),
+                                last_failure_at=started,
+                                timeouts=stats.timeouts + isinstance(error, HookTimeout))
+            self._stats = stats
+
+    def _payload(self, fetched: Fetched, token: Token) -> str:
+        if self.content == "raw":
+            return fetched.token
+        if token.value is None:  # the rotator never runs hooks without a value
+            raise HookError("the rotated record has no value")
+        return token.value
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _run(self, name: str, fetched: Fetched, token: Token) -> None:
+        raise NotImplementedError
+
+
+class FileSink(_CountedHook):
+    """Write the token to ``path`` on each rotation, atomically and privately.
+
+    The file holds the header value (``content="value"``, e.g. ``Basic QVdT...``) or the raw
+    token (``content="raw"``), with no trailing newline. It is written to a temporary file in
+    the same directory, flushed to disk, given ``mode`` (default 0600) and renamed over
+    ``path``: readers see the old content or the new, never a mix. Missing parent
+    directories are created with mode 0700.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, content: Content = "value",
+                 mode: int = 0o600) -> None:
+        super().__init__(content)
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise HookError(f"file sink {os.fspath(path)}: mode must be a permission between "
+                            f"0o000 and 0o777, not {mode!r}")
+        self.path = Path(path)
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"FileSink({str(self.path)!r}, content={self.content!r}, mode={self.mode:#o})"
+
+    def describe(self) -> str:
+        return f"file sink {self.path}"
+
+    def _run(self, name: str, fetched: Fetched, token: Token) -> None:
+        data = self._payload(fetched, token).encode("utf-8")
+        try:
+            write_atomic(self.path, data, self.mode)
+        except OSError as exc:
+            raise HookError(f"token {name!r}: {self.describe()}: cannot write: "
+                            f"{exc.strerror or type(exc).__name__}") from None
+        log.debug("awstoken: token %r: wrote %s", name, self.path)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file, fsync, chmod, rename)."""
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp made it 0600: the content is never more exposed than ``mode`` allows.
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable, so a crash never brings the old file back.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class CommandHook(_CountedHook):
+    """Run ``argv`` after each rotation with the token on standard input.
+
+    The token (``content="raw"``, the default, or ``"value"``, the header value) is written
+    to the command's stdin followed by one newline; it is never put in the command line or
+    the environment, where other processes could read it. The environment is awstoken's own
+    plus ``AWSTOKEN_NAME``, ``AWSTOKEN_GENERATION`` and ``AWSTOKEN_EXPIRES_AT`` (epoch
+    seconds, empty when unknown). Standard output is discarded; the first line of standard
+    error (with the token masked) goes into the error when the command fails. Past
+    ``timeout`` seconds the command's whole process group is killed.
+    """
+
+    def __init__(self, argv: Sequence[str], *, timeout: float = DEFAULT_HOOK_TIMEOUT,
+                 content: Content = "raw") -> None:
+        super().__init__(content)
+        if isinstance(argv, str | bytes):
+            raise HookError(f"on-rotate command must be an argv list, not a string: {argv!r} "
+                            "(use ['sh', '-c', '...'] for a shell command)")
+        self.argv = [str(a) for a in argv]
+        if not self.argv or not self.argv[0]:
+            raise HookError("on-rotate command is empty")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise HookError(f"on-rotate command {self.display!r}: timeout must be a positive "
+                            f"number of seconds, not {timeout!r}")
+        self.timeout = float(timeout)
+
+    @property
+    def display(self) -> str:
+        text = shlex.join(self.argv)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    def __repr__(self) -> str:
+        return f"CommandHook({self.display!r}, timeout={self.timeout:g}, content={self.content!r})"
+
+    def describe(self) -> str:
+        return f"on-rotate command {self.display!r}"
+
+    def _run(self, name: str, fetched: Fetched, token: Token) -> None:
+        payload = self._payload(fetched, token)
+        env = {**os.environ, "AWSTOKEN_NAME": name, "AWSTOKEN_GENERATION": str(token.generation),
+               "AWSTOKEN_EXPIRES_AT": "" if token.expires_at is None else f"{token.expires_at:.0f}"}
+        what = f"token {name!r}: {self.describe()}"
+        try:
+            proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=env, start_new_session=True)
+        except OSError as exc:
+            raise HookError(f"{what} could not start: {exc.strerror}") from None
+        try:
+            _, err = proc.communicate((payload + "\n").encode("utf-8"), timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise HookTimeout(f"{what} ran past its timeout of {self.timeout:g}s and its process "
+                              "group was killed") from None
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode != 0:
+            detail = _first_line(err, (fetched.token, token.value or ""))
+            raise HookError(f"{what} exited with status {_status(proc.returncode)}{detail}")
+        log.debug("awstoken: %s ran", what)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # A grandchild left the group and holds our pipe: stop reading, just reap the child.
+        for pipe in (proc.stdin, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        proc.wait()
+
+
+def _status(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
+    return str(returncode)
+
+
+def _first_line(stderr: bytes, secrets: tuple[str, ...]) -> str:
+    """The first non-empty line of ``stderr``, with anything token-like masked."""
+    masks = {s for secret in secrets if secret for s in (secret, *secret.split()) if len(s) >= 8}
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if line:
+            for secret in sorted(masks, key=len, reverse=True):
+                line = line.replace(secret, "***")
+            return ": " + (line if len(line) <= 200 else line[:197] + "...")
+    return ""
