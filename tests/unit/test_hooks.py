@@ -236,7 +236,7 @@ def test_a_command_that_cannot_start_is_counted() -> None:
 
 def test_command_options_are_checked() -> None:
     with pytest.raises(HookError, match="argv list"):
-        CommandHook("docker login --password-stdin")  # type: ignore[arg-type]
+        CommandHook("docker login --password-stdin")
     with pytest.raises(HookError, match="empty"):
         CommandHook([])
     with pytest.raises(HookError, match="timeout"):
