@@ -21,7 +21,7 @@ import awstoken
 from awstoken import FileStorage, Keeper, MemoryStorage, TokenUnavailableError
 
 from ..fixtures.ports import free_port
-from ..fixtures.pypiserver import PypiServer, write_htpasswd
+from ..fixtures.pypiserver import PypiServer, run_pypiserver, write_htpasswd
 
 httpx = pytest.importorskip("httpx")
 requests = pytest.importorskip("requests")
@@ -94,6 +94,27 @@ def memory_index(pypiserver: PypiServer, tmp_path: Path) -> Iterator[Index]:
     yield from _index(pypiserver, tmp_path, MemoryStorage())
 
 
+@pytest.fixture
+def redirecting_index(tmp_path: Path) -> Iterator[tuple[Index, str]]:
+    """An index whose unknown projects redirect to another origin with other credentials.
+
+    Yields the index and the URL of an unknown project on it.
+    """
+    other = tmp_path / "other"
+    other.mkdir()
+    write_htpasswd(other / "htpasswd", {"bob": "bobs-password"})
+    (other / "packages").mkdir()
+    with run_pypiserver(other / "htpasswd", other / "packages") as elsewhere:
+        packages = tmp_path / "packages"
+        packages.mkdir()
+        write_htpasswd(tmp_path / "htpasswd", {"alice": "initial-password"})
+        # localhost and 127.0.0.1 are different origins: clients treat it as another host.
+        fallback = f"http://localhost:{elsewhere.port}/simple/"
+        with run_pypiserver(tmp_path / "htpasswd", packages, fallback_url=fallback) as server:
+            for index in _index(server, tmp_path, MemoryStorage()):
+                yield index, f"{server.url}/simple/not-here/"
+
+
 def _wait(predicate: object, timeout: float = 10.0) -> None:
     import time
 
@@ -162,6 +183,22 @@ def test_httpx_does_not_replay_a_streamed_body_but_asks_for_a_refresh(index: Ind
         _wait(lambda: index.generation() == 2)  # the refresh was asked for and happened
         assert client.get(index.simple).status_code == 200
     assert index.uploaded() == []
+
+
+def test_httpx_multipart_files_are_streamed_so_not_replayed(index: Index) -> None:
+    with httpx.Client(auth=awstoken.httpx.TokenAuth("pypi", keeper=index.keeper)) as client:
+        index.rotate_password("second-password")
+        response = client.post(index.server.url + "/", data={":action": "file_upload"},
+                               files={"content": SDIST})
+        assert response.status_code == 403
+        _wait(lambda: index.generation() == 2)
+        # Built and read first, the same upload is replayable.
+        index.rotate_password("third-password")
+        request = client.build_request("POST", index.server.url + "/",
+                                       data={":action": "file_upload"}, files={"content": SDIST})
+        request.read()
+        assert client.send(request).status_code == 200
+    assert index.uploaded() == ["demo-1.0.tar.gz"]
 
 
 def test_httpx_async_refreshes_and_retries(index: Index) -> None:
@@ -311,6 +348,21 @@ def test_aiohttp_form_upload_is_replayed(index: Index) -> None:
     assert index.uploaded() == ["demo-1.0.tar.gz"]
 
 
+def test_aiohttp_replays_a_seekable_file(index: Index) -> None:
+    async def main() -> int:
+        middleware = awstoken.aiohttp.TokenMiddleware("pypi", keeper=index.keeper)
+        body, content_type = _upload_body()
+        async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+            index.rotate_password("second-password")
+            async with session.post(index.server.url + "/", data=io.BytesIO(body),
+                                    headers={"content-type": content_type}) as response:
+                return int(response.status)
+
+    assert asyncio.run(main()) == 200
+    assert index.generation() == 2
+    assert index.uploaded() == ["demo-1.0.tar.gz"]
+
+
 def test_aiohttp_does_not_replay_a_streamed_body(index: Index) -> None:
     async def chunks() -> object:
         body, _ = _upload_body()
@@ -372,3 +424,40 @@ def test_an_expired_token_is_reported_with_its_last_error(tmp_path: Path) -> Non
                        match=r"expired 3\ds ago; the last refresh failed: .*service is down"):
         requests.get(f"http://127.0.0.1:{free_port()}/", auth=auth, timeout=10)
     storage.close()
+
+
+# -- redirects to another origin ---------------------------------------------------------------
+
+
+def test_a_rejection_by_another_origin_after_a_redirect_triggers_no_refresh(
+        redirecting_index: tuple[Index, str]) -> None:
+    index, url = redirecting_index
+    response = httpx.get(url, auth=awstoken.httpx.TokenAuth("pypi", keeper=index.keeper),
+                         follow_redirects=True)
+    assert [r.status_code for r in response.history] == [303]
+    assert response.status_code == 401  # httpx dropped the token: the other host got none
+    response = requests.get(url, auth=awstoken.requests.TokenAuth("pypi", keeper=index.keeper),
+                            timeout=10)
+    assert [r.status_code for r in response.history] == [303]
+    assert response.status_code == 401
+    assert index.keeper.storage.refresh_requested("pypi") == 0
+    assert index.generation() == 1
+
+
+def test_aiohttp_origins_keep_the_token_from_a_redirect_target(
+        redirecting_index: tuple[Index, str]) -> None:
+    index, url = redirecting_index
+
+    async def get(middleware: awstoken.aiohttp.TokenMiddleware) -> int:
+        async with aiohttp.ClientSession(middlewares=(middleware,)) as session, \
+                session.get(url) as response:
+            return int(response.status)
+
+    origin = url.split("/simple/")[0]
+    limited = awstoken.aiohttp.TokenMiddleware("pypi", keeper=index.keeper, origins=[origin])
+    assert asyncio.run(get(limited)) == 401  # the other host got no token
+    assert index.keeper.storage.refresh_requested("pypi") == 0
+    # Without origins, aiohttp's per-hop middleware hands the token to the other host, which
+    # refuses it (403): the documented reason to pass origins.
+    unlimited = awstoken.aiohttp.TokenMiddleware("pypi", keeper=index.keeper, refresh_timeout=0)
+    assert asyncio.run(get(unlimited)) == 403
