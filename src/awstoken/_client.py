@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Collection
 
+from ._api import default_keeper
 from ._errors import AwstokenError, TokenUnavailableError
 from ._keeper import Keeper
 from .storage._base import check_name
@@ -32,8 +33,6 @@ class TokenHeader:
 
     def __init__(self, name: str, *, keeper: Keeper | None, header: str,
                  refresh_timeout: float, retry_statuses: Collection[int]) -> None:
-        from ._api import default_keeper
-
         self.name = check_name(name)
         self.keeper = keeper if keeper is not None else default_keeper()
         if not isinstance(header, str) or not header or not header.isascii() or any(

@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,7 +48,7 @@ class HookStats:
     last_duration: float | None = None  # seconds
 
 
-class _CountedHook:
+class _CountedHook(ABC):
     """Base of the built-in hooks: runs ``_run`` and keeps :class:`HookStats`."""
 
     def __init__(self, content: Content) -> None:
@@ -96,11 +97,13 @@ class _CountedHook:
             raise HookError("the rotated record has no value")
         return token.value
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """What the hook is, for messages (never the token)."""
 
+    @abstractmethod
     def _run(self, name: str, fetched: Fetched, token: Token) -> None:
-        raise NotImplementedError
+        """Do the work; raise :class:`HookError` on failure."""
 
 
 class FileSink(_CountedHook):

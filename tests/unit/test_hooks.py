@@ -293,3 +293,4 @@ def test_the_environment_of_awstoken_is_passed_on(tmp_path: Path,
     rotator([hook]).refresh()
     assert out.read_text().strip() == str(tmp_path)
     assert os.environ.get("AWSTOKEN_NAME") is None  # set for the hook only
+
