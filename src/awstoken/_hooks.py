@@ -21,11 +21,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ._errors import HookError, HookTimeout
 from ._sources import Fetched
 from ._token import Token
+
+if TYPE_CHECKING:
+    from ._rotator import RotateHook
+    from ._settings import TokenSettings
 
 log = logging.getLogger("awstoken")
 
@@ -260,3 +264,17 @@ def _first_line(stderr: bytes, secrets: tuple[str, ...]) -> str:
                 line = line.replace(secret, "***")
             return ": " + (line if len(line) <= 200 else line[:197] + "...")
     return ""
+
+
+def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
+    """The on-rotate hooks a ``[tokens.NAME]`` table asks for: its sink, then its command.
+
+    For the configuration builders; the loader has already checked the keys' types and
+    reports errors by file and key.
+    """
+    hooks: list[RotateHook] = []
+    if token.sink is not None:
+        hooks.append(FileSink(token.sink, content=token.sink_content))
+    if token.on_rotate is not None:
+        hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout))
+    return hooks

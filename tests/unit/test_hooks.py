@@ -294,3 +294,17 @@ def test_the_environment_of_awstoken_is_passed_on(tmp_path: Path,
     assert out.read_text().strip() == str(tmp_path)
     assert os.environ.get("AWSTOKEN_NAME") is None  # set for the hook only
 
+
+
+def test_hooks_from_settings(tmp_path: Path) -> None:
+    from awstoken._hooks import hooks_from_settings
+    from awstoken._settings import TokenSettings
+
+    assert hooks_from_settings(TokenSettings(name="ca")) == []
+    sink, command = hooks_from_settings(TokenSettings(
+        name="ca", sink=str(tmp_path / "ca"), sink_content="raw", on_rotate=("true", "x"),
+        hook_timeout=5))
+    assert isinstance(sink, FileSink)
+    assert (sink.path, sink.content, sink.mode) == (tmp_path / "ca", "raw", 0o600)
+    assert isinstance(command, CommandHook)
+    assert (command.argv, command.timeout, command.content) == (["true", "x"], 5.0, "raw")
