@@ -8,8 +8,12 @@ The module-level functions keep the API of the OpenResty module ``ngx_aws_token`
     awstoken.token("ecr")   # "Basic QVdT..." or None while there is none
 
 Objects (:class:`Keeper`, :class:`Rotator`, sources, transforms, storages) offer the same
-without module state.
+without module state. The native AWS sources (:class:`ECR`, :class:`ECRPublic`,
+:class:`CodeArtifact`, :class:`EKS`, :class:`RDS`; extra ``awstoken[aws]``) live in
+:mod:`awstoken.aws` and are importable from here too; botocore loads only when one is used.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._api import (
     create,
@@ -43,15 +47,36 @@ from ._token import Token
 from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
 from .storage import FileStorage, Lease, MemoryStorage, Storage
 
+if TYPE_CHECKING:
+    from .aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
+
 __version__ = "0.1.0.dev0"
 
+# Names served by awstoken.aws, imported on first access so that `import awstoken` never
+# imports botocore.
+_AWS_SOURCES = frozenset({"CodeArtifact", "ECR", "ECRPublic", "EKS", "RDS"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _AWS_SOURCES:
+        from . import aws
+
+        return getattr(aws, name)
+    raise AttributeError(f"module 'awstoken' has no attribute {name!r}")
+
+
 __all__ = [
+    "ECR",
+    "EKS",
+    "RDS",
     "AwstokenError",
+    "CodeArtifact",
     "Command",
     "CommandError",
     "CommandHook",
     "CommandTimeout",
     "ConfigError",
+    "ECRPublic",
     "Fetched",
     "FileSink",
     "FileStorage",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -13,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ._errors import CommandError, CommandTimeout
+from . import _jsonout
+from ._errors import CommandError, CommandTimeout, ConfigError
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -77,6 +79,13 @@ class Command:
     stripped of surrounding whitespace: the AWS CLI's trailing newline never reaches a header.
     On timeout the command's whole process group is killed. ``parse`` turns the stripped
     output into a :class:`Fetched` (the default takes it as the token, with no expiry).
+
+    For JSON output, ``token_path`` names where the token is and ``expiry_path`` where its
+    expiry is (epoch seconds as AWS CLI v1 prints them, or ISO 8601 as v2 does), e.g.
+    ``Command("aws ecr get-authorization-token --output json",
+    token_path="authorizationData[0].authorizationToken",
+    expiry_path="authorizationData[0].expiresAt")``. Errors about the output never quote it:
+    it holds the token.
     """
 
     def __init__(
@@ -86,6 +95,8 @@ class Command:
         timeout: float = DEFAULT_TIMEOUT,
         env: Mapping[str, str] | None = None,
         parse: OutputParser | None = None,
+        token_path: str | None = None,
+        expiry_path: str | None = None,
     ) -> None:
         if isinstance(command, str):
             if not command.strip():
@@ -101,6 +112,18 @@ class Command:
         self.timeout = float(timeout)
         self._env = dict(env) if env is not None else None
         self._parse = parse
+        self.token_path = token_path
+        self.expiry_path = expiry_path
+        self._token_steps: tuple[_jsonout.Step, ...] | None = None
+        self._expiry_steps: tuple[_jsonout.Step, ...] | None = None
+        if token_path is not None or expiry_path is not None:
+            if parse is not None:
+                raise ConfigError("give either parse or token_path/expiry_path, not both")
+            if token_path is None:
+                raise ConfigError("expiry_path needs token_path: say where the token is too")
+            self._token_steps = _jsonout.parse_path(token_path, "token_path")
+            if expiry_path is not None:
+                self._expiry_steps = _jsonout.parse_path(expiry_path, "expiry_path")
 
     @property
     def display(self) -> str:
@@ -115,7 +138,42 @@ class Command:
         out = self.run()
         if not out:
             raise CommandError(f"command {self.display!r} printed nothing", returncode=0)
+        if self._token_steps is not None:
+            return self._from_json(out, self._token_steps, self._expiry_steps)
         return self._parse(out) if self._parse is not None else Fetched(out)
+
+    def _from_json(self, out: str, token_steps: tuple[_jsonout.Step, ...],
+                   expiry_steps: tuple[_jsonout.Step, ...] | None) -> Fetched:
+        try:
+            document = json.loads(out)
+        except ValueError as exc:
+            # Position only: the output itself may hold the token.
+            where = f"line {exc.lineno}, column {exc.colno}" if isinstance(
+                exc, json.JSONDecodeError) else "somewhere"
+            raise CommandError(f"command {self.display!r} printed output that is not JSON "
+                               f"(error at {where}); token_path needs JSON output "
+                               "(--output json)", returncode=0) from None
+        token = self._pick(document, token_steps, "token_path")
+        if not isinstance(token, str):
+            raise CommandError(f"command {self.display!r}: token_path {self.token_path!r} "
+                               f"leads to {_jsonout.kind(token)}, not a string", returncode=0)
+        if expiry_steps is None:
+            return Fetched(token)
+        raw_expiry = self._pick(document, expiry_steps, "expiry_path")
+        try:
+            expires_at = _jsonout.parse_expiry(raw_expiry)
+        except ValueError as exc:
+            raise CommandError(f"command {self.display!r}: expiry_path {self.expiry_path!r} "
+                               f"is not a time ({exc})", returncode=0) from None
+        return Fetched(token, expires_at)
+
+    def _pick(self, document: object, steps: tuple[_jsonout.Step, ...], what: str) -> object:
+        try:
+            return _jsonout.lookup(document, steps)
+        except _jsonout.PathMissing as exc:
+            path = self.token_path if what == "token_path" else self.expiry_path
+            raise CommandError(f"command {self.display!r}: {what} {path!r} is not in the "
+                               f"JSON output: {exc}", returncode=0) from None
 
     def run(self) -> str:
         """Run the command and return its stripped standard output."""

@@ -1,0 +1,102 @@
+"""Objects from settings: the storage, each token's source and transform, the keeper.
+
+Loading (``_config.load``) validated everything already; errors here are about the
+environment (a missing variable, an unavailable extra), named by key as in the file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ._errors import ConfigError
+from ._keeper import Keeper
+from ._rotator import Rotator
+from ._settings import Settings, StorageSettings, TokenSettings
+from ._sources import Command, Source
+from ._transforms import Transform, as_transform, basic_auth
+from .storage import FileStorage, MemoryStorage, Storage
+
+
+def build_storage(settings: StorageSettings) -> Storage:
+    """The storage that ``[storage]`` describes."""
+    if settings.type == "memory":
+        return MemoryStorage()
+    if settings.type == "file":
+        return FileStorage(settings.path)
+    if settings.type == "redis":
+        if settings.url is None:
+            raise ConfigError("storage.url: missing; the redis storage needs a redis:// URL")
+        password = None
+        if settings.password_env is not None:
+            password = os.environ.get(settings.password_env)
+            if password is None:
+                raise ConfigError(f"storage.password_env: the environment variable "
+                                  f"{settings.password_env} is not set")
+        # The redis extra, imported only when used (the ignore covers branches without it).
+        from .storage.redis import RedisStorage  # type: ignore[import-not-found, unused-ignore]
+
+        storage: Storage = RedisStorage(settings.url, prefix=settings.prefix, lease=settings.lease,
+                                        password=password)
+        return storage
+    raise ConfigError(f"storage.type: unknown storage type {settings.type!r}")
+
+
+def build_source(token: TokenSettings) -> Source:
+    """The source of ``[tokens.NAME]``."""
+    opts: dict[str, Any] = dict(token.options)
+    if token.source == "command":
+        command = opts.get("command")
+        if command is None:
+            raise ConfigError(f"tokens.{token.name}.command: missing")
+        return Command(command if isinstance(command, str) else list(command),
+                       timeout=token.timeout, token_path=opts.get("token_path"),
+                       expiry_path=opts.get("expiry_path"))
+    from . import aws
+
+    common: dict[str, Any] = {k: opts.pop(k) for k in ("region", "profile", "role_arn")
+                              if k in opts}
+    common["timeout"] = token.timeout
+    try:
+        if token.source == "ecr":
+            return aws.ECR(opts.get("registry_id"), **common)
+        if token.source == "ecr-public":
+            return aws.ECRPublic(**common)
+        if token.source == "codeartifact":
+            return aws.CodeArtifact(opts["domain"], domain_owner=opts.get("domain_owner"),
+                                    duration=opts.get("duration"), **common)
+        if token.source == "eks":
+            return aws.EKS(opts["cluster"], **common)
+        if token.source == "rds":
+            return aws.RDS(opts["host"], opts["port"], opts["user"], **common)
+    except KeyError as exc:
+        raise ConfigError(f"tokens.{token.name}.{exc.args[0]}: missing") from None
+    except ConfigError as exc:
+        raise ConfigError(f"tokens.{token.name}: {exc}") from None
+    raise ConfigError(f"tokens.{token.name}.source: unknown source {token.source!r}")
+
+
+def build_transform(token: TokenSettings) -> Transform:
+    """The transform of ``[tokens.NAME]``: ``basic_user`` or ``format``."""
+    if token.basic_user is not None:
+        return basic_auth(token.basic_user)
+    return as_transform(None if token.format == "{token}" else token.format)
+
+
+def build_keeper(settings: Settings) -> Keeper:
+    """A Keeper on the storage of ``settings``; rotators are added per token by the caller."""
+    return Keeper(build_storage(settings.storage))
+
+
+def start_rotators(settings: Settings, keeper: Keeper) -> dict[str, Rotator]:
+    """Start one rotator per configured token (each with its interval, retry and timeout).
+
+    Every source and transform is built before the first rotator starts, so a problem stops
+    everything before anything runs.
+    """
+    built = {name: (build_source(token), build_transform(token))
+             for name, token in settings.tokens.items()}
+    return {name: keeper.rotate(name, source, transform, interval=settings.tokens[name].interval,
+                                retry=settings.tokens[name].retry,
+                                timeout=settings.tokens[name].timeout)
+            for name, (source, transform) in built.items()}

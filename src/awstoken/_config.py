@@ -1,0 +1,662 @@
+"""The configuration file (TOML) to :class:`Settings`, validated before anything starts.
+
+Every problem is reported as ``FILE: key.path: what was expected``; all problems of a file
+are collected and raised together as one :class:`ConfigError` (one message per line).
+Relative paths in the file are taken relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from . import _jsonout
+from ._errors import AwstokenError, ConfigError
+from ._settings import (
+    RouteSettings,
+    ServerSettings,
+    Settings,
+    SourceType,
+    StorageSettings,
+    StorageType,
+    TokenSettings,
+)
+from ._transforms import basic_auth, template, validate_value
+from .storage._base import check_name
+
+T = TypeVar("T")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+#: A key that is absent, or present with a value that was already reported as an error.
+MISSING: Any = _Missing()
+
+# -- durations ---------------------------------------------------------------------------------
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_EXAMPLE = 'a number of seconds or a string like "90s", "15m", "6h", "1d" or "1h30m"'
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like ``"90s"``, ``"15m"``, ``"6h"``, ``"1h30m"``.
+
+    Raises ValueError (without echoing anything but the value's shape).
+    """
+    if isinstance(value, bool):
+        raise ValueError("a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"{value!r}") from None
+            units = [u for _, u in parts]
+            if len(set(units)) != len(units):
+                raise ValueError(f"{value!r} (a unit appears twice)") from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise ValueError(_kind(value))
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} (not finite)")
+    return seconds
+
+
+# -- the error collector ---------------------------------------------------------------------
+
+
+class _Report:
+    """Collects messages ``FILE: key: problem`` for one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.messages: list[str] = []
+
+    def error(self, key: str, problem: str) -> Any:
+        self.messages.append(f"{self.file}: {key}: {problem}" if key else f"{self.file}: {problem}")
+        return MISSING
+
+    def raise_if_any(self) -> None:
+        if self.messages:
+            raise ConfigError("\n".join(self.messages))
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _suggest(key: str, allowed: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Table:
+    """One TOML table being read: typed getters that report into a :class:`_Report`."""
+
+    def __init__(self, report: _Report, path: str, data: Mapping[str, Any],
+                 base_dir: Path) -> None:
+        self.report = report
+        self.path = path
+        self.data = data
+        self.base_dir = base_dir
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> Any:
+        return self.report.error(self.key(name), problem)
+
+    def unknown(self, allowed: Iterable[str], elsewhere: Mapping[str, str] | None = None) -> None:
+        """Report keys that are not in ``allowed`` (``elsewhere`` says where others belong)."""
+        allowed = set(allowed)
+        for name in self.data:
+            if name in allowed:
+                continue
+            if elsewhere and name in elsewhere:
+                self.error(name, f"not valid here: {elsewhere[name]}")
+            else:
+                self.error(name, "unknown key" + _suggest(name, allowed))
+
+    def get(self, name: str, check: Callable[[Any], T], expected: str, *,
+            required: bool = False) -> T | Any:
+        """The value of ``name`` passed through ``check`` (which raises ValueError)."""
+        if name not in self.data:
+            return self.error(name, f"missing; expected {expected}") if required else MISSING
+        value = self.data[name]
+        try:
+            return check(value)
+        except ValueError as exc:
+            detail = str(exc)
+            got = f" ({detail})" if detail else ""
+            return self.error(name, f"expected {expected}, got {_kind(value)}{got}")
+
+    # Typed getters ------------------------------------------------------------------------
+
+    def string(self, name: str, *, required: bool = False, pattern: re.Pattern[str] | None = None,
+               expected: str = "a non-empty string", show: bool = True) -> str | Any:
+        def check(value: Any) -> str:
+            if not isinstance(value, str) or not value:
+                raise ValueError("empty" if value == "" else "")
+            if pattern is not None and not pattern.fullmatch(value):
+                raise ValueError(repr(value) if show else "")
+            return value
+        return self.get(name, check, expected, required=required)
+
+    def boolean(self, name: str) -> bool | Any:
+        def check(value: Any) -> bool:
+            if not isinstance(value, bool):
+                raise ValueError("")
+            return value
+        return self.get(name, check, "true or false")
+
+    def integer(self, name: str, low: int, high: int | None = None, *,
+                required: bool = False) -> int | Any:
+        expected = (f"an integer from {low} to {high}" if high is not None
+                    else f"an integer of at least {low}")
+
+        def check(value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError("")
+            if value < low or (high is not None and value > high):
+                raise ValueError(str(value))
+            return value
+        return self.get(name, check, expected, required=required)
+
+    def duration(self, name: str, *, minimum: float = 0.0, positive: bool = True,
+                 maximum: float | None = None) -> float | Any:
+        if name not in self.data:
+            return MISSING
+        value = self.data[name]
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            return self.error(name, f"expected a duration: {_DURATION_EXAMPLE}; got {exc}")
+        if positive and seconds <= 0:
+            return self.error(name, f"expected a positive duration, got {value!r}")
+        if seconds < minimum:
+            return self.error(name, f"expected at least {minimum:g} seconds, got {value!r}")
+        if maximum is not None and seconds > maximum:
+            return self.error(name, f"expected at most {maximum:g} seconds, got {value!r}")
+        return seconds
+
+    def choice(self, name: str, choices: tuple[str, ...], *, required: bool = False) -> str | Any:
+        expected = " or ".join(repr(c) for c in choices)
+
+        def check(value: Any) -> str:
+            if not isinstance(value, str):
+                raise ValueError("")
+            if value not in choices:
+                raise ValueError(repr(value) + _suggest(value, choices))
+            return value
+        return self.get(name, check, expected, required=required)
+
+    def file_path(self, name: str, *, must_exist: bool = False) -> str | Any:
+        value = self.string(name, expected="a file path")
+        if value is MISSING:
+            return MISSING
+        path = Path(os.path.expanduser(value))
+        if not path.is_absolute():
+            path = self.base_dir / path
+        if must_exist and not path.is_file():
+            return self.error(name, f"expected an existing file, but {str(path)!r} is not one")
+        return str(path)
+
+    def sub(self, name: str) -> _Table | None:
+        """The sub-table ``name`` (None when absent or not a table, reported)."""
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, dict):
+            self.error(name, f"expected a table, got {_kind(value)}")
+            return None
+        return _Table(self.report, self.key(name), value, self.base_dir)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments whose values were given and valid."""
+    return {k: v for k, v in values.items() if v is not MISSING}
+
+
+# -- [storage] -------------------------------------------------------------------------------
+
+_STORAGE_TYPES: tuple[StorageType, ...] = ("memory", "file", "redis")
+_STORAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "memory": (),
+    "file": ("path",),
+    "redis": ("url", "password_env", "prefix", "lease"),
+}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_EXPECTED = "the name of an environment variable (letters, digits and '_')"
+
+
+def _storage(table: _Table | None) -> StorageSettings:
+    if table is None:
+        return StorageSettings()
+    kind = table.choice("type", _STORAGE_TYPES)
+    kind = "file" if kind is MISSING else kind
+    elsewhere = {}
+    for other, keys in _STORAGE_KEYS.items():
+        for key in keys:
+            if key not in _STORAGE_KEYS[kind]:
+                elsewhere[key] = f"only used with type = {other!r} (this storage is {kind!r})"
+    table.unknown(("type", *_STORAGE_KEYS[kind]), elsewhere)
+    if kind == "file":
+        path = table.string("path", expected="a directory path")
+        if path is not MISSING:
+            resolved = Path(os.path.expanduser(path))
+            path = str(resolved if resolved.is_absolute() else table.base_dir / resolved)
+        return StorageSettings(**_given(type=kind, path=path))
+    if kind == "redis":
+        url = table.get("url", _redis_url, "a redis://, rediss:// or unix:// URL", required=True)
+        return StorageSettings(**_given(
+            type=kind, url=url,
+            password_env=table.string("password_env", pattern=_ENV_NAME, expected=_ENV_EXPECTED),
+            prefix=table.string("prefix", pattern=re.compile(r"[^\s]{1,64}"),
+                                expected="a key prefix (1 to 64 characters, no spaces)"),
+            lease=table.duration("lease", minimum=1.0)))
+    return StorageSettings(type="memory")
+
+
+def _redis_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        # Never echo the URL: it may carry a password.
+        raise ValueError("not a redis URL")
+    return value
+
+
+# -- [tokens.NAME] -----------------------------------------------------------------------------
+
+_SOURCES: tuple[SourceType, ...] = ("command", "ecr", "ecr-public", "codeartifact", "eks", "rds")
+_AWS_KEYS = ("region", "profile", "role_arn")
+_SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "command": ("command", "token_path", "expiry_path"),
+    "ecr": ("registry_id", *_AWS_KEYS),
+    "ecr-public": _AWS_KEYS,
+    "codeartifact": ("domain", "domain_owner", "duration", *_AWS_KEYS),
+    "eks": ("cluster", *_AWS_KEYS),
+    "rds": ("host", "port", "user", *_AWS_KEYS),
+}
+#: Keys every token accepts, whatever its source.
+TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout")
+
+_ACCOUNT = re.compile(r"\d{12}")
+_ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_DOMAIN = re.compile(r"[a-z][a-z0-9-]{0,48}[a-z0-9]")
+_CLUSTER = re.compile(r"[0-9A-Za-z][A-Za-z0-9_-]{0,99}")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSettings | None:
+    try:
+        check_name(name)
+    except AwstokenError:
+        report.error(table.path, "invalid token name: use 1 to 128 letters, digits, '_', '.' or "
+                                 "'-', not starting with '.' or '-'")
+        return None
+    source: SourceType = cast(SourceType, table.choice("source", _SOURCES))
+    if source is MISSING:
+        if "source" in table.data:
+            return None
+        source = "command"
+    if source != "command" and not aws_ok:
+        table.error("source", f"source {source!r} needs botocore: pip install 'awstoken[aws]'")
+    elsewhere: dict[str, str] = {}
+    for other, keys in _SOURCE_KEYS.items():
+        for key in keys:
+            if key not in _SOURCE_KEYS[source]:
+                elsewhere.setdefault(key, f"only used with source = {other!r} (this token's "
+                                          f"source is {source!r})")
+    table.unknown((*TOKEN_KEYS, *_SOURCE_KEYS[source]), elsewhere)
+    options = _OPTION_READERS[source](table)
+    if source != "command":
+        options.update(_given(
+            region=table.string("region", pattern=_REGION, expected='an AWS region like "us-east-1"'),
+            profile=table.string("profile", expected="an AWS profile name"),
+            role_arn=table.string("role_arn", pattern=_ROLE_ARN, expected="an IAM role ARN like "
+                                  '"arn:aws:iam::123456789012:role/name"')))
+    return TokenSettings(name=name, source=source, options=options, **_given(
+        format=_format(table), basic_user=_basic_user(table), interval=table.duration("interval"),
+        retry=table.duration("retry"), timeout=table.duration("timeout")))
+
+
+def _format(table: _Table) -> str | Any:
+    fmt = table.string("format", expected='a format with one "{token}", like "Basic {token}"')
+    if fmt is MISSING:
+        return MISSING
+    if "basic_user" in table.data:
+        return table.error("format", "cannot be combined with basic_user (basic_user makes the "
+                                     "header Basic base64(user:token)); remove one of them")
+    try:
+        template(fmt)
+        validate_value(fmt.replace("{token}", "x"), "format")
+    except AwstokenError as exc:
+        return table.error("format", f'expected a format with one "{{token}}": {exc}')
+    return fmt
+
+
+def _basic_user(table: _Table) -> str | Any:
+    user = table.string("basic_user", expected="a user name")
+    if user is MISSING:
+        return MISSING
+    try:
+        basic_auth(user)
+    except AwstokenError:
+        return table.error("basic_user", "expected a user name without ':' or control characters")
+    return user
+
+
+def _command_options(table: _Table) -> dict[str, Any]:
+    if "expiry_path" in table.data and "token_path" not in table.data:
+        table.error("expiry_path", "needs token_path too (where the token is in the JSON output)")
+    return _given(
+        command=table.get("command", _command, "a command line (string) or an argv array of "
+                          "non-empty strings" + ("" if "source" in table.data else
+                                                 ", or a source = " + " | ".join(_SOURCES[1:])),
+                          required=True),
+        token_path=table.get("token_path", _path_check, "a JSON path like "
+                             "'authorizationData[0].authorizationToken'"),
+        expiry_path=table.get("expiry_path", _path_check, "a JSON path like "
+                              "'authorizationData[0].expiresAt'"))
+
+
+def _command(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("empty")
+        return value
+    if isinstance(value, list) and value and all(isinstance(a, str) and a for a in value):
+        return tuple(value)
+    raise ValueError("")
+
+
+def _path_check(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("")
+    try:
+        _jsonout.parse_path(value)
+    except ConfigError:
+        raise ValueError(repr(value)) from None
+    return value
+
+
+def _ecr_options(table: _Table) -> dict[str, Any]:
+    return _given(registry_id=table.string("registry_id", pattern=_ACCOUNT,
+                                           expected=_ACCOUNT_EXPECTED))
+
+
+def _ecr_public_options(table: _Table) -> dict[str, Any]:
+    return {}
+
+
+def _codeartifact_options(table: _Table) -> dict[str, Any]:
+    duration = table.duration("duration", positive=False)
+    if duration is not MISSING and duration != 0 and not 900 <= duration <= 43200:
+        duration = table.error("duration", "expected 0 (the role session's remaining time) or "
+                                           f"15m to 12h, got {table.data['duration']!r}")
+    elif duration is not MISSING and duration != int(duration):
+        duration = table.error("duration", "expected a whole number of seconds")
+    return _given(
+        domain=table.string("domain", required=True, pattern=_DOMAIN,
+                            expected="a CodeArtifact domain name (2 to 50 lowercase letters, "
+                                     "digits and '-')"),
+        domain_owner=table.string("domain_owner", pattern=_ACCOUNT, expected=_ACCOUNT_EXPECTED),
+        duration=duration if duration is MISSING else int(duration))
+
+
+def _eks_options(table: _Table) -> dict[str, Any]:
+    return _given(cluster=table.string("cluster", required=True, pattern=_CLUSTER,
+                                       expected="an EKS cluster name (letters, digits, '-', '_')"))
+
+
+def _rds_options(table: _Table) -> dict[str, Any]:
+    return _given(
+        host=table.string("host", required=True, pattern=_HOST,
+                          expected="a database host name (no scheme, no port)"),
+        port=table.integer("port", 1, 65535, required=True),
+        user=table.string("user", required=True, expected="a database user name"))
+
+
+_OPTION_READERS: dict[str, Callable[[_Table], dict[str, Any]]] = {
+    "command": _command_options,
+    "ecr": _ecr_options,
+    "ecr-public": _ecr_public_options,
+    "codeartifact": _codeartifact_options,
+    "eks": _eks_options,
+    "rds": _rds_options,
+}
+
+
+def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[str, TokenSettings],
+                                                                          set[str]]:
+    """The valid tokens, and every token name the file declares (valid or not)."""
+    tokens: dict[str, TokenSettings] = {}
+    if table is None:
+        return tokens, set()
+    for name in table.data:
+        sub = table.sub(name)
+        if sub is None:
+            continue
+        token = _token(report, name, sub, aws_ok)
+        if token is not None:
+            tokens[name] = token
+    return tokens, set(table.data)
+
+
+# -- [server] ----------------------------------------------------------------------------------
+
+SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
+               "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
+               "access_log")
+_LISTEN_EXPECTED = '"host:port", like "127.0.0.1:8080" or "[::1]:8080"'
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` to ``(host, port)``; raise ValueError."""
+    if not isinstance(value, str):
+        raise ValueError("")
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(repr(value))
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(repr(value) + (" has no host" if sep else ""))
+        if ":" in host:
+            raise ValueError(f"{value!r}: put an IPv6 address in brackets")
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or address")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not 0 to 65535")
+    return host, int(port)
+
+
+def _listen_or_off(value: object) -> tuple[str, int] | None:
+    return None if value == "off" else parse_listen(value)
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    nets = []
+    for text in value:
+        try:
+            nets.append(str(ipaddress.ip_network(text, strict=True)))
+        except ValueError as exc:
+            hint = ""
+            if "host bits set" in str(exc):
+                hint = f"; did you mean {str(ipaddress.ip_network(text, strict=False))!r}?"
+            raise ValueError(f"{text!r} is not a network{hint}") from None
+    return tuple(nets)
+
+
+def _server(table: _Table | None) -> ServerSettings:
+    if table is None:
+        return ServerSettings()
+    table.unknown(SERVER_KEYS)
+    return ServerSettings(**_given(
+        listen=table.get("listen", parse_listen, _LISTEN_EXPECTED),
+        workers=table.integer("workers", 1, 256),
+        admin_listen=table.get("admin_listen", _listen_or_off, _LISTEN_EXPECTED + ' or "off"'),
+        htpasswd=table.file_path("htpasswd", must_exist=True),
+        bearer_tokens_env=table.string("bearer_tokens_env", pattern=_ENV_NAME,
+                                       expected=_ENV_EXPECTED),
+        allow=table.get("allow", _networks, 'an array of networks like ["10.0.0.0/8", "::1/128"]'),
+        ca_file=table.file_path("ca_file", must_exist=True),
+        verify_tls=table.boolean("verify_tls"),
+        connect_timeout=table.duration("connect_timeout"),
+        read_timeout=table.duration("read_timeout"),
+        shutdown_timeout=table.duration("shutdown_timeout", positive=False),
+        access_log=table.boolean("access_log"),
+    ))
+
+
+# -- [[routes]] --------------------------------------------------------------------------------
+
+ROUTE_KEYS = ("prefix", "upstream", "token", "header", "strip_prefix", "redirects")
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PREFIX = re.compile(r"/[^\s?#]*")
+
+
+def _upstream(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(repr(value))
+    if parts.username is not None or parts.password is not None:
+        # Do not echo it: it holds credentials.
+        raise ValueError("it has credentials in it; awstoken adds the token itself")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} has a query or fragment")
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    return value
+
+
+def _routes(report: _Report, value: object, token_names: set[str],
+            base_dir: Path) -> tuple[RouteSettings, ...]:
+    if not isinstance(value, list):
+        report.error("routes", f"expected an array of tables ([[routes]]), got {_kind(value)}")
+        return ()
+    routes = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        path = f"routes[{i}]"
+        if not isinstance(item, dict):
+            report.error(path, f"expected a table, got {_kind(item)}")
+            continue
+        table = _Table(report, path, item, base_dir)
+        table.unknown(ROUTE_KEYS)
+        prefix = table.string("prefix", required=True, pattern=_PREFIX,
+                              expected='a path prefix starting with "/", like "/v2/"')
+        if prefix is not MISSING:
+            norm = prefix.rstrip("/") or "/"
+            if norm in seen:
+                prefix = table.error("prefix", f"{prefix!r} duplicates the prefix of "
+                                               f"routes[{seen[norm]}]")
+            else:
+                seen[norm] = i
+        token = table.string("token", required=True, expected="the name of a [tokens.NAME] table")
+        if token is not MISSING and token not in token_names:
+            token = table.error("token", f"no [tokens.{token}] table in this file"
+                                + _suggest(token, token_names))
+        fields = _given(
+            prefix=prefix,
+            upstream=table.get("upstream", _upstream, "an http:// or https:// URL",
+                               required=True),
+            token=token,
+            header=table.string("header", pattern=_HEADER,
+                                expected='an HTTP header name like "Authorization"'),
+            strip_prefix=table.boolean("strip_prefix"),
+            redirects=table.choice("redirects", ("follow", "pass")),
+        )
+        if all(k in fields for k in ("prefix", "upstream", "token")):
+            routes.append(RouteSettings(**fields))
+    return tuple(routes)
+
+
+# -- the file ----------------------------------------------------------------------------------
+
+TOP_KEYS = ("storage", "tokens", "server", "routes")
+
+
+def load(path: str | os.PathLike[str]) -> Settings:
+    """Read and validate the configuration file at ``path``; raise :class:`ConfigError`.
+
+    The error lists every problem found, one per line, each naming the file and the key.
+    """
+    file = os.fspath(path)
+    try:
+        data = Path(file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the configuration file: "
+                          f"{exc.strerror or type(exc).__name__}") from None
+    return loads(data, file=file, base_dir=Path(file).resolve().parent)
+
+
+def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = None) -> Settings:
+    """Validate configuration ``text``; ``file`` names it in messages."""
+    report = _Report(file)
+    try:
+        raw = tomllib.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    root = _Table(report, "", raw, base_dir or Path.cwd())
+    root.unknown(TOP_KEYS)
+    from .aws import botocore_available
+
+    storage = _storage(root.sub("storage"))
+    tokens, names = _tokens(report, root.sub("tokens"), botocore_available())
+    server = _server(root.sub("server"))
+    routes = _routes(report, raw["routes"], names, root.base_dir) if "routes" in raw else ()
+    report.raise_if_any()
+    return Settings(storage=storage, tokens=tokens, server=server, routes=routes, path=file)
+
+
+# The builders live in _build.py; re-exported so `from awstoken._config import build_*` works.
+from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators  # noqa: E402
+
+__all__ = ["build_keeper", "build_source", "build_storage", "build_transform", "load", "loads",
+           "parse_duration", "parse_listen", "start_rotators"]
