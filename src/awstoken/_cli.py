@@ -1,0 +1,66 @@
+"""The ``awstoken`` command line.
+
+Subcommands are the modules of the private package ``awstoken.cli`` (one file each, found at
+start-up, so adding a command touches no shared list). Each module defines ``NAME``,
+``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from . import __version__
+from ._errors import AwstokenError
+
+
+def commands() -> list[ModuleType]:
+    """The command modules, sorted by command name."""
+    from . import cli
+
+    found = [importlib.import_module(f"{cli.__name__}.{info.name}")
+             for info in pkgutil.iter_modules(cli.__path__) if not info.name.startswith("_")]
+    return sorted(found, key=lambda module: str(module.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every command."""
+    parser = argparse.ArgumentParser(
+        prog="awstoken",
+        description="Keep AWS authorization tokens fresh and put them on proxied requests.")
+    parser.add_argument("--version", action="version", version=f"awstoken {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in commands():
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (never raise an AwstokenError)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except AwstokenError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"awstoken {args.command}: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("AWSTOKEN_DEBUG"):
+            raise
+        # A bug: say so in one line (the exception text may quote a token, so only its type).
+        print(f"awstoken {args.command}: internal error ({type(exc).__name__}); set "
+              "AWSTOKEN_DEBUG=1 for a traceback", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .._config import load
+from .._errors import ConfigError
+from .._settings import Settings
+
+CONFIG_ENV = "AWSTOKEN_CONFIG"
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``-c/--config FILE``, defaulting to ``$AWSTOKEN_CONFIG``."""
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", default=os.environ.get(CONFIG_ENV),
+        help=f"the configuration file (TOML); default: ${CONFIG_ENV}")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The settings from ``args.config``; raise ConfigError when none was given."""
+    if not args.config:
+        raise ConfigError(f"no configuration file: give -c FILE or set {CONFIG_ENV}")
+    return load(args.config)

@@ -1,0 +1,44 @@
+"""``awstoken check -c FILE``: validate a configuration file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._errors import ConfigError
+from .._settings import Settings
+from ._common import add_config_argument, load_settings
+
+NAME = "check"
+HELP = "validate a configuration file (exit 0 if valid, 2 with every problem otherwise)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(line, file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(summary(settings))
+    return 0
+
+
+def summary(settings: Settings) -> str:
+    """One line per part of the file: what it configures, never a secret."""
+    storage = settings.storage
+    where = {"file": storage.path or "the default directory", "memory": "this process",
+             "redis": "redis"}[storage.type]
+    lines = [f"{settings.path}: ok", f"  storage: {storage.type} ({where})"]
+    for name, token in settings.tokens.items():
+        lines.append(f"  token {name}: source {token.source}, refresh every "
+                     f"{token.interval:g}s, retry after {token.retry:g}s")
+    for route in settings.routes:
+        lines.append(f"  route {route.prefix} -> {route.upstream} (token {route.token})")
+    return "\n".join(lines)

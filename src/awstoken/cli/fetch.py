@@ -1,0 +1,31 @@
+"""``awstoken fetch -c FILE NAME``: run one token's source once and print the header value."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._build import build_source, build_transform
+from .._errors import ConfigError
+from .._rotator import fetch_value
+from ._common import add_config_argument, load_settings
+
+NAME = "fetch"
+HELP = ("run the source of one configured token once and print the final header value "
+        "(nothing is stored)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("name", metavar="NAME", help="the token, as in [tokens.NAME]")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    token = settings.tokens.get(args.name)
+    if token is None:
+        known = ", ".join(sorted(settings.tokens)) or "none"
+        raise ConfigError(f"{settings.path}: no [tokens.{args.name}] table (tokens: {known})")
+    value = fetch_value(args.name, build_source(token), build_transform(token))[1]
+    sys.stdout.write(value + "\n")
+    return 0
