@@ -202,7 +202,8 @@ def test_codeartifact_cli_json_command_equals_the_native_source(
     assert by_sdk.expires_at == codeartifact.sent_expiry
     cli_request, sdk_request = codeartifact.received
     assert cli_request.query == sdk_request.query
-    assert cli_request.signed and sdk_request.signed
+    assert cli_request.signed
+    assert sdk_request.signed
 
 
 @pytest.mark.usefixtures("use_aws_env")
@@ -256,8 +257,10 @@ def test_a_throttled_refresh_keeps_the_previous_token(codeartifact: StandIn) -> 
         rotator.refresh()
     assert keeper.token("pypi") == first
     record = keeper.record("pypi")
-    assert record is not None and record.failures == 1
-    assert record.error is not None and "ThrottlingException" in record.error
+    assert record is not None
+    assert record.failures == 1
+    assert record.error is not None
+    assert "ThrottlingException" in record.error
     assert codeartifact.token not in record.error
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .._build import build_source, build_transform
-from .._errors import ConfigError
+from .._errors import AwstokenError, ConfigError
 from .._rotator import fetch_value
 from ._common import add_config_argument, load_settings
 
@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
     if token is None:
         known = ", ".join(sorted(settings.tokens)) or "none"
         raise ConfigError(f"{settings.path}: no [tokens.{args.name}] table (tokens: {known})")
-    value = fetch_value(args.name, build_source(token), build_transform(token))[1]
+    try:
+        value = fetch_value(args.name, build_source(token), build_transform(token))[1]
+    except AwstokenError as exc:
+        text = str(exc)
+        prefix = f"token {args.name!r}"
+        raise AwstokenError(text if text.startswith(prefix) else f"{prefix}: {text}") from None
     sys.stdout.write(value + "\n")
     return 0
