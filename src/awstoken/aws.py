@@ -66,20 +66,21 @@ def botocore_available() -> bool:
 class _AwsSource:
     """Shared plumbing: one lazily created botocore client, and error translation."""
 
+    kind: ClassVar[str]  # the source's name in configuration files
     service: ClassVar[str]
     operation: ClassVar[str]
 
     def __init__(self, *, region: str | None = None, profile: str | None = None,
                  role_arn: str | None = None, timeout: float | None = None) -> None:
         if not botocore_available():
-            raise ConfigError(f"the {self.service} source needs botocore: "
+            raise ConfigError(f"the {self.kind} source needs botocore: "
                               "pip install 'awstoken[aws]'")
         for what, value in (("region", region), ("profile", profile), ("role_arn", role_arn)):
             if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"{self.service}: {what} must be a non-empty string")
+                raise ConfigError(f"{self.kind}: {what} must be a non-empty string")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(
                 timeout, int | float) or timeout <= 0):
-            raise ConfigError(f"{self.service}: timeout must be a positive number of seconds")
+            raise ConfigError(f"{self.kind}: timeout must be a positive number of seconds")
         self.region = region
         self.profile = profile
         self.role_arn = role_arn
@@ -164,6 +165,7 @@ class ECR(_AwsSource):
     by default it is the caller's own.
     """
 
+    kind = "ecr"
     service = "ecr"
     operation = "GetAuthorizationToken"
 
@@ -191,6 +193,7 @@ class ECR(_AwsSource):
 class ECRPublic(_AwsSource):
     """Amazon ECR Public: ecr-public GetAuthorizationToken (valid 12 hours, us-east-1)."""
 
+    kind = "ecr-public"
     service = "ecr-public"
     operation = "GetAuthorizationToken"
 
@@ -215,6 +218,7 @@ class CodeArtifact(_AwsSource):
     with ``awstoken.basic_auth("aws")`` (pip, twine) or :func:`awstoken.bearer` (npm).
     """
 
+    kind = "codeartifact"
     service = "codeartifact"
     operation = "GetAuthorizationToken"
 
@@ -272,6 +276,7 @@ class EKS(_AwsSource):
     The token is used for 14 minutes from its signing time (EKS accepts 15).
     """
 
+    kind = "eks"
     service = "sts"
     operation = "GetCallerIdentity (EKS token)"
 
@@ -317,6 +322,7 @@ class RDS(_AwsSource):
     Signing is local (nothing is sent to AWS). Use the token as the database password.
     """
 
+    kind = "rds"
     service = "rds"
     operation = "generate-db-auth-token"
 
