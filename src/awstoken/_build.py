@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from ._errors import ConfigError
+from ._hooks import hooks_from_settings
 from ._keeper import Keeper
 from ._rotator import Rotator
 from ._settings import Settings, StorageSettings, TokenSettings
@@ -91,12 +92,11 @@ def build_keeper(settings: Settings) -> Keeper:
 def start_rotators(settings: Settings, keeper: Keeper) -> dict[str, Rotator]:
     """Start one rotator per configured token (each with its interval, retry and timeout).
 
-    Every source and transform is built before the first rotator starts, so a problem stops
-    everything before anything runs.
+    Every source, transform and on-rotate hook (sink, command) is built before the first
+    rotator starts, so a problem stops everything before anything runs.
     """
-    built = {name: (build_source(token), build_transform(token))
+    built = {name: (token, build_source(token), build_transform(token), hooks_from_settings(token))
              for name, token in settings.tokens.items()}
-    return {name: keeper.rotate(name, source, transform, interval=settings.tokens[name].interval,
-                                retry=settings.tokens[name].retry,
-                                timeout=settings.tokens[name].timeout)
-            for name, (source, transform) in built.items()}
+    return {name: keeper.rotate(name, source, transform, interval=token.interval,
+                                retry=token.retry, timeout=token.timeout, on_rotate=hooks)
+            for name, (token, source, transform, hooks) in built.items()}

@@ -19,7 +19,7 @@ from awstoken._config import (
     parse_listen,
     start_rotators,
 )
-from awstoken._settings import RouteSettings, StorageSettings, TokenSettings
+from awstoken._settings import RouteSettings, Settings, StorageSettings, TokenSettings
 from awstoken.aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
 
 GOOD = """
@@ -406,5 +406,21 @@ def test_build_keeper_and_start_rotators(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert keeper.token("one") == "Bearer one-token"
         assert keeper.token("two") == "Basic YXdzOnR3by10b2tlbg=="
+    finally:
+        keeper.stop()
+
+
+def test_start_rotators_runs_the_hooks_of_each_token(tmp_path: Path) -> None:
+    sink = tmp_path / "ecr.token"
+    settings = Settings(storage=StorageSettings(type="memory"), tokens={
+        "ecr": TokenSettings(name="ecr", options={"command": "echo sink-token"},
+                             format="Basic {token}", sink=str(sink))})
+    keeper = build_keeper(settings)
+    start_rotators(settings, keeper)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not sink.exists():
+            time.sleep(0.05)
+        assert sink.read_text().strip() == "Basic sink-token"
     finally:
         keeper.stop()
