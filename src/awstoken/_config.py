@@ -308,7 +308,8 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "rds": ("host", "port", "user", *_AWS_KEYS),
 }
 #: Keys every token accepts, whatever its source.
-TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout")
+TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout",
+                                "sink", "sink_content", "on_rotate", "hook_timeout")
 
 _ACCOUNT = re.compile(r"\d{12}")
 _ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
@@ -349,7 +350,18 @@ def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSett
                                   '"arn:aws:iam::123456789012:role/name"')))
     return TokenSettings(name=name, source=source, options=options, **_given(
         format=_format(table), basic_user=_basic_user(table), interval=table.duration("interval"),
-        retry=table.duration("retry"), timeout=table.duration("timeout")))
+        retry=table.duration("retry"), timeout=table.duration("timeout"),
+        sink=table.file_path("sink"), sink_content=table.choice("sink_content", ("value", "raw")),
+        on_rotate=table.get("on_rotate", _argv, "a non-empty list of strings (an argv, run "
+                            "without a shell; the token arrives on stdin)"),
+        hook_timeout=table.duration("hook_timeout")))
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and v for v in value)):
+        raise ValueError("")
+    return tuple(value)
 
 
 def _format(table: _Table) -> str | Any:

@@ -234,8 +234,6 @@ BAD: list[tuple[str, str, str, str]] = [
      "got a boolean"),
     ("interval-typo", "[tokens.a]\ncommand = 'x'\nintervall = 5\n", "tokens.a.intervall",
      "did you mean 'interval'?"),
-    ("sink-not-yet", "[tokens.a]\ncommand = 'x'\nsink = '/run/x'\n", "tokens.a.sink",
-     "unknown key"),
     ("expiry-path-alone", "[tokens.a]\ncommand = 'x'\nexpiry_path = 'a.b'\n",
      "tokens.a.expiry_path", "needs token_path too"),
     ("bad-token-path", "[tokens.a]\ncommand = 'x'\ntoken_path = 'a..b'\n",
@@ -293,6 +291,16 @@ BAD: list[tuple[str, str, str, str]] = [
      "routes[0].header", "an HTTP header name"),
     ("route-missing-upstream", "[tokens.ecr]\ncommand = 'x'\n[[routes]]\nprefix = '/'\n"
      "token = 'ecr'\n", "routes[0].upstream", "missing"),
+    ("sink-not-a-path", "[tokens.ecr]\ncommand = 'x'\nsink = 5\n", "tokens.ecr.sink",
+     "expected a file path"),
+    ("sink-content", "[tokens.ecr]\ncommand = 'x'\nsink = '/tmp/t'\nsink_content = 'raws'\n",
+     "tokens.ecr.sink_content", "did you mean 'raw'?"),
+    ("on-rotate-string", "[tokens.ecr]\ncommand = 'x'\non_rotate = 'docker login'\n",
+     "tokens.ecr.on_rotate", "a non-empty list of strings"),
+    ("on-rotate-empty", "[tokens.ecr]\ncommand = 'x'\non_rotate = []\n", "tokens.ecr.on_rotate",
+     "a non-empty list of strings"),
+    ("hook-timeout", "[tokens.ecr]\ncommand = 'x'\nhook_timeout = '0s'\n",
+     "tokens.ecr.hook_timeout", "expected a positive duration"),
 ]
 
 
@@ -422,5 +430,28 @@ def test_start_rotators_runs_the_hooks_of_each_token(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not sink.exists():
             time.sleep(0.05)
         assert sink.read_text().strip() == "Basic sink-token"
+    finally:
+        keeper.stop()
+
+
+def test_sink_and_hook_keys_load_and_run(tmp_path: Path) -> None:
+    hook_out = tmp_path / "hook-saw"
+    text = ("[storage]\ntype = 'memory'\n"
+            "[tokens.ecr]\ncommand = 'echo raw-token'\nformat = 'Basic {token}'\n"
+            "sink = 'ecr.header'\nsink_content = 'value'\n"
+            f"on_rotate = ['sh', '-c', 'cat > {hook_out}']\nhook_timeout = '5s'\n")
+    settings = load(write(tmp_path, text))
+    token = settings.tokens["ecr"]
+    assert token.sink == str(tmp_path / "ecr.header")  # relative to the config file
+    assert token.on_rotate == ("sh", "-c", f"cat > {hook_out}")
+    assert token.hook_timeout == 5
+    keeper = build_keeper(settings)
+    start_rotators(settings, keeper)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (hook_out.exists() and hook_out.read_text()):
+            time.sleep(0.05)
+        assert (tmp_path / "ecr.header").read_text() == "Basic raw-token"
+        assert hook_out.read_text().strip() == "raw-token"
     finally:
         keeper.stop()

@@ -86,6 +86,7 @@ def test_unwritable_storage_keeps_the_token_in_memory(tmp_path: Path) -> None:
         storage.write("ecr", Token("Basic new", refreshed_at=time.time()))
     assert storage.get("ecr") == "Basic new"
     assert "Basic new" in storage.values.values()
+    storage.close()  # its cache thread would log that it cannot revalidate
 
 
 def test_removed_directory_is_recreated_on_write(tmp_path: Path) -> None:

@@ -1,0 +1,43 @@
+"""``awstoken get -c FILE NAME``: print the stored value of one token, for shell scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .._build import build_storage
+from .._errors import AwstokenError, ConfigError
+from ._common import add_config_argument, load_settings
+
+NAME = "get"
+HELP = ("print the current stored header value of one token (exit 1 with the reason when "
+        "there is none or it has expired)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("name", metavar="NAME", help="the token, as in [tokens.NAME]")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    if args.name not in settings.tokens:
+        known = ", ".join(sorted(settings.tokens)) or "none"
+        raise ConfigError(f"{settings.path}: no [tokens.{args.name}] table (tokens: {known})")
+    storage = build_storage(settings.storage)
+    try:
+        record = storage.read(args.name)
+    finally:
+        storage.close()
+    now = time.time()
+    if record is None or record.value is None:
+        why = f"; last error: {record.error}" if record is not None and record.error else ""
+        raise AwstokenError(f"token {args.name!r}: no token stored yet{why}")
+    if record.expired(now):
+        assert record.expires_at is not None
+        why = f"; last error: {record.error}" if record.error else ""
+        raise AwstokenError(f"token {args.name!r}: the stored token expired "
+                            f"{now - record.expires_at:.0f}s ago{why}")
+    sys.stdout.write(record.value + "\n")
+    return 0

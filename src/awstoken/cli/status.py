@@ -1,0 +1,87 @@
+"""``awstoken status -c FILE``: each configured token's state, never its value."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .._build import build_storage
+from .._token import Token
+from ._common import add_config_argument, load_settings
+
+NAME = "status"
+HELP = ("show each configured token's generation, age, time to expiry, leader and last error "
+        "(exit 1 when any token is missing or expired)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object, for machines")
+
+
+def describe(name: str, record: Token | None, now: float) -> dict[str, Any]:
+    """What status shows of one token: everything but the value."""
+    if record is None:
+        return {"name": name, "usable": False, "generation": 0, "refreshed_at": None,
+                "age_seconds": None, "expires_at": None, "expires_in_seconds": None,
+                "leader": None, "failures": 0, "error": None, "error_at": None}
+    return {
+        "name": name,
+        "usable": record.usable(now),
+        "generation": record.generation,
+        "refreshed_at": record.refreshed_at or None,
+        "age_seconds": round(now - record.refreshed_at, 1) if record.value is not None else None,
+        "expires_at": record.expires_at,
+        "expires_in_seconds": (None if record.expires_at is None
+                               else round(record.expires_at - now, 1)),
+        "leader": record.leader,
+        "failures": record.failures,
+        "error": record.error,
+        "error_at": record.error_at,
+    }
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    sign, left = ("-" if seconds < 0 else ""), int(abs(seconds))
+    hours, rest = divmod(left, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{sign}{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{sign}{minutes}m{secs:02d}s"
+    return f"{sign}{secs}s"
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ("TOKEN", "STATE", "GEN", "AGE", "EXPIRES IN", "LEADER", "FAILURES", "LAST ERROR")
+    lines = [head]
+    for row in rows:
+        state = "ok" if row["usable"] else ("expired" if row["generation"] else "missing")
+        lines.append((row["name"], state, str(row["generation"]), _span(row["age_seconds"]),
+                      _span(row["expires_in_seconds"]), row["leader"] or "-",
+                      str(row["failures"]), row["error"] or "-"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
+                     + "  " + line[-1] for line in lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    storage = build_storage(settings.storage)
+    now = time.time()
+    try:
+        rows = [describe(name, storage.read(name), now) for name in settings.tokens]
+    finally:
+        storage.close()
+    if args.json:
+        json.dump({"config": settings.path, "storage": settings.storage.type, "time": now,
+                   "tokens": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(_table(rows) + "\n")
+    return 0 if all(row["usable"] for row in rows) else 1

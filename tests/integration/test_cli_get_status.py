@@ -1,0 +1,73 @@
+"""`awstoken get` and `awstoken status` as real processes against a FileStorage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import awstoken
+
+CLI = [sys.executable, "-m", "awstoken._cli"]
+
+
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "awstoken.toml"
+    path.write_text(f"[storage]\ntype = 'file'\npath = '{tmp_path / 'store'}'\n"
+                    "[tokens.ecr]\ncommand = 'echo x'\nformat = 'Basic {token}'\n"
+                    "[tokens.pypi]\ncommand = 'echo y'\n")
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_get_prints_the_stored_value_or_says_why_not(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    missing = run("get", "-c", str(cfg), "ecr")
+    assert missing.returncode == 1
+    assert "token 'ecr': no token stored yet" in missing.stderr
+    storage = awstoken.FileStorage(tmp_path / "store")
+    now = time.time()
+    storage.write("ecr", awstoken.Token("Basic c2VjcmV0", expires_at=now + 600, refreshed_at=now,
+                                        generation=1, leader="h:1"))
+    ok = run("get", "-c", str(cfg), "ecr")
+    assert ok.returncode == 0 and ok.stdout == "Basic c2VjcmV0\n"
+    storage.write("ecr", awstoken.Token("Basic c2VjcmV0", expires_at=now - 30, refreshed_at=now - 900,
+                                        generation=1, error="token 'ecr': command 'x' exited "
+                                        "with status 255", failures=3))
+    expired = run("get", "-c", str(cfg), "ecr")
+    assert expired.returncode == 1
+    assert "expired 30s ago" in expired.stderr and "status 255" in expired.stderr
+    assert "c2VjcmV0" not in expired.stderr
+    unknown = run("get", "-c", str(cfg), "nope")
+    assert unknown.returncode == 1 and "no [tokens.nope] table (tokens: ecr, pypi)" in unknown.stderr
+    storage.close()
+
+
+def test_status_shows_state_without_values(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    storage = awstoken.FileStorage(tmp_path / "store")
+    now = time.time()
+    storage.write("ecr", awstoken.Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 60,
+                                        generation=4, leader="host-a:42"))
+    table = run("status", "-c", str(cfg))
+    assert table.returncode == 1  # pypi is missing
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TOKEN", "STATE", "GEN"]
+    ecr = next(line for line in lines if line.startswith("ecr"))
+    assert ecr.split()[:3] == ["ecr", "ok", "4"] and "host-a:42" in ecr and "1m00s" in ecr
+    assert next(line for line in lines if line.startswith("pypi")).split()[1] == "missing"
+    as_json = run("status", "-c", str(cfg), "--json")
+    data = json.loads(as_json.stdout)
+    by_name = {row["name"]: row for row in data["tokens"]}
+    assert by_name["ecr"]["generation"] == 4 and by_name["ecr"]["usable"] is True
+    assert 3590 < by_name["ecr"]["expires_in_seconds"] <= 3600
+    assert by_name["pypi"]["usable"] is False
+    assert "c2VjcmV0" not in table.stdout + as_json.stdout
+    storage.write("pypi", awstoken.Token("y", refreshed_at=now, generation=1))
+    assert run("status", "-c", str(cfg)).returncode == 0
+    storage.close()
