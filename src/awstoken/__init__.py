@@ -41,7 +41,7 @@ from ._rotator import RotateHook, Rotator, Schedule
 from ._sources import Command, Fetched, FunctionSource, Source
 from ._token import Token
 from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
-from .storage import FileStorage, Lease, MemoryStorage, Storage
+from .storage import FileStorage, Lease, MemoryStorage, RedisStorage, Storage
 
 __version__ = "0.1.0.dev0"
 
@@ -62,6 +62,7 @@ __all__ = [
     "Keeper",
     "Lease",
     "MemoryStorage",
+    "RedisStorage",
     "RotateHook",
     "Rotator",
     "Schedule",
