@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +13,8 @@ import pytest
 
 from awstoken import Keeper, RedisStorage, StorageError, Token
 from awstoken.storage.redis import _lease_clock
+from tests.fixtures.binaries import require_binary
+from tests.fixtures.ports import free_port
 from tests.fixtures.redis import RedisServer, TcpRelay
 
 Factory = Callable[..., RedisStorage]
@@ -302,14 +303,12 @@ def test_passwords_never_reach_logs_errors_or_repr(
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+    subprocess.run([require_binary("openssl"), *args], cwd=cwd, check=True, capture_output=True)
 
 
 def test_rediss_with_a_private_ca(tmp_path: Path, redis_server: RedisServer,
                                   make_storage: Factory) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    from tests.fixtures.ports import free_port
+    require_binary("openssl")
 
     d = tmp_path / "tls"
     d.mkdir()
