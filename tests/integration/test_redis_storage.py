@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,6 +276,7 @@ PASSWORD = "pw-Zq8wXr4u"
 @pytest.fixture
 def redis_with_password(tmp_path: Path, redis_server: RedisServer) -> Iterator[RedisServer]:
     server = RedisServer(redis_server.binary, tmp_path / "auth", extra=["--requirepass", PASSWORD])
+    server.client_options = {"password": PASSWORD}
     server.workdir.mkdir()
     server.start()
     yield server
@@ -324,6 +326,8 @@ def test_rediss_with_a_private_ca(tmp_path: Path, redis_server: RedisServer,
         "--port", "0", "--tls-port", str(port), "--tls-cert-file", "server.crt",
         "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
         "--tls-auth-clients", "no"])
+    server.scheme = "rediss"
+    server.client_options = {"ssl_ca_certs": str(d / "ca.crt")}
     server.start()
     try:
         url = f"rediss://127.0.0.1:{port}/0"
@@ -336,3 +340,33 @@ def test_rediss_with_a_private_ca(tmp_path: Path, redis_server: RedisServer,
             untrusting.read("t")
     finally:
         server.stop()
+
+
+FORK_SCRIPT = """
+import os, sys, time
+from awstoken import RedisStorage, Token
+storage = RedisStorage(sys.argv[1], lease=5)
+storage.write("t", Token(value="Bearer parent", refreshed_at=time.time(), generation=1))
+lease = storage.acquire("t")
+assert lease is not None
+pid = os.fork()
+if pid == 0:
+    # The child: a follower with its own connections and threads.
+    ok = storage.get("t") == "Bearer parent" and storage.acquire("t") is None
+    storage.write("t", Token(value="Bearer child", refreshed_at=time.time(), generation=2))
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+deadline = time.monotonic() + 5
+while storage.values.get("t") != "Bearer child" and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(os.waitstatus_to_exitcode(status), storage.values.get("t"), lease.held())
+storage.close()
+"""
+
+
+def test_after_fork_the_child_follows_and_the_parent_keeps_leading(
+        redis_server: RedisServer) -> None:
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT, redis_server.url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "Bearer", "child", "True"]
