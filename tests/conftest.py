@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.aws",
     "tests.fixtures.pypiserver",
     "tests.fixtures.aws_standins",
+    "tests.fixtures.redis",
 ]

@@ -45,7 +45,7 @@ from ._rotator import RotateHook, Rotator, Schedule
 from ._sources import Command, Fetched, FunctionSource, Source
 from ._token import Token
 from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
-from .storage import FileStorage, Lease, MemoryStorage, Storage
+from .storage import FileStorage, Lease, MemoryStorage, RedisStorage, Storage
 
 if TYPE_CHECKING:
     from .aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
@@ -87,6 +87,7 @@ __all__ = [
     "Keeper",
     "Lease",
     "MemoryStorage",
+    "RedisStorage",
     "RotateHook",
     "Rotator",
     "Schedule",

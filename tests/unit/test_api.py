@@ -36,7 +36,7 @@ def wait_for(predicate: object, timeout: float = 10.0) -> None:
 def test_public_api_is_curated() -> None:
     expected = {
         "AwstokenError", "Command", "CommandError", "CommandTimeout", "ConfigError", "Fetched",
-        "FileStorage", "FunctionSource", "Keeper", "Lease", "MemoryStorage", "Rotator",
+        "FileStorage", "FunctionSource", "Keeper", "Lease", "MemoryStorage", "RedisStorage", "Rotator",
         "Schedule", "Source", "SourceError", "Storage", "StorageError", "Token",
         "TokenExpiredError", "TokenValueError", "Transform", "__version__", "basic",
         "basic_auth", "bearer", "create", "default_keeper", "manage", "rotate", "set_interval",

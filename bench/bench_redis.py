@@ -1,0 +1,146 @@
+"""Benchmarks of RedisStorage against a real redis-server started here (unix socket).
+
+1. The read path: ``token()`` with a RedisStorage against a plain dict lookup in the same run
+   (target: within 10x, i.e. no network on the hot path), with a redis-py GET for scale.
+2. Propagation: how long a new token takes to reach another storage (pub/sub).
+3. Source calls per rotation across N processes sharing one Redis (target: exactly 1).
+
+    .venv/bin/python bench/bench_redis.py [--processes 1,2,4,8] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import awstoken
+from awstoken import Keeper, RedisStorage, Token
+
+
+def start_redis(tmp: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    sock = tmp / "redis.sock"
+    proc = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not sock.exists():
+        time.sleep(0.01)
+    return proc
+
+
+def per_call_ns(stmt: str, namespace: dict[str, object], number: int) -> float:
+    timer = timeit.Timer(stmt, globals=namespace)
+    best = min(timer.repeat(repeat=7, number=number))
+    return best / number * 1e9
+
+
+def bench_reads(url: str) -> None:
+    storage = RedisStorage(url)
+    value = "Basic " + "QVdT" * 500  # about the size of an ECR header
+    storage.write("ecr", Token(value=value, expires_at=time.time() + 3600,
+                               refreshed_at=time.time(), generation=1))
+    awstoken.set_storage(storage)
+    assert awstoken.token("ecr") == value
+    plain = {"ecr": value}
+    ns = {"plain": plain, "storage": storage, "token": awstoken.token, "values": storage.values,
+          "client": storage._client}
+    base = per_call_ns("plain.get('ecr')", ns, 1_000_000)
+    rows = [
+        ("dict lookup (baseline)", base),
+        ("RedisStorage.values.get(name)", per_call_ns("values.get('ecr')", ns, 1_000_000)),
+        ("RedisStorage.get(name)", per_call_ns("storage.get('ecr')", ns, 1_000_000)),
+        ("awstoken.token(name) over RedisStorage", per_call_ns("token('ecr')", ns, 1_000_000)),
+        ("redis-py GET (network, for scale)",
+         per_call_ns("client.get('awstoken:token:ecr')", ns, 2_000)),
+    ]
+    print("| read | ns per call | x dict lookup |")
+    print("|---|---:|---:|")
+    for label, cost in rows:
+        print(f"| {label} | {cost:,.0f} | {cost / base:.1f} |")
+    storage.close()
+
+
+def bench_propagation(url: str, rounds: int = 300) -> None:
+    writer = RedisStorage(url)
+    reader = RedisStorage(url, poll=3600)  # only the events channel can bring new tokens
+    writer.write("p", Token(value="v0", refreshed_at=time.time(), generation=0))
+    assert reader.get("p") == "v0"
+    latencies = []
+    for i in range(1, rounds + 1):
+        value = f"v{i}"
+        started = time.perf_counter()
+        writer.write("p", Token(value=value, refreshed_at=time.time(), generation=i))
+        while reader.values.get("p") != value:
+            time.sleep(0.00005)
+        latencies.append(time.perf_counter() - started)
+    latencies.sort()
+    print(f"\npropagation writer -> reader over pub/sub, {rounds} rounds: "
+          f"p50 {statistics.median(latencies) * 1e3:.2f} ms, "
+          f"p99 {latencies[int(rounds * 0.99) - 1] * 1e3:.2f} ms, "
+          f"max {latencies[-1] * 1e3:.2f} ms (safety-net MGET every poll = 5 s)")
+    writer.close()
+    reader.close()
+
+
+def fleet_member(url: str, command: str, interval: float, seconds: float) -> None:
+    storage = RedisStorage(url, lease=2.0)
+    keeper = Keeper(storage, interval=interval)
+    rotator = keeper.rotate("fleet", command)
+    time.sleep(seconds)
+    rotator.stop()
+    storage.close()
+
+
+def bench_fleet(url: str, tmp: Path, sizes: list[int], seconds: float) -> None:
+    print("\n| processes | rotations | source calls | calls per rotation |")
+    print("|---:|---:|---:|---:|")
+    ctx = multiprocessing.get_context("spawn")
+    for n in sizes:
+        counter = tmp / f"calls-{n}"
+        counter.touch()
+        prefix_url = url
+        command = f"echo x >> {counter}; echo tok-$(date +%s%N)"
+        import redis
+
+        client = redis.Redis.from_url(url)
+        client.flushall()
+        procs = [ctx.Process(target=fleet_member, args=(prefix_url, command, 0.5, seconds))
+                 for _ in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        raw = client.get("awstoken:token:fleet")
+        rotations = Token.from_json(raw, where="bench").generation if raw else 0
+        calls = len(counter.read_text().splitlines())
+        print(f"| {n} | {rotations} | {calls} | {calls / max(rotations, 1):.2f} |")
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--processes", default="1,2,4,8")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        redis_proc = start_redis(tmp)
+        url = f"unix://{tmp / 'redis.sock'}"
+        try:
+            bench_reads(url)
+            bench_propagation(url)
+            bench_fleet(url, tmp, [int(x) for x in args.processes.split(",")], args.seconds)
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,690 @@
+"""RedisStorage: tokens shared by every process of a fleet, through one Redis.
+
+Layout under ``prefix`` (default ``awstoken:``)::
+
+    <prefix>token:<name>     the record (JSON), expiring with the token (plus ``expiry_grace``)
+    <prefix>lease:<name>     leadership: the owner id (``host:pid:random``), expiring after ``lease``
+    <prefix>refresh:<name>   the latest refresh request (epoch seconds)
+    <prefix>events           pub/sub channel: the name of every record just written
+
+Reads never wait on the network on the hot path: every process keeps the usable values in the
+``values`` dict of :class:`~awstoken.storage.BaseStorage`. A watcher thread listens on the
+events channel and reloads a record as soon as a writer announces it (about a millisecond);
+the cache thread also revalidates every known record with one ``MGET`` every ``poll`` seconds,
+which catches anything a dropped subscription missed.
+
+Leadership is a lease: ``SET NX PX`` with a unique owner id, renewed by a thread of the owner
+(compare-and-``PEXPIRE`` in one Lua script) and released only by its owner (compare-and-``DEL``).
+The owner keeps a local deadline on a clock that does not stop while the host sleeps: ``lease -
+lease_margin`` after it *sent* the last successful acquire or renewal, so ``held()`` turns False
+before Redis can let anybody else in, whether the owner hangs, loses Redis or is frozen.
+
+When Redis is unavailable, every process keeps serving its cached values until they expire,
+counts the outage (:attr:`RedisStorage.outages`), logs it once, and reconnects with capped
+exponential backoff and jitter. On reconnection it writes back records it could not store, and
+a record missing from Redis (a restart that lost the data) is written back by any process that
+still holds a usable copy (``SET NX``, so nothing newer is ever overwritten).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from .._errors import AwstokenError, StorageError
+from .._token import Token
+from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
+
+# Writes a record unless Redis holds a newer generation (then returns that record), and
+# announces it. KEYS: record. ARGV: record, generation, ttl ms (0: none), channel, name.
+_STORE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and type(rec.generation) == 'number'
+      and rec.generation > tonumber(ARGV[2]) then
+    return cur
+  end
+end
+if ARGV[3] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return false
+"""
+
+# Writes a record back only if there is none (after Redis lost its data); returns the record
+# that is there otherwise. Same KEYS and ARGV as _STORE.
+_RESTORE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return cur
+end
+if ARGV[3] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return false
+"""
+
+# Renews a lease if it is still ours. A lease key that vanished (Redis restarted empty) is
+# taken again: nobody else can hold it, and the owner's local deadline has not passed.
+# KEYS: lease. ARGV: owner, lease ms. Returns 1 when renewed, 0 when somebody else holds it.
+_RENEW = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Deletes a lease only if it is still ours. KEYS: lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: How long a refresh request is kept (it only matters until the next refresh).
+_REQUEST_TTL_MS = 24 * 3600 * 1000
+
+_SECRET_QUERY = re.compile(r"pass|secret|auth|token|key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and any secret-looking query value) replaced by ``***``.
+
+    A user name without a password is hidden too: some clients put the password there.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs],
+                          safe="*/")
+    # Built by hand: urlunsplit turns unix:///path into unix:/path.
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
+def _url_secrets(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or "", parts.username or ""]
+        found += [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.search(k)]
+    except ValueError:
+        return []
+    return [s for s in found if len(s) >= 3]
+
+
+def _lease_clock() -> float:
+    # CLOCK_BOOTTIME keeps counting while the host is suspended, like the wall clock Redis
+    # expires keys with; CLOCK_MONOTONIC would let a resumed host believe it still leads.
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime(boottime)
+    return time.monotonic()
+
+
+def _positive(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise StorageError(f"RedisStorage: {what} must be a positive number of seconds, "
+                           f"not {value!r}")
+    return float(value)
+
+
+class _RedisLease:
+    """Leadership of one token name; ``held()`` never touches the network."""
+
+    def __init__(self, storage: RedisStorage, name: str, owner: str, deadline: float) -> None:
+        self._storage = storage
+        self.name = name
+        self.owner = owner
+        self.deadline = deadline  # on _lease_clock; moved forward by each renewal
+        self._lost = False
+
+    def __repr__(self) -> str:
+        return f"<RedisLease {self.name!r} owner={self.owner!r} held={self.held()}>"
+
+    def held(self) -> bool:
+        if self._lost:
+            return False
+        if _lease_clock() >= self.deadline:
+            self.lose("its lease could not be renewed in time")
+            return False
+        return True
+
+    def lose(self, why: str) -> None:
+        """Stop leading (once), saying why."""
+        if not self._lost:
+            self._lost = True
+            log.warning("awstoken: token %r: this process stops leading: %s", self.name, why)
+        self._storage._forget_lease(self)
+
+    def release(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._storage._release(self)
+
+
+class RedisStorage(BaseStorage):
+    """Tokens in Redis (or Valkey), shared by every process on every host; one leader each.
+
+    ``url`` is a redis-py URL: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
+    for TLS, or ``unix:///path/to/socket[?db=N]``. ``password`` overrides the one in the URL
+    (keep it out of config files). Neither ever appears in logs, errors or ``repr``.
+
+    ``lease`` is how long leadership lasts without renewal; the owner renews it every
+    ``lease / 4`` seconds and gives it up locally ``lease_margin`` (default ``lease / 5``)
+    before Redis could hand it to another process. ``poll`` is the period of the safety-net
+    revalidation (new tokens normally arrive by pub/sub within milliseconds). ``timeout``
+    bounds every network call made by background threads. ``max_backoff`` caps the delay
+    between reconnection attempts. Records expire in Redis ``expiry_grace`` seconds after
+    the token does, so the last error stays visible for status. ``redis_options`` go to
+    ``redis.Redis.from_url`` unchanged (``ssl_ca_certs``, ``ssl_certfile``, ...).
+
+    :attr:`outages` counts the times Redis became unreachable, :attr:`errors` the failed
+    operations, and :attr:`connected` says whether it is reachable now (for metrics).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "awstoken:",
+        lease: float = 15.0,
+        password: str | None = None,
+        username: str | None = None,
+        lease_margin: float | None = None,
+        poll: float = 5.0,
+        margin: float = DEFAULT_MARGIN,
+        timeout: float = 1.0,
+        max_backoff: float = 2.0,
+        expiry_grace: float = 60.0,
+        redis_options: Mapping[str, Any] | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise StorageError("RedisStorage: the url must be a non-empty string")
+        self._secrets = [s for s in (password, *_url_secrets(url)) if s]
+        self.url = redact_url(url)
+        self.prefix = prefix
+        self.lease = _positive(lease, "lease")
+        self.lease_margin = self.lease / 5 if lease_margin is None else float(lease_margin)
+        if not 0 <= self.lease_margin < self.lease:
+            raise StorageError(f"RedisStorage: lease_margin ({self.lease_margin:g}s) must be "
+                               f"at least 0 and below the lease ({self.lease:g}s)")
+        self.timeout = _positive(timeout, "timeout")
+        self.max_backoff = _positive(max_backoff, "max_backoff")
+        self.expiry_grace = max(float(expiry_grace), 0.0)
+        self.outages = 0
+        self.errors = 0
+        self._client = self._connect(url, password=password, username=username,
+                                     options=dict(redis_options or {}))
+        self._scripts = {name: self._client.register_script(src) for name, src in
+                         (("store", _STORE), ("restore", _RESTORE), ("renew", _RENEW),
+                          ("release", _RELEASE))}
+        self._channel = f"{prefix}events"
+        self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
+        self._unsaved: set[str] = set()  # written here, not yet in Redis
+        self._leases: dict[int, _RedisLease] = {}
+        super().__init__(poll=_positive(poll, "poll"), margin=margin, clock=clock)
+        self._init_network_threads()
+
+    def __repr__(self) -> str:
+        return f"RedisStorage({self.url!r}, prefix={self.prefix!r})"
+
+    # -- connection and outage bookkeeping -------------------------------------------------
+
+    def _connect(self, url: str, *, password: str | None, username: str | None,
+                 options: dict[str, Any]) -> Any:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise StorageError("RedisStorage needs redis-py: pip install 'awstoken[redis]'") from None
+        self._redis = redis
+        self._net_errors: tuple[type[BaseException], ...] = (
+            redis.ConnectionError, redis.TimeoutError, OSError)
+        settings: dict[str, Any] = {
+            "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+            # Our own reconnection logic backs off; redis-py must not retry (and block) too.
+            "retry": Retry(NoBackoff(), 0), "client_name": "awstoken",
+        }
+        if password is not None:
+            settings["password"] = password
+        if username is not None:
+            settings["username"] = username
+        settings.update(options)
+        try:
+            return redis.Redis.from_url(url, **settings)
+        except (ValueError, TypeError) as exc:
+            raise StorageError(f"RedisStorage: invalid Redis URL {self.url!r}: "
+                               f"{self._scrub(str(exc))}") from None
+
+    def _init_network_threads(self) -> None:
+        self._state = threading.Lock()
+        self._down_since: float | None = None
+        self._stopping = threading.Event()
+        self._reconnect = threading.Event()
+        self._lease_wake = threading.Event()
+        self._lease_thread: threading.Thread | None = None
+        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        self._watcher = threading.Thread(target=self._watch, name="awstoken-redis-watch",
+                                         daemon=True)
+        self._watcher.start()
+
+    @property
+    def connected(self) -> bool:
+        """False while Redis is known to be unreachable."""
+        return self._down_since is None
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}{kind}:{check_name(name)}"
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _describe(self, exc: BaseException) -> str:
+        text = self._scrub(str(exc)).strip()
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+    def _unavailable(self) -> StorageError:
+        since = self._down_since
+        left = "" if since is None else f" for {time.monotonic() - since:.1f}s"
+        return StorageError(f"Redis at {self.url} is unavailable{left}; reconnecting")
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one Redis operation; translate its failures into StorageError (no secrets)."""
+        if self._down_since is not None:
+            raise self._unavailable()
+        try:
+            return func(*args, **kwargs)
+        except self._net_errors as exc:
+            self._mark_down(exc)
+            raise StorageError(f"Redis at {self.url}: {what}: {self._describe(exc)}") from None
+        except self._redis.RedisError as exc:
+            with self._state:
+                self.errors += 1
+            raise StorageError(f"Redis at {self.url}: {what}: {self._describe(exc)}") from None
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._state:
+            self.errors += 1
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+                self.outages += 1
+        if first:
+            log.warning("awstoken: Redis at %s is unavailable (%s); serving cached tokens until "
+                        "they expire, reconnecting", self.url, self._describe(exc))
+        self._reconnect.set()
+
+    def _mark_up(self) -> None:
+        with self._state:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning("awstoken: Redis at %s is reachable again after %.1fs", self.url,
+                        time.monotonic() - since)
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter over a capped exponential: a fleet that lost Redis together does not
+        # come back in lock step.
+        cap = min(self.max_backoff, 0.05 * 2.0 ** min(attempt, 16))
+        return cap / 2 + random.random() * cap / 2
+
+    # -- watcher thread: pub/sub, reconnection, catching up --------------------------------
+
+    def _watch(self) -> None:
+        attempt = 0
+        pubsub: Any = None
+        try:
+            while not self._stopping.is_set():
+                if pubsub is None:
+                    if attempt and self._stopping.wait(self._backoff(attempt)):
+                        return
+                    try:
+                        pubsub = self._subscribe()
+                    except self._net_errors as exc:
+                        self._mark_down(exc)
+                        attempt += 1
+                        continue
+                    attempt = 0
+                    self._reconnect.clear()
+                    self._mark_up()
+                    self._catch_up()
+                try:
+                    message = pubsub.get_message(timeout=0.25)
+                except self._net_errors as exc:
+                    message = None
+                    self._mark_down(exc)
+                if self._reconnect.is_set():
+                    # Somebody saw Redis fail: probe again with a fresh connection.
+                    self._close_pubsub(pubsub)
+                    pubsub = None
+                    attempt = 1
+                elif message is not None and message.get("type") == "message":
+                    self._on_event(message.get("data"))
+        except Exception:  # the watcher must never die silently
+            log.exception("awstoken: Redis watcher stopped by an unexpected error")
+        finally:
+            self._close_pubsub(pubsub)
+
+    def _subscribe(self) -> Any:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            # Connects (and authenticates) now: a refused or rejected connection raises here.
+            pubsub.subscribe(self._channel)
+        except BaseException:
+            self._close_pubsub(pubsub)
+            raise
+        return pubsub
+
+    @staticmethod
+    def _close_pubsub(pubsub: Any) -> None:
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _on_event(self, data: object) -> None:
+        try:
+            name = data.decode() if isinstance(data, bytes) else str(data)
+        except UnicodeDecodeError:
+            return
+        with self._lock:
+            watched = name in self._records
+        if not watched:
+            return
+        try:
+            self._sync(name, self._call("reading a record", self._client.get,
+                                        self._key("token", name)))
+        except AwstokenError as exc:
+            log.debug("awstoken: token %r: could not reload after notification: %s", name, exc)
+
+    def _catch_up(self) -> None:
+        """After (re)connecting: store what could not be stored, reload everything, renew."""
+        self._lease_wake.set()
+        self._revalidate()
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _ttl_ms(self, token: Token) -> int:
+        if token.expires_at is None:
+            return 0
+        return max(1, math.ceil((max(token.expires_at - self.clock(), 0.0)
+                                 + self.expiry_grace) * 1000))
+
+    def _parse(self, name: str, raw: bytes) -> Token:
+        return Token.from_json(raw, where=f"token {name!r} in Redis at {self.url}")
+
+    def _script_write(self, script: str, name: str, token: Token, raw: bytes) -> bytes | None:
+        """Run the store or restore script; None when ``raw`` was written, else what is there."""
+        result: bytes | None = self._call(
+            "writing a record", self._scripts[script], keys=[self._key("token", name)],
+            args=[raw, token.generation, self._ttl_ms(token), self._channel, name])
+        return result
+
+    def _load(self, name: str) -> Token | None:
+        raw = self._call("reading a record", self._client.get, self._key("token", name))
+        return self._sync(name, raw)
+
+    def _sync(self, name: str, raw: bytes | None) -> Token | None:
+        """Bring the local record of ``name`` in line with ``raw`` (just read from Redis).
+
+        A record this process wrote but could not store goes to Redis first; a record missing
+        from Redis is written back if this process still holds a usable copy.
+        """
+        with self._lock:
+            local = self._records.get(name)
+            pending = name in self._unsaved
+            known = self._raw.get(name, b"")
+        if raw is not None and raw == known and not pending:
+            return local
+        if local is not None and (pending or (raw is None and local.usable(self.clock()))):
+            mine = local.to_json()
+            there = self._script_write("store" if pending else "restore", name, local, mine)
+            with self._lock:
+                self._unsaved.discard(name)
+            if there is None:
+                if not pending:
+                    log.warning("awstoken: token %r was missing from Redis at %s; wrote back "
+                                "this process's copy (generation %d)", name, self.url,
+                                local.generation)
+                raw = mine
+            else:
+                raw = there
+        record = None if raw is None else self._parse(name, raw)
+        with self._lock:
+            if self._raw.get(name, b"") != raw or name not in self._records:
+                self._raw[name] = raw
+                self._remember(name, record)
+            return self._records.get(name)
+
+    def _stale(self, name: str) -> bool:
+        # Records are kept current by notifications and the periodic MGET, never per read.
+        return False
+
+    def _revalidate(self) -> None:
+        if self._down_since is not None:
+            return
+        with self._lock:
+            names = list(self._records)
+        if not names:
+            return
+        try:
+            raws = self._call("revalidating records", self._client.mget,
+                              [self._key("token", n) for n in names])
+        except AwstokenError as exc:
+            log.debug("awstoken: could not revalidate: %s", exc)
+            return
+        for name, raw in zip(names, raws, strict=True):
+            try:
+                self._sync(name, raw)
+            except AwstokenError as exc:
+                log.warning("awstoken: could not revalidate token %r: %s", name, exc)
+
+    def get(self, name: str) -> str | None:
+        """The usable value of ``name``, or None. Only a name this process has never seen
+        costs a network round trip (once); everything else is answered from memory."""
+        value = self._values.get(name)
+        if value is not None:
+            return value
+        check_name(name)
+        with self._lock:
+            seen = name in self._records
+            record = self._records.get(name)
+        if not seen:
+            try:
+                record = self.read(name)
+            except AwstokenError:
+                with self._lock:
+                    if name not in self._records:
+                        self._remember(name, None)  # the cache thread will look again
+                return None
+        now = self.clock()
+        if record is None or record.value is None or (
+                record.expires_at is not None and now >= record.expires_at - self.margin):
+            return None
+        return record.value
+
+    def read(self, name: str) -> Token | None:
+        """The record of ``name`` from Redis.
+
+        While Redis is unavailable, the last record this process saw (if any): the leader
+        keeps deciding on what it knows until its lease runs out.
+        """
+        check_name(name)
+        try:
+            return self._load(name)
+        except StorageError:
+            with self._lock:
+                record = self._records.get(name)
+            if record is None:
+                raise
+            return record
+
+    def write(self, name: str, token: Token) -> None:
+        check_name(name)
+        with self._lock:
+            # Memory first: if Redis is away, this process still serves the new token, and
+            # the watcher stores it when Redis is back.
+            self._remember(name, token)
+            self._unsaved.add(name)
+        self._store(name, token)
+
+    def _store(self, name: str, token: Token) -> None:
+        raw = token.to_json()
+        there = self._script_write("store", name, token, raw)
+        with self._lock:
+            if self._records.get(name) is token:
+                self._unsaved.discard(name)
+        if there is None:
+            with self._lock:
+                if self._records.get(name) is token:
+                    self._raw[name] = raw
+            return
+        # Redis holds a newer generation (another leader was faster): adopt it.
+        log.info("awstoken: token %r: Redis at %s already holds a newer record; using it",
+                 name, self.url)
+        self._sync(name, there)
+
+    # -- leadership ------------------------------------------------------------------------
+
+    def acquire(self, name: str) -> _RedisLease | None:
+        key = self._key("lease", name)
+        owner = f"{self._owner_prefix}{uuid.uuid4().hex[:16]}"
+        sent = _lease_clock()
+        try:
+            ok = self._call("acquiring a lease", self._client.set, key, owner, nx=True,
+                            px=math.ceil(self.lease * 1000))
+        except AwstokenError as exc:
+            if self.connected:  # an outage is logged once by _mark_down; anything else here
+                log.warning("awstoken: token %r: cannot take the lease: %s", name, exc)
+            return None
+        if not ok:
+            return None
+        lease = _RedisLease(self, name, owner, sent + self.lease - self.lease_margin)
+        with self._state:
+            self._leases[id(lease)] = lease
+            if self._lease_thread is None or not self._lease_thread.is_alive():
+                self._lease_thread = threading.Thread(
+                    target=self._renew_leases, name="awstoken-redis-lease", daemon=True)
+                self._lease_thread.start()
+        return lease
+
+    def leader(self, name: str) -> str | None:
+        """The owner id (``host:pid:random``) of the lease of ``name``, or None."""
+        raw = self._call("reading a lease", self._client.get, self._key("lease", name))
+        return None if raw is None else bytes(raw).decode(errors="replace")
+
+    def _renew_leases(self) -> None:
+        every = self.lease / 4
+        while not self._stopping.is_set():
+            with self._state:
+                leases = list(self._leases.values())
+            for lease in leases:
+                if lease.held():
+                    self._renew(lease)
+            self._lease_wake.wait(every)
+            self._lease_wake.clear()
+
+    def _renew(self, lease: _RedisLease) -> None:
+        sent = _lease_clock()
+        try:
+            ok = self._call("renewing a lease", self._scripts["renew"],
+                            keys=[self._key("lease", lease.name)],
+                            args=[lease.owner, math.ceil(self.lease * 1000)])
+        except AwstokenError as exc:
+            # held() turns False at the deadline unless a later renewal succeeds.
+            if self.connected:
+                log.warning("awstoken: token %r: cannot renew the lease: %s", lease.name, exc)
+            return
+        if ok:
+            lease.deadline = max(lease.deadline, sent + self.lease - self.lease_margin)
+        else:
+            lease.lose("another process holds its lease")
+
+    def _forget_lease(self, lease: _RedisLease) -> None:
+        with self._state:
+            self._leases.pop(id(lease), None)
+
+    def _release(self, lease: _RedisLease) -> None:
+        self._forget_lease(lease)
+        try:
+            self._call("releasing a lease", self._scripts["release"],
+                       keys=[self._key("lease", lease.name)], args=[lease.owner])
+        except AwstokenError as exc:
+            log.debug("awstoken: token %r: lease not released (it will expire): %s",
+                      lease.name, exc)
+
+    # -- refresh requests ------------------------------------------------------------------
+
+    def request_refresh(self, name: str) -> None:
+        self._call("requesting a refresh", self._client.set, self._key("refresh", name),
+                   repr(self.clock()), px=_REQUEST_TTL_MS)
+
+    def refresh_requested(self, name: str) -> float:
+        try:
+            raw = self._call("reading a refresh request", self._client.get,
+                             self._key("refresh", name))
+        except AwstokenError:
+            return 0.0
+        try:
+            return float(raw) if raw is not None else 0.0
+        except ValueError:
+            return 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._lease_wake.set()
+        with self._state:
+            leases = list(self._leases.values())
+        for lease in leases:
+            lease.release()
+        super().close()
+        for thread in (self._watcher, self._lease_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's leases, threads and pub/sub connection stay the parent's; redis-py
+        # gives the child fresh pooled connections by itself.
+        super()._after_fork_in_child()
+        self._leases = {}
+        self._init_network_threads()
