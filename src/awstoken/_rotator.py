@@ -246,17 +246,22 @@ class Rotator:
         """
         with self._refresh_lock:
             record = self.storage.read(self.name)
-            return self._refresh(record, raise_errors=True)
+            token = self._refresh(record, raise_errors=True)
+            assert token is not None  # only a leader's refresh can be discarded
+            return token
 
     def _refresh_locked(self, record: Token | None) -> None:
         with self._refresh_lock:
-            self._refresh(record, raise_errors=False)
+            self._refresh(record, raise_errors=False, as_leader=True)
 
-    def _refresh(self, record: Token | None, *, raise_errors: bool) -> Token:
+    def _refresh(self, record: Token | None, *, raise_errors: bool,
+                 as_leader: bool = False) -> Token | None:
         started = self.clock()
         try:
             fetched, value = self.fetch()
         except Exception as exc:
+            if as_leader and self._deposed():
+                return record
             self.failures += 1
             message = _describe(self.name, exc)
             base = record if record is not None else Token(value=None)
@@ -270,6 +275,8 @@ class Rotator:
                     raise
                 raise AwstokenError(message) from None
             return failed
+        if as_leader and self._deposed():
+            return record
         now = self.clock()
         token = Token(value=value, expires_at=fetched.expires_at, refreshed_at=now,
                       generation=(record.generation if record is not None else 0) + 1,
@@ -280,6 +287,15 @@ class Rotator:
         log.info("awstoken: token %r refreshed (generation %d%s)", self.name, token.generation, left)
         self._run_hooks(fetched, token)
         return token
+
+    def _deposed(self) -> bool:
+        # The source can run for long (up to its timeout): a leader whose lease lapsed
+        # meanwhile (hung, cut off from Redis) must not write over its successor's record.
+        if self.leader:
+            return False
+        log.warning("awstoken: token %r: leadership was lost during the refresh; discarding "
+                    "its result", self.name)
+        return True
 
     def fetch(self) -> tuple[Fetched, str]:
         """Run the source and the transform; return the raw fetch and the validated value."""

@@ -279,3 +279,18 @@ def test_schedule_validation() -> None:
         Schedule(retry=60, max_retry=30)
     with pytest.raises(awstoken.AwstokenError, match="invalid token name"):
         Rotator("../etc", awstoken.FunctionSource(lambda: "x"), awstoken.basic, MemoryStorage())
+
+
+def test_a_leader_deposed_during_the_fetch_does_not_write() -> None:
+    storage = MemoryStorage()
+    rotator: Rotator
+
+    def lose_lease_then_answer() -> str:
+        assert rotator._lease is not None
+        rotator._lease.release()  # as a lapsed Redis lease would
+        return "late"
+
+    rotator = Rotator("t", awstoken.FunctionSource(lose_lease_then_answer), awstoken.basic, storage)
+    rotator.step()
+    assert storage.read("t") is None
+    assert rotator.refreshes == 0

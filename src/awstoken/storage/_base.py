@@ -133,7 +133,8 @@ class BaseStorage(ABC):
         if value is not None:
             return value
         record = self._cached_record(name)
-        if record is not None and record.usable(self.clock()):
+        # The same margin as the hot dict: a value this close to expiry is not handed out.
+        if record is not None and record.usable(self.clock() + self.margin):
             return record.value
         return None
 
