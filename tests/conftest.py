@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.pypiserver",
     "tests.fixtures.aws_standins",
     "tests.fixtures.redis",
+    "tests.fixtures.proxy",
 ]
