@@ -91,7 +91,11 @@ class Forwarder:
                 counter = self._counters[key] = self.metrics.requests.labels(*key)
             counter.inc()
             if self.access_log and access_log.isEnabledFor(logging.INFO):
-                size = response.body_length if response is not None else 0
+                size = 0
+                if response is not None:
+                    # Streamed answers are written by now; small ones are sent after return.
+                    size = response.body_length if response.prepared else (
+                        0 if request.method == "HEAD" else response.content_length or 0)
                 access_log.info('%s "%s %s" %d %d %.3f', request.remote or "-", request.method,
                                 request.path, status, size, time.monotonic() - started)
 

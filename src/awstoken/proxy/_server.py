@@ -78,7 +78,10 @@ class ProxyServer:
         self.reuse_port = reuse_port
         self.with_admin = admin and settings.server.admin_listen is not None
         self.metrics_socket = metrics_socket
-        self.admin = AdminApp(keeper, self.token_names, self._admin_registry())
+        # One process: request and token metrics on one registry. Workers expose theirs for
+        # the parent, which reports token metrics itself (see _Supervisor).
+        self.registry.register(TokenCollector(keeper, self.token_names))
+        self.admin = AdminApp(keeper, self.token_names, self.registry)
         self._web: web.Server | None = None
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
