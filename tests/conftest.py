@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.aws_standins",
     "tests.fixtures.redis",
     "tests.fixtures.proxy",
+    "tests.fixtures.registry",
 ]
