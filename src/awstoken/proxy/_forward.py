@@ -24,7 +24,7 @@ from .._keeper import Keeper
 from ._auth import InboundAuth
 from ._headers import CROSS_HOST_DROP, response_headers, upstream_request_headers
 from ._metrics import RouteMetrics
-from ._rewrite import MAX_REWRITE_BYTES, decode, is_index, rewrite
+from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
 from ._routes import Route, RouteTable
 from ._upstream import Upstream
 
@@ -312,6 +312,8 @@ class Forwarder:
             plain = None
         if plain is not None:
             rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
+            if route.strip_prefix and is_html(up.headers.get("Content-Type")):
+                rewritten = rewrite_paths(rewritten, route.upstream_path, route.prefix)
             if rewritten != plain:
                 body = rewritten
                 headers.popall("Content-Encoding", None)

@@ -8,6 +8,7 @@ buffered for it; anything else streams through untouched.
 
 from __future__ import annotations
 
+import re
 import zlib
 
 #: Content types whose bodies may carry absolute upstream URLs for clients to follow.
@@ -73,3 +74,28 @@ def _replace_bounded(body: bytes, old: bytes, new: bytes) -> bytes:
         else:
             out += old
         start = end
+
+
+_HTML_TYPES = frozenset({"text/html", "application/vnd.pypi.simple.v1+html"})
+_LINK = re.compile(rb"""((?:href|src)\s*=\s*["'])(/(?!/)[^"']*)""", re.IGNORECASE)
+
+
+def is_html(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() in _HTML_TYPES  # type: ignore[union-attr]
+
+
+def rewrite_paths(body: bytes, upstream_path: str, public_prefix: str) -> bytes:
+    """Map path-absolute links (``href="/packages/..."``) into a stripped route prefix.
+
+    Simple indexes such as pypiserver link files path-absolutely; behind ``prefix = "/pypi"``
+    with ``strip_prefix``, ``/packages/x`` must become ``/pypi/packages/x``.
+    """
+    base, prefix = upstream_path.encode(), public_prefix.rstrip("/").encode()
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        path = match.group(2)
+        if base and not (path == base or path.startswith(base + b"/")):
+            return match.group(0)
+        return match.group(1) + prefix + path[len(base):]
+
+    return _LINK.sub(replace, body)
