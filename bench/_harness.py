@@ -77,23 +77,28 @@ def hwm_kib(pid: int) -> int:
     return peak
 
 
-NGINX_CONF = """
+NGINX_HEAD = """
 daemon off;
 worker_processes 1;
 error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
+pid {dir}/nginx-{role}.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
     client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
     keepalive_requests 1000000;
-    upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}
+"""
+NGINX_ORIGIN = """
     server {{
         listen 127.0.0.1:{origin_port};
         location = /small {{ return 200 "ok"; }}
         location /files/ {{ alias {dir}/files/; sendfile on; }}
     }}
+}}
+"""
+NGINX_PROXY = """
+    upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{proxy_port};
         location / {{
@@ -114,28 +119,38 @@ class Nginx:
     origin_port: int
     proxy_port: int
     dir: Path
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes]  # the proxy instance (pinned like the proxy under test)
+    origin: subprocess.Popen[bytes]
 
 
 @contextlib.contextmanager
-def nginx(cpu: int | None = 0) -> Iterator[Nginx]:
-    """One nginx (1 worker) that is both the origin (/small, /files/) and the baseline proxy."""
+def nginx(origin_cpu: int | None = 0, proxy_cpu: int | None = 1) -> Iterator[Nginx]:
+    """Two nginx instances (1 worker each): the origin (/small, /files/) on ``origin_cpu``,
+    and the baseline proxy with a fixed ``proxy_set_header`` on ``proxy_cpu``."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     with tempfile.TemporaryDirectory(prefix="awstoken-bench-") as tmp:
         d = Path(tmp)
+        d.chmod(0o755)  # nginx workers run as another user when started by root
         (d / "files").mkdir()
-        origin, proxy = free_port(), free_port()
-        (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, origin=origin, origin_port=origin,
-                                                        proxy_port=proxy, token=TOKEN_HEADER))
-        argv = [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
-        proc = subprocess.Popen(pin(argv, cpu))
+        (d / "files").chmod(0o755)
+        values = {"dir": d, "origin_port": free_port(), "proxy_port": free_port(),
+                  "token": TOKEN_HEADER}
+        procs = []
         try:
-            wait_port(origin)
-            wait_port(proxy)
-            yield Nginx(origin, proxy, d, proc)
+            for role, body, cpu in (("origin", NGINX_ORIGIN, origin_cpu),
+                                    ("proxy", NGINX_PROXY, proxy_cpu)):
+                conf = d / f"nginx-{role}.conf"
+                conf.write_text((NGINX_HEAD + body).format(role=role, **values))
+                procs.append(subprocess.Popen(pin([binary, "-p", str(d), "-c", str(conf), "-e",
+                                                   str(d / "error.log")], cpu)))
+            wait_port(int(values["origin_port"]))  # type: ignore[arg-type]
+            wait_port(int(values["proxy_port"]))  # type: ignore[arg-type]
+            yield Nginx(int(values["origin_port"]), int(values["proxy_port"]), d,  # type: ignore[arg-type]
+                        procs[1], procs[0])
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
 
 
 def pin(argv: Sequence[str], cpu: int | None) -> list[str]:

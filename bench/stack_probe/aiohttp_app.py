@@ -3,6 +3,7 @@ import asyncio
 import sys
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 UP = sys.argv[2]
@@ -38,5 +39,4 @@ async def main() -> None:
     await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1])).start()
     await asyncio.Event().wait()
 
-import uvloop
 uvloop.run(main())

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _harness import free_port, measure, nginx, process  # noqa: E402
+from _harness import free_port, measure, nginx, process
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES = {
@@ -32,7 +32,7 @@ def main() -> None:
             port = free_port()
             with process([sys.executable, str(HERE / script), str(port), up], port) as proc:
                 rows.append(measure(name, f"http://127.0.0.1:{port}/small", proc.pid, seconds=seconds))
-    print(f"| stack | req/s | x nginx | p50 ms | p99 ms | CPU us/req | errors |")
+    print("| stack | req/s | x nginx | p50 ms | p99 ms | CPU us/req | errors |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.name} | {r.wrk.rps:.0f} | {r.wrk.rps / base.wrk.rps:.2f} | {r.wrk.p50_ms:.2f} "

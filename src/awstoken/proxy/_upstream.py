@@ -45,7 +45,7 @@ class Upstream:
                                              enable_cleanup_closed=False)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self.timeout, auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=256 * 1024,
+                cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=1024 * 1024,
                 max_field_size=64 * 1024,
                 # Send only what the client sent: an Accept-Encoding the client did not ask
                 # for would hand it a body it cannot read (bodies pass undecoded).

@@ -66,7 +66,7 @@ def test_repeated_headers_kept_and_hop_by_hop_dropped(proxy: RunningProxy, upstr
 def test_host_and_forwarded_headers(proxy: RunningProxy, upstream: Upstream) -> None:
     call(proxy.url, "GET", "/echo", [("Host", "registry.example:5000"),
                                      ("X-Forwarded-For", "10.1.2.3")])
-    headers = dict((k.lower(), v) for k, v in seen_headers(upstream))
+    headers = {k.lower(): v for k, v in seen_headers(upstream)}
     assert headers["host"] == upstream.url.removeprefix("http://")
     assert headers["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"

@@ -42,7 +42,7 @@ def test_upstream_401_refreshes_once_and_retries(upstream: Upstream) -> None:
         with running_proxy(settings, keeper) as proxy:
             reply = call(proxy.url, "GET", "/v2/x/manifests/latest")
             assert reply.status == 200
-            sent = [dict((k.lower(), v) for k, v in s["headers"])["authorization"] for s in upstream.seen]
+            sent = [{k.lower(): v for k, v in s["headers"]}["authorization"] for s in upstream.seen]
             assert sent == ["Bearer old", "Bearer new"]
             # A refused request with a body is not replayed: the client gets the 401.
             upstream.accept_tokens = {"Bearer never"}

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @contextmanager
-def serving(upstream: Upstream, tmp_path: Path, workers: int) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+def serving(upstream: Upstream, tmp_path: Path,
+            workers: int) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     port, admin = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.proxy.serve_main", upstream.url, str(port),
@@ -60,9 +61,9 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
     with serving(upstream, tmp_path, 2) as (proc, base, admin):
         for _ in range(40):
             assert call(base, "GET", "/echo").status == 200
-        auth = {dict((k.lower(), v) for k, v in s["headers"])["authorization"] for s in upstream.seen}
+        auth = {{k.lower(): v for k, v in s["headers"]}["authorization"] for s in upstream.seen}
         assert auth == {"Bearer from-command"}
-        forwarded = {dict((k.lower(), v) for k, v in s["headers"]).get("x-forwarded-for")
+        forwarded = {{k.lower(): v for k, v in s["headers"]}.get("x-forwarded-for")
                      for s in upstream.seen}
         assert forwarded == {"127.0.0.1"}
         metrics = call(admin, "GET", "/metrics").body.decode()
