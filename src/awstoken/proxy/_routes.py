@@ -41,11 +41,6 @@ class Route:
         """``origin + base path``: absolute upstream URLs that start with it come back here."""
         return self.upstream_origin + self.upstream_path
 
-    @property
-    def docker(self) -> bool:
-        """True when errors should be Docker registry JSON (the route serves ``/v2/``)."""
-        return self.prefix.startswith("/v2") or self.prefix == "/"
-
     def upstream_url(self, raw_path: str) -> str:
         """The upstream URL for a proxy ``raw_path`` (path and query, still percent-encoded)."""
         path = raw_path
