@@ -7,6 +7,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.proxy",
     "tests.fixtures.registry",
-    "tests.fixtures.pypi",
     "tests.fixtures.npm",
 ]

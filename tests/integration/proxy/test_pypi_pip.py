@@ -9,10 +9,13 @@ from pathlib import Path
 from awstoken import Command, Keeper, MemoryStorage, basic_auth
 from awstoken._settings import RouteSettings, Settings
 from tests.fixtures.proxy import running_proxy
-from tests.fixtures.pypi import PyPI, pip_env
+from tests.fixtures.pypi import make_wheel, pip_env
+from tests.fixtures.pypiserver import PypiServer, write_htpasswd
 
 
-def test_pip_download_through_proxy(tmp_path: Path, pypiserver: PyPI) -> None:
+def test_pip_download_through_proxy(tmp_path: Path, pypiserver: PypiServer) -> None:
+    wheel = make_wheel(pypiserver.packages)
+    write_htpasswd(pypiserver.htpasswd, {"aws": "codeartifact-token-1"})
     keeper = Keeper(MemoryStorage())
     keeper.rotate("codeartifact", Command(["echo", "codeartifact-token-1"]), basic_auth("aws"))
     settings = Settings(routes=(RouteSettings(prefix="/pypi/", upstream=pypiserver.url,
@@ -27,7 +30,7 @@ def test_pip_download_through_proxy(tmp_path: Path, pypiserver: PyPI) -> None:
                 env=pip_env(tmp_path), capture_output=True, text=True, timeout=120,
                 stdin=subprocess.DEVNULL)
             assert result.returncode == 0, result.stdout + result.stderr
-            assert (out / pypiserver.wheel).exists()
+            assert (out / wheel).exists()
             # Without the proxy, the same index refuses pip (so the token did the work).
             direct = subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--no-deps", "--index-url",
