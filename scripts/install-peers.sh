@@ -12,3 +12,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# verdaccio (npm registry) for the proxy tests, from npm, into a cache outside the repository.
+if [ ! -x "${AWSTOKEN_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/awstoken-test}/verdaccio/node_modules/.bin/verdaccio" ]; then
+  bash tests/peers/install-verdaccio.sh
+fi

@@ -5,4 +5,7 @@ pytest_plugins = [
     "tests.fixtures.pypiserver",
     "tests.fixtures.aws_standins",
     "tests.fixtures.redis",
+    "tests.fixtures.proxy",
+    "tests.fixtures.registry",
+    "tests.fixtures.npm",
 ]

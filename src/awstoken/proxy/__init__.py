@@ -1,0 +1,15 @@
+"""``awstoken serve``: a streaming reverse proxy that attaches tokens to forwarded requests.
+
+Needs the ``awstoken[proxy]`` extra (aiohttp, prometheus-client, bcrypt; uvloop when
+available). ``import awstoken`` never imports this package.
+
+    from awstoken.proxy import serve
+    serve(settings, keeper)     # blocks until SIGTERM/SIGINT
+
+:class:`ProxyServer` runs the same inside an existing event loop.
+"""
+
+from ._admin import AdminApp, token_status
+from ._server import ProxyServer, serve
+
+__all__ = ["AdminApp", "ProxyServer", "serve", "token_status"]

@@ -1,0 +1,88 @@
+"""The admin listener: /healthz, /readyz, /metrics, on its own (loopback by default) address.
+
+Endpoints are a plain ``{path: handler}`` table (:attr:`AdminApp.endpoints`), so another
+front door (an nginx ``auth_request`` endpoint on a unix socket, say) is one more entry.
+Nothing here ever reads out a token value.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .._keeper import Keeper
+
+Endpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+MetricsSource = Callable[[], Awaitable[bytes]]
+
+
+def token_status(keeper: Keeper, names: Iterable[str]) -> tuple[bool, dict[str, object]]:
+    """Readiness of every token: present and unexpired. Values are never included."""
+    now = time.time()
+    ready = True
+    report: dict[str, object] = {}
+    for name in sorted(set(names)):
+        try:
+            record = keeper.record(name)
+        except Exception as exc:
+            ready = False
+            report[name] = {"ready": False, "error": f"cannot read the record: {type(exc).__name__}"}
+            continue
+        usable = record is not None and record.usable(now) and keeper.token(name) is not None
+        ready &= usable
+        entry: dict[str, object] = {"ready": usable}
+        if record is not None:
+            if record.value is not None:
+                entry["age_seconds"] = round(now - record.refreshed_at, 3)
+            if record.expires_at is not None:
+                entry["expires_in_seconds"] = round(record.expires_at - now, 3)
+            entry["generation"] = record.generation
+            if record.failures:
+                entry["failures"] = record.failures
+                entry["error"] = record.error
+        else:
+            entry["error"] = "no token yet"
+        report[name] = entry
+    return ready, report
+
+
+class AdminApp:
+    """The admin request handler (an aiohttp low-level handler)."""
+
+    def __init__(self, keeper: Keeper, token_names: Iterable[str], registry: CollectorRegistry,
+                 *, extra_metrics: MetricsSource | None = None) -> None:
+        self.keeper = keeper
+        self.token_names = tuple(token_names)
+        self.registry = registry
+        self.extra_metrics = extra_metrics
+        self.endpoints: dict[str, Endpoint] = {
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/metrics": self.metrics,
+        }
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, text="method not allowed\n", headers={"Allow": "GET, HEAD"})
+        handler = self.endpoints.get(request.path)
+        if handler is None:
+            return web.Response(status=404, text="not found\n")
+        return await handler(request)
+
+    async def healthz(self, request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.BaseRequest) -> web.StreamResponse:
+        ready, report = token_status(self.keeper, self.token_names)
+        return web.Response(status=200 if ready else 503, content_type="application/json",
+                            text=json.dumps({"ready": ready, "tokens": report}, indent=1) + "\n")
+
+    async def metrics(self, request: web.BaseRequest) -> web.StreamResponse:
+        body = generate_latest(self.registry)
+        if self.extra_metrics is not None:
+            body += await self.extra_metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

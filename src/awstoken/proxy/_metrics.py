@@ -1,0 +1,76 @@
+"""Prometheus metrics: per-route traffic, per-token freshness. Never a token value."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .._keeper import Keeper
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0)
+
+
+class RouteMetrics:
+    """Counters and histograms updated by the request path of one process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("awstoken_proxy_requests", "Requests answered, by route and "
+                                "status class.", ("route", "status"), registry=registry)
+        self.latency = Histogram("awstoken_proxy_upstream_seconds", "Time to the upstream's "
+                                 "response headers.", ("route",), registry=registry,
+                                 buckets=_LATENCY_BUCKETS)
+        self.retries = Counter("awstoken_proxy_token_retries", "Requests retried after an "
+                               "upstream 401/403 and a token refresh.", ("route",),
+                               registry=registry)
+        self.unavailable = Counter("awstoken_proxy_token_unavailable", "Requests refused with "
+                                   "503 because the route's token was missing or expired.",
+                                   ("route",), registry=registry)
+        self.upstream_errors = Counter("awstoken_proxy_upstream_errors", "Upstream connection "
+                                       "failures and timeouts.", ("route", "kind"),
+                                       registry=registry)
+
+
+class TokenCollector(Collector):
+    """Reads token records at scrape time (the values themselves are never read out)."""
+
+    def __init__(self, keeper: Keeper, names: Iterable[str]) -> None:
+        self.keeper = keeper
+        self.names = tuple(sorted(set(names)))
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = time.time()
+        usable = GaugeMetricFamily("awstoken_token_usable", "1 when the token is present and "
+                                   "unexpired.", labels=("token",))
+        age = GaugeMetricFamily("awstoken_token_age_seconds", "Seconds since the last "
+                                "successful refresh.", labels=("token",))
+        expiry = GaugeMetricFamily("awstoken_token_expires_in_seconds", "Seconds until the "
+                                   "token expires (absent when the source gives no expiry).",
+                                   labels=("token",))
+        failing = GaugeMetricFamily("awstoken_token_consecutive_failures", "Failed refreshes "
+                                    "in a row.", labels=("token",))
+        refreshes = CounterMetricFamily("awstoken_token_refreshes", "Successful refreshes run "
+                                        "by this process.", labels=("token",))
+        failures = CounterMetricFamily("awstoken_token_refresh_failures", "Failed refreshes "
+                                       "run by this process.", labels=("token",))
+        rotators = self.keeper.rotators
+        for name in self.names:
+            try:
+                record = self.keeper.record(name)
+            except Exception:
+                record = None
+            ok = record is not None and record.usable(now)
+            usable.add_metric([name], 1.0 if ok else 0.0)
+            if record is not None and record.value is not None:
+                age.add_metric([name], max(now - record.refreshed_at, 0.0))
+                if record.expires_at is not None:
+                    expiry.add_metric([name], record.expires_at - now)
+            failing.add_metric([name], float(record.failures if record is not None else 0))
+            rotator = rotators.get(name)
+            refreshes.add_metric([name], float(rotator.refreshes if rotator else 0))
+            failures.add_metric([name], float(rotator.failures if rotator else 0))
+        yield from (usable, age, expiry, failing, refreshes, failures)

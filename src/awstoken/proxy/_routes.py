@@ -1,0 +1,120 @@
+"""Routes: which upstream and token serve a request path, and how URLs map both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .._errors import ConfigError
+from .._settings import RouteSettings
+from ..storage._base import check_name
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One compiled ``[[routes]]`` entry.
+
+    ``upstream_origin`` is ``scheme://host[:port]`` and ``upstream_path`` the upstream's base
+    path without a trailing slash ("" for none). Forwarding maps a proxy path ``p`` to
+    ``upstream_path + p`` (or, with ``strip_prefix``, to ``upstream_path + p[len(prefix):]``);
+    :meth:`public_base` gives the reverse mapping for Location headers and index bodies.
+    """
+
+    prefix: str
+    upstream_origin: str
+    upstream_path: str
+    token: str
+    header: str = "Authorization"
+    strip_prefix: bool = False
+    redirects: Literal["follow", "pass"] = "follow"
+    tls: bool = True
+
+    @property
+    def name(self) -> str:
+        """The label used in metrics and logs."""
+        return self.prefix
+
+    @property
+    def upstream_base(self) -> str:
+        """``origin + base path``: absolute upstream URLs that start with it come back here."""
+        return self.upstream_origin + self.upstream_path
+
+    def upstream_url(self, raw_path: str) -> str:
+        """The upstream URL for a proxy ``raw_path`` (path and query, still percent-encoded)."""
+        path = raw_path
+        if self.strip_prefix:
+            path = raw_path[len(self.prefix.rstrip("/")):]
+            if not path.startswith("/"):
+                path = "/" + path
+        return self.upstream_base + path
+
+    def public_base(self, proxy_origin: str) -> str:
+        """What ``upstream_base`` becomes as seen by the client of the proxy."""
+        return proxy_origin + (self.prefix.rstrip("/") if self.strip_prefix else "")
+
+    def rewrite_location(self, location: str, proxy_origin: str) -> str:
+        """Point a ``Location`` at the proxy when it points at this route's upstream."""
+        base = self.upstream_base
+        if location.startswith(base) and (len(location) == len(base) or location[len(base)] in "/?"):
+            return self.public_base(proxy_origin) + location[len(base):]
+        if self.strip_prefix and location.startswith("/"):
+            # A path-absolute Location on the upstream: map it into the prefix.
+            if self.upstream_path and location.startswith(self.upstream_path):
+                location = location[len(self.upstream_path):] or "/"
+            return self.prefix.rstrip("/") + location
+        return location
+
+
+def compile_route(settings: RouteSettings, index: int) -> Route:
+    """Validate one route; errors name the route by index and prefix."""
+    where = f"routes[{index}] (prefix {settings.prefix!r})"
+    if not settings.prefix.startswith("/"):
+        raise ConfigError(f"{where}: prefix must start with '/'")
+    parts = urlsplit(settings.upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: upstream must be an http:// or https:// URL, not "
+                          f"{settings.upstream!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{where}: upstream must not carry a query, fragment or credentials")
+    try:
+        check_name(settings.token)
+    except Exception:
+        raise ConfigError(f"{where}: invalid token name {settings.token!r}") from None
+    if not settings.header or any(c in settings.header for c in " :\r\n\t"):
+        raise ConfigError(f"{where}: invalid header name {settings.header!r}")
+    if settings.redirects not in ("follow", "pass"):
+        raise ConfigError(f"{where}: redirects must be 'follow' or 'pass'")
+    default_port = 443 if parts.scheme == "https" else 80
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    origin = f"{parts.scheme}://{host}"
+    if parts.port is not None and parts.port != default_port:
+        origin += f":{parts.port}"
+    return Route(prefix=settings.prefix, upstream_origin=origin,
+                 upstream_path=parts.path.rstrip("/"), token=settings.token,
+                 header=settings.header, strip_prefix=settings.strip_prefix,
+                 redirects=settings.redirects, tls=parts.scheme == "https")
+
+
+class RouteTable:
+    """Routes by prefix; the longest matching prefix wins."""
+
+    def __init__(self, routes: Iterable[RouteSettings]) -> None:
+        compiled = [compile_route(r, i) for i, r in enumerate(routes)]
+        seen: set[str] = set()
+        for route in compiled:
+            if route.prefix in seen:
+                raise ConfigError(f"routes: prefix {route.prefix!r} appears twice")
+            seen.add(route.prefix)
+        self.routes = sorted(compiled, key=lambda r: len(r.prefix), reverse=True)
+
+    def match(self, path: str) -> Route | None:
+        """The route for ``path``: a prefix ending in '/' matches below it; otherwise the
+        prefix must be the whole path or be followed by '/' or '?'."""
+        for route in self.routes:
+            prefix = route.prefix
+            if path.startswith(prefix) and (
+                    prefix.endswith("/") or len(path) == len(prefix) or path[len(prefix)] in "/?"):
+                return route
+        return None

@@ -1,0 +1,77 @@
+"""The proxy as a process: graceful SIGTERM, and workers sharing the port and the storage."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.proxy import Upstream
+
+from .conftest import Reply, call
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@contextmanager
+def serving(upstream: Upstream, tmp_path: Path,
+            workers: int) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.proxy.serve_main", upstream.url, str(port),
+         str(admin), str(tmp_path / "tokens"), str(workers)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port)
+        wait_for_port(admin)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while call(base, "GET", "/echo").status != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield proc, base, f"http://127.0.0.1:{admin}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_sigterm_finishes_in_flight_requests(upstream: Upstream, tmp_path: Path) -> None:
+    with serving(upstream, tmp_path, 1) as (proc, base, _):
+        replies: list[Reply] = []
+        slow = threading.Thread(target=lambda: replies.append(call(base, "GET", "/stream/300000000")))
+        slow.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        slow.join(60)
+        assert replies and replies[0].status == 200
+        assert len(replies[0].body) == 300_000_000
+        assert proc.wait(30) == 0
+        _, err = proc.communicate()
+        assert "SIGTERM received, shutting down" in err
+        assert "from-command" not in err
+
+
+def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> None:
+    with serving(upstream, tmp_path, 2) as (proc, base, admin):
+        for _ in range(40):
+            assert call(base, "GET", "/echo").status == 200
+        auth = {{k.lower(): v for k, v in s["headers"]}["authorization"] for s in upstream.seen}
+        assert auth == {"Bearer from-command"}
+        forwarded = {{k.lower(): v for k, v in s["headers"]}.get("x-forwarded-for")
+                     for s in upstream.seen}
+        assert forwarded == {"127.0.0.1"}
+        metrics = call(admin, "GET", "/metrics").body.decode()
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith('awstoken_proxy_requests_total{route="/",status="2xx"}'))
+        assert float(line.split()[-1]) >= 40
+        assert call(admin, "GET", "/readyz").status == 200
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        assert len(children.stdout.split()) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

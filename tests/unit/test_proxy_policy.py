@@ -1,0 +1,107 @@
+"""Pure proxy policy: route matching and URL mapping, header filtering, index rewriting."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("aiohttp")
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from awstoken import ConfigError
+from awstoken._settings import RouteSettings
+from awstoken.proxy._headers import response_headers, upstream_request_headers
+from awstoken.proxy._prom import merge_exposition
+from awstoken.proxy._rewrite import decode, rewrite, rewrite_paths
+from awstoken.proxy._routes import RouteTable
+
+
+def test_core_import_does_not_load_http_stack() -> None:
+    code = "import sys, awstoken; print(any(m.split('.')[0] in ('aiohttp', 'prometheus_client', " \
+           "'awstoken.proxy') or m.startswith('awstoken.proxy') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_route_mapping_and_location_rewrite() -> None:
+    table = RouteTable([
+        RouteSettings(prefix="/", upstream="https://1.dkr.ecr.us-east-1.amazonaws.com", token="ecr"),
+        RouteSettings(prefix="/npm/", upstream="https://d-1.d.codeartifact.us-east-1.amazonaws.com"
+                      "/npm/repo/", token="ca", strip_prefix=True),
+    ])
+    npm = table.match("/npm/lodash")
+    assert npm is not None and npm.token == "ca"
+    assert npm.upstream_url("/npm/lodash?x=1") == \
+        "https://d-1.d.codeartifact.us-east-1.amazonaws.com/npm/repo/lodash?x=1"
+    assert npm.rewrite_location("https://d-1.d.codeartifact.us-east-1.amazonaws.com/npm/repo/a/-/a.tgz",
+                                "http://p:1") == "http://p:1/npm/a/-/a.tgz"
+    assert npm.rewrite_location("https://other.example/x", "http://p:1") == "https://other.example/x"
+    ecr = table.match("/v2/app/blobs/sha256:ab")
+    assert ecr is not None and ecr.token == "ecr"
+    assert ecr.upstream_url("/v2/") == "https://1.dkr.ecr.us-east-1.amazonaws.com/v2/"
+    assert ecr.rewrite_location("https://1.dkr.ecr.us-east-1.amazonaws.com/v2/x", "http://p") == "http://p/v2/x"
+
+
+@pytest.mark.parametrize(("route", "message"), [
+    (RouteSettings(prefix="v2", upstream="https://x", token="t"), "must start with '/'"),
+    (RouteSettings(prefix="/", upstream="ftp://x", token="t"), "http:// or https://"),
+    (RouteSettings(prefix="/", upstream="https://u:p@x", token="t"), "credentials"),
+    (RouteSettings(prefix="/", upstream="https://x", token="bad name"), "invalid token name"),
+    (RouteSettings(prefix="/", upstream="https://x", token="t", header="X Bad"), "invalid header"),
+])
+def test_bad_routes_are_config_errors(route: RouteSettings, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RouteTable([route])
+
+
+def test_request_headers_policy() -> None:
+    incoming: CIMultiDict[str] = CIMultiDict([
+        ("Accept", "a"), ("Accept", "b"), ("Host", "proxy"), ("Authorization", "Basic x"),
+        ("Connection", "close, X-Private"), ("X-Private", "1"), ("Upgrade", "h2c"),
+        ("Content-Length", "3")])
+    out = upstream_request_headers(CIMultiDictProxy(incoming), token_header="Authorization",
+                                   client_ip="10.0.0.1", proto="http", host="proxy")
+    assert out.getall("Accept") == ["a", "b"]
+    assert "Authorization" not in out and "Host" not in out and "X-Private" not in out
+    assert "Upgrade" not in out
+    assert out["Content-Length"] == "3"
+    assert out["X-Forwarded-For"] == "10.0.0.1"
+    upstream: CIMultiDict[str] = CIMultiDict([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"),
+                                              ("Transfer-Encoding", "chunked"), ("Keep-Alive", "5")])
+    back = response_headers(CIMultiDictProxy(upstream))
+    assert back.getall("Set-Cookie") == ["a=1", "b=2"]
+    assert "Transfer-Encoding" not in back and "Keep-Alive" not in back
+
+
+def test_rewrite_only_whole_base_urls() -> None:
+    body = (b'{"a":"http://up:80/x.tgz","b":"http://up:8080/y","c":"http:\\/\\/up:80\\/z",'
+            b'"d":"http://up:80"}')
+    out = rewrite(body, "http://up:80", "http://proxy/npm")
+    assert b'"http://proxy/npm/x.tgz"' in out
+    assert b'"http://up:8080/y"' in out
+    assert b'"http:\\/\\/proxy\\/npm\\/z"' in out
+    assert b'"d":"http://proxy/npm"' in out
+
+
+def test_rewrite_paths_and_decode() -> None:
+    html = b'<a href="/packages/p.whl#sha256=1">p</a><a href="//cdn/x">x</a><a href="rel">r</a>'
+    assert rewrite_paths(html, "", "/pypi/") == \
+        b'<a href="/pypi/packages/p.whl#sha256=1">p</a><a href="//cdn/x">x</a><a href="rel">r</a>'
+    assert rewrite_paths(b'<a href="/base/f">', "/base", "/p") == b'<a href="/p/f">'
+    assert rewrite_paths(b'<a href="/other/f">', "/base", "/p") == b'<a href="/other/f">'
+    assert decode(gzip.compress(b"hello"), "gzip") == b"hello"
+    assert decode(b"x", "br") is None
+
+
+def test_merge_exposition_sums_workers() -> None:
+    one = '# HELP c_total help\n# TYPE c_total counter\nc_total{route="/"} 2.0\n'
+    two = ('# HELP c_total help\n# TYPE c_total counter\nc_total{route="/"} 3.0\n'
+           '# HELP awstoken_token_usable u\n# TYPE awstoken_token_usable gauge\n'
+           'awstoken_token_usable{token="x"} 1.0\n')
+    merged = merge_exposition([one, two], skip=("awstoken_token_",))
+    assert 'c_total{route="/"} 5.0' in merged
+    assert "awstoken_token_usable" not in merged
