@@ -1,104 +1,146 @@
-"""An offline demo of rotation on the embedded default storage: ``python -m awstoken.demo``.
+"""The offline demo: ``python -m awstoken.demo`` (``--rotation`` for the multi-worker one).
 
-A stand-in for the AWS CLI prints a new ECR-style token (with the CLI's trailing newline)
-on each run. Three worker processes call ``awstoken.rotate`` for the same token on the
-default FileStorage; the demo shows that one of them runs the command per refresh, that all
-of them read the same clean header value, and that a SIGKILLed leader is replaced. No AWS
-account, network or Redis is needed.
+It runs the product's main job with nothing from outside: a local stand-in for an ECR
+registry that answers 401 without the right ``Authorization``, a stand-in for the ``aws``
+CLI that prints a token (with the CLI's trailing newline), and a real ``awstoken serve``
+process on the embedded default storage (a FileStorage). It sends a request with no
+credentials through the proxy and prints what the upstream received, then
+``awstoken status``, then stops the server with SIGTERM.
 """
 
 from __future__ import annotations
 
 import base64
-import multiprocessing
+import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-FAKE_AWS = """#!/bin/sh
+PASSWORD = "demo-password"  # noqa: S105 (a stand-in, not a secret)
+TOKEN = base64.b64encode(f"AWS:{PASSWORD}".encode()).decode()
+FAKE_AWS = f"""#!/bin/sh
 # Stands in for: aws ecr get-authorization-token --query ... --output text
-n=$(( $(cat "$0.count" 2>/dev/null || echo 0) + 1 ))
-echo "$n" > "$0.count"
-printf '%s\\n' "$(printf 'AWS:demo-password-%s' "$n" | base64)"
+printf '%s\\n' '{TOKEN}'
 """
 
 
-def _worker(command: str, interval: float, ready: Any) -> None:
-    import awstoken
+class _Registry(BaseHTTPRequestHandler):
+    """A stand-in registry: 401 unless the request carries Basic AWS:<password>."""
 
-    awstoken.set_interval(interval)
-    awstoken.set_retry(1)
-    awstoken.rotate("ecr", command, lambda token: "Basic " + token)
-    ready.set()
-    while True:
-        time.sleep(1)
+    def do_GET(self) -> None:
+        received = self.headers.get("Authorization")
+        ok = received == f"Basic {TOKEN}"
+        body = json.dumps({"path": self.path, "authorization": received} if ok else
+                          {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
-def _show(value: str | None) -> str:
-    if value is None:
-        return "(none yet)"
-    decoded = base64.b64decode(value.removeprefix("Basic ")).decode()
-    return f"{value!r}  (decodes to {decoded!r})"
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http on loopback)
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
-def main() -> int:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(admin: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"awstoken serve exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            if _get(f"{admin}/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"awstoken serve was not ready after 30 s:\n{log.read_text()}")
+
+
+def serve_demo() -> int:
+    registry = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    threading.Thread(target=registry.serve_forever, daemon=True).start()
+    upstream = f"http://127.0.0.1:{registry.server_address[1]}"
     with tempfile.TemporaryDirectory(prefix="awstoken-demo-") as tmp:
-        os.environ["AWSTOKEN_DIR"] = str(Path(tmp) / "store")  # the embedded default storage
-        import awstoken
-
+        env = {**os.environ, "AWSTOKEN_DIR": str(Path(tmp) / "store")}  # the default storage
         fake = Path(tmp) / "aws"
         fake.write_text(FAKE_AWS)
         fake.chmod(0o755)
-        count = Path(f"{fake}.count")
-        interval = 2.0
-        print(f"awstoken {awstoken.__version__} demo: 3 worker processes rotate token 'ecr' "
-              f"every {interval:g}s\non the default FileStorage ({os.environ['AWSTOKEN_DIR']}), "
-              "with a stand-in for the aws CLI.\n")
-        ctx = multiprocessing.get_context("spawn")
-        workers = []
-        for _ in range(3):
-            ready = ctx.Event()
-            proc = ctx.Process(target=_worker, args=(str(fake), interval, ready), daemon=True)
-            proc.start()
-            ready.wait(30)
-            workers.append(proc)
-        print("worker pids:", " ".join(str(p.pid) for p in workers))
-        storage = awstoken.FileStorage()
+        port, admin_port = _free_port(), _free_port()
+        config = Path(tmp) / "awstoken.toml"
+        config.write_text(f"""\
+# No [storage] table: the embedded default, a FileStorage shared by the host's processes.
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+
+[tokens.ecr]
+command = "{fake} ecr get-authorization-token --query 'authorizationData[*].authorizationToken' --output text"
+format = "Basic {{token}}"
+interval = "6h"
+
+[[routes]]
+prefix = "/"
+upstream = "{upstream}"
+token = "ecr"
+""")
+        print(f"== {config.name} ==\n{config.read_text()}")
+        log = Path(tmp) / "serve.log"
+        cli = [sys.executable, "-m", "awstoken._cli"]
+        with open(log, "wb") as out:
+            server = subprocess.Popen([*cli, "serve", "-c", str(config)], env=env, stdout=out,
+                                      stderr=subprocess.STDOUT)
         try:
-            for second in range(1, 8):
-                time.sleep(1)
-                record = storage.read("ecr")
-                runs = count.read_text().strip() if count.exists() else "0"
-                leader = record.leader if record else None
-                print(f"t={second}s  command runs: {runs}  leader: {leader}  "
-                      f"token: {_show(awstoken.token('ecr'))}")
-            record = storage.read("ecr")
-            assert record is not None
-            assert record.leader is not None
-            victim = int(record.leader.rpartition(":")[2])
-            print(f"\nSIGKILL the leader (pid {victim}); another worker takes over:")
-            os.kill(victim, signal.SIGKILL)
-            for second in range(1, 7):
-                time.sleep(1)
-                record = storage.read("ecr")
-                runs = count.read_text().strip()
-                print(f"t=+{second}s  command runs: {runs}  leader: "
-                      f"{record.leader if record else None}  token: {_show(awstoken.token('ecr'))}")
-            value = awstoken.token("ecr")
-            print("\nThe header value has no trailing newline:", value is not None
-                  and not value.endswith("\n"))
-            print(f"The command ran {count.read_text().strip()} times for 3 workers over about "
-                  "13 s: one run per refresh, not one per worker.")
+            _wait_ready(f"http://127.0.0.1:{admin_port}", server, log)
+            status, _ = _get(f"{upstream}/v2/")
+            print(f"GET {upstream}/v2/ (the registry itself, no credentials): HTTP {status}")
+            status, body = _get(f"http://127.0.0.1:{port}/v2/")
+            print(f"GET http://127.0.0.1:{port}/v2/ (through awstoken, no credentials): HTTP {status}")
+            seen = json.loads(body).get("authorization") or ""
+            print(f"  the registry received  Authorization: {seen}")
+            print(f"  which decodes to       {base64.b64decode(seen.removeprefix('Basic ')).decode()!r}"
+                  "  (no trailing newline from the CLI)")
+            print("\n== awstoken status ==")
+            sys.stdout.flush()
+            subprocess.run([*cli, "status", "-c", str(config)], env=env, check=False)
         finally:
-            for proc in workers:
-                proc.kill()
-                proc.join()
-            storage.close()
-    return 0
+            server.send_signal(signal.SIGTERM)
+            code = server.wait(30)
+            registry.shutdown()
+        print(f"\n== awstoken serve log (stopped by SIGTERM, exit status {code}) ==")
+        print(log.read_text().rstrip())
+    return 0 if status == 200 and seen == f"Basic {TOKEN}" and code == 0 else 1
+
+
+def main() -> int:
+    if "--rotation" in sys.argv[1:]:
+        from ._demo_rotation import main as rotation
+
+        return rotation()
+    return serve_demo()
 
 
 if __name__ == "__main__":
