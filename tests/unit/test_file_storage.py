@@ -10,6 +10,10 @@ import pytest
 
 import awstoken
 from awstoken import FileStorage, Token
+from awstoken._rotator import Rotator, Schedule
+from awstoken._sources import FunctionSource
+from awstoken._transforms import bearer
+from tests.fixtures.faults import read_only
 
 
 def test_records_are_private_and_round_trip(tmp_path: Path) -> None:
@@ -113,3 +117,52 @@ def test_token_names_are_validated(tmp_path: Path) -> None:
     for bad in ["../x", "", ".hidden", "a/b", "x" * 200]:
         with pytest.raises(awstoken.AwstokenError, match="invalid token name"):
             storage.write(bad, Token("v"))
+
+
+def test_a_read_only_directory_keeps_the_newer_record_until_a_newer_one_lands(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    storage = FileStorage(directory)
+    storage.write("ecr", Token("Basic old", refreshed_at=time.time(), generation=1))
+    with read_only(directory):
+        with pytest.raises(awstoken.StorageError, match="cannot write"):
+            storage.write("ecr", Token("Basic new", refreshed_at=time.time(), generation=2))
+        # The store still holds generation 1; this process knows better and says so.
+        record = storage.read("ecr")
+        assert record is not None and (record.value, record.generation) == ("Basic new", 2)
+        assert storage.get("ecr") == "Basic new"
+    # Another process stores a newer record: it wins over what could not be stored.
+    FileStorage(directory).write("ecr", Token("Basic newer", refreshed_at=time.time(),
+                                              generation=3))
+    record = storage.read("ecr")
+    assert record is not None and record.value == "Basic newer"
+    storage.close()
+
+
+def test_a_leader_on_read_only_storage_refreshes_once_per_interval(tmp_path: Path) -> None:
+    # Regression: the leader re-read the older stored record after a failed write, found
+    # the token due again and ran the source in a tight loop (thousands of runs a second).
+    directory = tmp_path / "store"
+    now = [1000.0]
+    storage = FileStorage(directory, clock=lambda: now[0])
+    calls = []
+
+    def source() -> str:
+        calls.append(now[0])
+        return f"tok-{len(calls)}"
+
+    rotator = Rotator("ecr", FunctionSource(source), bearer, storage,
+                      schedule=Schedule(interval=60.0), clock=lambda: now[0])
+    assert rotator.step() > 0
+    assert len(calls) == 1
+    with read_only(directory):
+        now[0] += 61
+        for _ in range(5):
+            assert rotator.step() > 0
+        assert len(calls) == 2  # one refresh, stored in memory only
+        assert storage.get("ecr") == "Bearer tok-2"
+        now[0] += 61
+        rotator.step()
+        assert len(calls) == 3
+    rotator.stop()
+    storage.close()

@@ -110,6 +110,10 @@ class BaseStorage(ABC):
         self._values: dict[str, str] = {}
         self._records: dict[str, Token | None] = {}
         self._deadlines: list[tuple[float, str, int]] = []  # (evict at, name, generation)
+        # Records this process wrote that the backing store refused (read-only, removed):
+        # newer than what the store holds, so reads prefer them until a newer record lands.
+        self._unstored: dict[str, Token] = {}
+        self._revalidate_errors: dict[str, str] = {}
         self.poll = poll
         self.margin = margin
         self.clock = clock
@@ -150,6 +154,12 @@ class BaseStorage(ABC):
 
     def _refresh_from_store(self, name: str) -> Token | None:
         record = self._load(name)
+        unstored = self._unstored.get(name)
+        if unstored is not None:
+            if record is None or unstored.generation >= record.generation:
+                record = unstored  # the store still holds an older record than ours
+            else:
+                del self._unstored[name]  # another process stored a newer one
         self._remember(name, record)
         return record
 
@@ -174,9 +184,16 @@ class BaseStorage(ABC):
         check_name(name)
         with self._lock:
             # The in-memory copy is updated first: if the backing store fails (directory
-            # removed, Redis away), this process still serves the new token.
+            # removed, read-only, Redis away), this process still serves the new token, and
+            # later reads return it rather than the older record the store still holds (a
+            # leader that re-read the old record would refresh again at once, in a loop).
             self._remember(name, token)
-            self._store(name, token)
+            try:
+                self._store(name, token)
+            except AwstokenError:
+                self._unstored[name] = token
+                raise
+            self._unstored.pop(name, None)
 
     # -- cache thread ----------------------------------------------------------------------
 
@@ -221,10 +238,18 @@ class BaseStorage(ABC):
                     if self._stale(name):
                         self._refresh_from_store(name)
             except AwstokenError as exc:
-                # Keep serving what we have until it expires; say why we could not revalidate.
-                log.warning("awstoken: could not revalidate token %r: %s", name, exc)
+                # Keep serving what we have until it expires; say why we could not revalidate,
+                # once per distinct error rather than on every poll.
+                if self._revalidate_errors.get(name) != str(exc):
+                    self._revalidate_errors[name] = str(exc)
+                    log.warning("awstoken: could not revalidate token %r (serving the cached "
+                                "value until it expires): %s", name, exc)
+                continue
             except Exception:  # a cache thread must never die
                 log.exception("awstoken: unexpected error revalidating token %r", name)
+                continue
+            if self._revalidate_errors.pop(name, None) is not None:
+                log.info("awstoken: token %r: storage readable again", name)
 
     def close(self) -> None:
         with self._lock:
