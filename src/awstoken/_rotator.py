@@ -197,6 +197,12 @@ class Rotator:
         while not self._stop.is_set():
             try:
                 delay = self.step()
+            except AwstokenError as exc:
+                # Storage trouble (directory gone or not a directory, Redis refusing): say so
+                # in one line and try again later; the cached token is served meanwhile.
+                delay = self.schedule.retry
+                log.error("awstoken: token %r: %s (trying again in %gs)", self.name,
+                          _describe(self.name, exc), delay)
             except Exception:  # the rotation thread must survive anything
                 log.exception("awstoken: token %r: unexpected error in rotation", self.name)
                 delay = self.schedule.retry
@@ -221,6 +227,16 @@ class Rotator:
             now = self.clock()
             due = self._due(record)
         return max(min(due - now, poll), 0.0)
+
+    def next_attempt(self, record: Token | None) -> float | None:
+        """When this process will next try to refresh ``record`` (epoch seconds).
+
+        None unless this process runs the rotation and leads the token. Cheap (no storage
+        access): meant for metrics and status, with the record the caller already read.
+        """
+        if self._lease is None or not self.running:
+            return None
+        return self._due(record)
 
     def _due(self, record: Token | None) -> float:
         # Draw the jitter once per failure count, so repeated steps agree on the due time.

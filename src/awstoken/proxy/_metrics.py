@@ -53,6 +53,13 @@ class TokenCollector(Collector):
                                    labels=("token",))
         failing = GaugeMetricFamily("awstoken_token_consecutive_failures", "Failed refreshes "
                                     "in a row.", labels=("token",))
+        last_error = GaugeMetricFamily("awstoken_token_last_failure_timestamp_seconds",
+                                       "When the latest refresh failed (Unix time; absent "
+                                       "before the first failure).", labels=("token",))
+        next_try = GaugeMetricFamily("awstoken_token_next_refresh_seconds", "Seconds until "
+                                     "this process next tries to refresh the token, backoff "
+                                     "included (only in the process that leads it).",
+                                     labels=("token",))
         refreshes = CounterMetricFamily("awstoken_token_refreshes", "Successful refreshes run "
                                         "by this process.", labels=("token",))
         failures = CounterMetricFamily("awstoken_token_refresh_failures", "Failed refreshes "
@@ -70,7 +77,12 @@ class TokenCollector(Collector):
                 if record.expires_at is not None:
                     expiry.add_metric([name], record.expires_at - now)
             failing.add_metric([name], float(record.failures if record is not None else 0))
+            if record is not None and record.error_at is not None:
+                last_error.add_metric([name], record.error_at)
             rotator = rotators.get(name)
+            due = rotator.next_attempt(record) if rotator is not None else None
+            if due is not None:
+                next_try.add_metric([name], max(due - now, 0.0))
             refreshes.add_metric([name], float(rotator.refreshes if rotator else 0))
             failures.add_metric([name], float(rotator.failures if rotator else 0))
-        yield from (usable, age, expiry, failing, refreshes, failures)
+        yield from (usable, age, expiry, failing, last_error, next_try, refreshes, failures)
