@@ -25,7 +25,7 @@ from ._auth import InboundAuth
 from ._headers import CROSS_HOST_DROP, response_headers, upstream_request_headers
 from ._metrics import RouteMetrics
 from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
-from ._routes import Route, RouteTable
+from ._routes import Route, RouteTable, has_dot_segment
 from ._upstream import Upstream
 
 log = logging.getLogger("awstoken.proxy")
@@ -56,6 +56,21 @@ def error_response(path: str, status: int, message: str, *,
         return web.Response(status=status, text=body, content_type="application/json",
                             headers=headers)
     return web.Response(status=status, text=message + "\n", headers=headers)
+
+
+def _refuse(request: web.BaseRequest, path: str) -> web.Response | None:
+    """A 400 for requests the parser lets through but a proxy must not forward."""
+    if request.version < (1, 0):
+        return error_response(path, 400, "HTTP/0.9 requests are not served")
+    if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+        # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty; answer and close.
+        response = error_response(path, 400, "Transfer-Encoding in an HTTP/1.0 request")
+        response.force_close()
+        return response
+    if has_dot_segment(path):
+        return error_response(path, 400, "dot segments ('.', '..', '%2e') are not allowed "
+                              "in the path")
+    return None
 
 
 class Forwarder:
@@ -104,6 +119,9 @@ class Forwarder:
         path = raw.split("?", 1)[0]
         if not raw.startswith("/"):
             return None, error_response(path, 400, "only origin-form request targets are served")
+        refusal = _refuse(request, path)
+        if refusal is not None:
+            return None, refusal
         if self.auth.enabled:
             decision = await self.auth.check(request.remote, request.headers.get("Authorization"))
             if not decision.allowed:

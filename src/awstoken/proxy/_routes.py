@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .._errors import ConfigError
 from .._settings import RouteSettings
@@ -65,6 +65,17 @@ class Route:
                 location = location[len(self.upstream_path):] or "/"
             return self.prefix.rstrip("/") + location
         return location
+
+
+def has_dot_segment(path: str) -> bool:
+    """True when ``path`` has a ``.`` or ``..`` segment, raw or percent-encoded.
+
+    Upstreams resolve dot segments (and some decode ``%2e``, ``%2f`` or ``\\`` first), so
+    ``/v2/../admin`` would leave the route's prefix, or its upstream base path, with the
+    token attached. Such paths are refused rather than normalised: no client needs them.
+    """
+    decoded = unquote(path)
+    return any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/"))
 
 
 def compile_route(settings: RouteSettings, index: int) -> Route:

@@ -19,9 +19,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from .._errors import ConfigError
@@ -40,6 +42,27 @@ log = logging.getLogger("awstoken.proxy")
 
 #: Request heads up to this size are accepted (and upstream response heads read).
 MAX_FIELD_SIZE = 64 * 1024
+
+
+class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with a malformed request as one line instead of a traceback.
+
+    Any client can send garbage: a traceback per bad request would flood the log, and the
+    parser's message quotes the offending bytes (which may be the client's credentials), so
+    only its first line is kept.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: object = True,
+                  **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            first = (exc.message or "").strip().splitlines()
+            reason = first[0].rstrip(":") if first else f"status {exc.code}"
+            remote = args[0] if args else "-"
+            log.info("awstoken: %d for a malformed request from %s: %s", exc.code, remote,
+                     reason)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
 
 
 def token_names(settings: Settings, routes: RouteTable) -> list[str]:
@@ -112,7 +135,8 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         host, port = self.settings.server.listen
         self._web = web.Server(self.forwarder, handler_cancellation=True, access_log=None,
-                               max_field_size=MAX_FIELD_SIZE)
+                               max_field_size=MAX_FIELD_SIZE,
+                               logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
         self._listeners.append(await loop.create_server(
             self._web, host, port, reuse_port=self.reuse_port or None, backlog=1024))
         if self.with_admin:
