@@ -201,8 +201,7 @@ class Rotator:
                 # Storage trouble (directory gone or not a directory, Redis refusing): say so
                 # in one line and try again later; the cached token is served meanwhile.
                 delay = self.schedule.retry
-                log.error("awstoken: token %r: %s (trying again in %gs)", self.name,
-                          _describe(self.name, exc), delay)
+                log.error("awstoken: %s (trying again in %gs)", _describe(self.name, exc), delay)
             except Exception:  # the rotation thread must survive anything
                 log.exception("awstoken: token %r: unexpected error in rotation", self.name)
                 delay = self.schedule.retry

@@ -160,6 +160,13 @@ class BaseStorage(ABC):
                 record = unstored  # the store still holds an older record than ours
             else:
                 del self._unstored[name]  # another process stored a newer one
+        if record is None:
+            cached = self._records.get(name)
+            if cached is not None and cached.usable(self.clock() + self.margin):
+                # The store lost the record (directory removed, cleaned up, flushed): no
+                # token was revoked, so keep serving ours until it expires. The caller (a
+                # leader's rotator) still learns that the store has none, and refreshes.
+                return None
         self._remember(name, record)
         return record
 
