@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.registry",
     "tests.fixtures.npm",
+    "tests.fixtures.secrets",
 ]
