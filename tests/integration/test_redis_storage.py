@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -370,3 +371,31 @@ def test_after_fork_the_child_follows_and_the_parent_keeps_leading(
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["0", "Bearer", "child", "True"]
+
+
+def test_a_renewal_in_flight_cannot_revive_a_released_lease(
+        redis_server: RedisServer, make_storage: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = make_storage(redis_server.url, lease=4)
+    b = make_storage(redis_server.url, lease=4)
+    lease = a.acquire("t")
+    assert lease is not None
+    raw = redis_server.client()
+    renewing = threading.Event()
+    real_call = a._call
+
+    def slow_renewal(what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if what == "renewing a lease":
+            renewing.set()
+            time.sleep(0.5)  # the key vanishes meanwhile (as after a Redis restart)
+        return real_call(what, func, *args, **kwargs)
+
+    monkeypatch.setattr(a, "_call", slow_renewal)
+    a._lease_wake.set()  # renew now
+    assert renewing.wait(5)
+    raw.delete("awstoken:lease:t")
+    lease.release()  # waits for the renewal, then deletes what it took back
+    time.sleep(1.0)  # long enough for a renewal that did not wait to land
+    assert raw.exists("awstoken:lease:t") == 0
+    again = b.acquire("t")
+    assert again is not None
+    again.release()

@@ -170,6 +170,9 @@ class _RedisLease:
         self.owner = owner
         self.deadline = deadline  # on _lease_clock; moved forward by each renewal
         self._lost = False
+        # Serialises renewal and release: a renewal still in flight after release() could
+        # otherwise take a vanished key back for a process that no longer leads.
+        self.io = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<RedisLease {self.name!r} owner={self.owner!r} held={self.held()}>"
@@ -190,10 +193,11 @@ class _RedisLease:
         self._storage._forget_lease(self)
 
     def release(self) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self._storage._release(self)
+        with self.io:
+            if self._lost:
+                return
+            self._lost = True
+            self._storage._release(self)
 
 
 class RedisStorage(BaseStorage):
@@ -615,8 +619,9 @@ class RedisStorage(BaseStorage):
             with self._state:
                 leases = list(self._leases.values())
             for lease in leases:
-                if lease.held():
-                    self._renew(lease)
+                with lease.io:
+                    if lease.held():
+                        self._renew(lease)
             self._lease_wake.wait(every)
             self._lease_wake.clear()
 
