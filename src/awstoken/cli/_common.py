@@ -7,7 +7,7 @@ import os
 
 from .._config import load
 from .._errors import ConfigError
-from .._settings import Settings
+from .._settings import Settings, TokenSettings
 
 CONFIG_ENV = "AWSTOKEN_CONFIG"
 
@@ -24,3 +24,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if not args.config:
         raise ConfigError(f"no configuration file: give -c FILE or set {CONFIG_ENV}")
     return load(args.config)
+
+
+def configured_token(settings: Settings, name: str) -> TokenSettings:
+    """The ``[tokens.NAME]`` settings; a ConfigError naming the known tokens otherwise."""
+    token = settings.tokens.get(name)
+    if token is None:
+        known = ", ".join(sorted(settings.tokens)) or "none"
+        raise ConfigError(f"{settings.path}: no [tokens.{name}] table (tokens: {known})")
+    return token

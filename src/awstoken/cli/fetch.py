@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .._build import build_source, build_transform
-from .._errors import AwstokenError, ConfigError
+from .._errors import AwstokenError
 from .._rotator import fetch_value
-from ._common import add_config_argument, load_settings
+from ._common import add_config_argument, configured_token, load_settings
 
 NAME = "fetch"
 HELP = ("run the source of one configured token once and print the final header value "
@@ -21,11 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
-    token = settings.tokens.get(args.name)
-    if token is None:
-        known = ", ".join(sorted(settings.tokens)) or "none"
-        raise ConfigError(f"{settings.path}: no [tokens.{args.name}] table (tokens: {known})")
+    token = configured_token(load_settings(args), args.name)
     try:
         value = fetch_value(args.name, build_source(token), build_transform(token))[1]
     except AwstokenError as exc:

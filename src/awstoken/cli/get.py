@@ -7,8 +7,8 @@ import sys
 import time
 
 from .._build import build_storage
-from .._errors import AwstokenError, ConfigError
-from ._common import add_config_argument, load_settings
+from .._errors import AwstokenError
+from ._common import add_config_argument, configured_token, load_settings
 
 NAME = "get"
 HELP = ("print the current stored header value of one token (exit 1 with the reason when "
@@ -22,9 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    if args.name not in settings.tokens:
-        known = ", ".join(sorted(settings.tokens)) or "none"
-        raise ConfigError(f"{settings.path}: no [tokens.{args.name}] table (tokens: {known})")
+    configured_token(settings, args.name)
     storage = build_storage(settings.storage)
     try:
         record = storage.read(args.name)
