@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 from . import _jsonout
 from ._errors import AwstokenError, ConfigError
 from ._settings import (
+    Address,
     RouteSettings,
     ServerSettings,
     Settings,
@@ -309,7 +310,7 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: Keys every token accepts, whatever its source.
 TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout",
-                                "sink", "sink_content", "on_rotate", "hook_timeout")
+                                "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout")
 
 _ACCOUNT = re.compile(r"\d{12}")
 _ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
@@ -352,9 +353,27 @@ def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSett
         format=_format(table), basic_user=_basic_user(table), interval=table.duration("interval"),
         retry=table.duration("retry"), timeout=table.duration("timeout"),
         sink=table.file_path("sink"), sink_content=table.choice("sink_content", ("value", "raw")),
+        sink_mode=table.get("sink_mode", _private_mode, _MODE_EXPECTED),
         on_rotate=table.get("on_rotate", _argv, "a non-empty list of strings (an argv, run "
                             "without a shell; the token arrives on stdin)"),
         hook_timeout=table.duration("hook_timeout")))
+
+
+_MODE_EXPECTED = ('permissions like "0600" or "0640" (a string of octal digits, or 0o640), '
+                  'with nothing for other users')
+
+
+def _private_mode(value: Any) -> int:
+    """File permissions from ``"0640"`` or ``0o640``; other users get nothing (it is a token)."""
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        mode = int(value, 8)
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        mode = value
+    else:
+        raise ValueError(repr(value) if isinstance(value, str | int) else "")
+    if mode & 0o007:
+        raise ValueError(f"{mode:04o} gives other users access to a token")
+    return mode
 
 
 def _argv(value: Any) -> tuple[str, ...]:
@@ -491,7 +510,7 @@ def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[s
 
 SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
-               "access_log")
+               "access_log", "token_listen", "token_socket_mode", "token_secret_env")
 _LISTEN_EXPECTED = '"host:port", like "127.0.0.1:8080" or "[::1]:8080"'
 
 
@@ -524,6 +543,55 @@ def _listen_or_off(value: object) -> tuple[str, int] | None:
     return None if value == "off" else parse_listen(value)
 
 
+#: The longest unix socket path Linux accepts (sun_path is 108 bytes with the final NUL).
+UNIX_PATH_MAX = 107
+_ENDPOINT_EXPECTED = ('"unix:/path/to/token.sock" or a loopback "127.0.0.1:PORT" or '
+                          '"[::1]:PORT", or an array of them')
+
+
+def parse_token_listen(value: object, base_dir: Path) -> tuple[Address, ...]:
+    """``server.token_listen``: unix sockets (``unix:PATH``) and loopback addresses only.
+
+    Anyone who can connect to the token endpoint can read tokens, so it never binds a
+    routable address; a relative socket path is taken relative to ``base_dir``.
+    """
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("an empty array")
+    addresses: list[Address] = []
+    for item in items:
+        address = _token_address(item, base_dir)
+        if address in addresses:
+            raise ValueError(f"{item!r} appears twice")
+        addresses.append(address)
+    return tuple(addresses)
+
+
+def _token_address(value: object, base_dir: Path) -> Address:
+    if not isinstance(value, str):
+        raise ValueError("")
+    if value.startswith("unix:"):
+        raw = value.removeprefix("unix:")
+        if not raw:
+            raise ValueError(f"{value!r} has no path")
+        path = Path(os.path.expanduser(raw))
+        path = path if path.is_absolute() else base_dir / path
+        if len(os.fsencode(str(path))) > UNIX_PATH_MAX:
+            raise ValueError(f"the socket path {str(path)!r} is longer than {UNIX_PATH_MAX} "
+                             "bytes, the limit for unix sockets")
+        return str(path)
+    host, port = parse_listen(value)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ValueError(f"{host!r} is a name: give a loopback address such as 127.0.0.1 or "
+                         "[::1] (or a unix socket)") from None
+    if not loopback:
+        raise ValueError(f"{host} is not a loopback address; whoever reaches the token "
+                         "endpoint can read tokens: use a unix socket or 127.0.0.1")
+    return host, port
+
+
 def _networks(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("")
@@ -543,10 +611,27 @@ def _server(table: _Table | None) -> ServerSettings:
     if table is None:
         return ServerSettings()
     table.unknown(SERVER_KEYS)
+    listen = table.get("listen", parse_listen, _LISTEN_EXPECTED)
+    admin_listen = table.get("admin_listen", _listen_or_off, _LISTEN_EXPECTED + ' or "off"')
+    token_listen = table.get("token_listen", lambda v: parse_token_listen(v, table.base_dir),
+                             _ENDPOINT_EXPECTED)
+    if token_listen is not MISSING:
+        defaults = ServerSettings()
+        for key, other in (("listen", listen), ("admin_listen", admin_listen)):
+            other = getattr(defaults, key) if other is MISSING else other
+            if other is not None and other[1] != 0 and other in token_listen:
+                token_listen = table.error("token_listen", f"{other[0]}:{other[1]} is also "
+                                           f"server.{key}; the token endpoint needs a listener "
+                                           "of its own")
+                break
     return ServerSettings(**_given(
-        listen=table.get("listen", parse_listen, _LISTEN_EXPECTED),
+        listen=listen,
         workers=table.integer("workers", 1, 256),
-        admin_listen=table.get("admin_listen", _listen_or_off, _LISTEN_EXPECTED + ' or "off"'),
+        admin_listen=admin_listen,
+        token_listen=token_listen,
+        token_socket_mode=table.get("token_socket_mode", _private_mode, _MODE_EXPECTED),
+        token_secret_env=table.string("token_secret_env", pattern=_ENV_NAME,
+                                      expected=_ENV_EXPECTED),
         htpasswd=table.file_path("htpasswd", must_exist=True),
         bearer_tokens_env=table.string("bearer_tokens_env", pattern=_ENV_NAME,
                                        expected=_ENV_EXPECTED),
@@ -663,6 +748,9 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
     tokens, names = _tokens(report, root.sub("tokens"), botocore_available())
     server = _server(root.sub("server"))
     routes = _routes(report, raw["routes"], names, root.base_dir) if "routes" in raw else ()
+    if server.token_listen and not names:
+        report.error("server.token_listen", "no [tokens.NAME] table in this file: the token "
+                                            "endpoint would have nothing to serve")
     report.raise_if_any()
     return Settings(storage=storage, tokens=tokens, server=server, routes=routes, path=file)
 
@@ -671,4 +759,4 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
 from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators  # noqa: E402
 
 __all__ = ["build_keeper", "build_source", "build_storage", "build_transform", "load", "loads",
-           "parse_duration", "parse_listen", "start_rotators"]
+           "parse_duration", "parse_listen", "parse_token_listen", "start_rotators"]

@@ -274,7 +274,7 @@ def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
     """
     hooks: list[RotateHook] = []
     if token.sink is not None:
-        hooks.append(FileSink(token.sink, content=token.sink_content))
+        hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode))
     if token.on_rotate is not None:
         hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout))
     return hooks

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 StorageType = Literal["memory", "file", "redis"]
+#: Where a listener binds: ``(host, port)`` for TCP, or a unix socket's absolute path.
+Address = tuple[str, int] | str
 SourceType = Literal["command", "ecr", "ecr-public", "codeartifact", "eks", "rds"]
 
 
@@ -43,6 +45,7 @@ class TokenSettings:
     timeout: float = 60.0
     sink: str | None = None  # file written atomically (0600) on each rotation
     sink_content: Literal["value", "raw"] = "value"
+    sink_mode: int = 0o600  # the sink file's permissions (0640: a reader group, e.g. nginx's)
     on_rotate: tuple[str, ...] | None = None  # argv run after each rotation, token on stdin
     hook_timeout: float = 30.0
 
@@ -63,6 +66,11 @@ class ServerSettings:
     read_timeout: float = 300.0  # per read from the upstream
     shutdown_timeout: float = 30.0
     access_log: bool = True
+    # The nginx auth_request token endpoint (GET /token/NAME): unix sockets and loopback
+    # addresses only (the loader refuses others), never the proxy's listener.
+    token_listen: tuple[Address, ...] = ()
+    token_socket_mode: int = 0o660  # permissions of the token endpoint's unix sockets
+    token_secret_env: str | None = None  # env var with a secret the X-Awstoken-Secret header must carry
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,14 @@
 """Server lifecycle: listeners, graceful shutdown, and worker processes.
 
-One process (``workers = 1``) runs the proxy listener, the admin listener and the keeper's
-rotators in one event loop. With ``workers = N > 1`` the parent forks N workers that each
-bind the proxy address with ``SO_REUSEPORT`` (the kernel spreads connections) and share the
-token storage (only one process leads each token); the parent serves the admin listener and
+One process (``workers = 1``) runs the proxy listener, the admin listener, the token
+endpoint's listeners (nginx ``auth_request``) and the keeper's rotators in one event loop.
+With ``workers = N > 1`` the parent forks N workers that each bind the proxy address with
+``SO_REUSEPORT`` (the kernel spreads connections) and share the token storage (only one
+process leads each token); the parent serves the admin listener and the token endpoint and
 sums the workers' request metrics, which each worker exposes on a private unix socket.
+
+A configuration without ``[[routes]]`` but with ``server.token_listen`` runs no proxy
+listener at all: one process serves the token endpoint (and the admin listener).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ._forward import Forwarder
 from ._metrics import RouteMetrics, TokenCollector
 from ._prom import merge_exposition
 from ._routes import RouteTable
+from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
 from ._upstream import Upstream
 
 log = logging.getLogger("awstoken.proxy")
@@ -75,8 +80,16 @@ def token_names(settings: Settings, routes: RouteTable) -> list[str]:
     return sorted(used | set(settings.tokens))
 
 
+def check_something_to_serve(settings: Settings) -> None:
+    """Raise ConfigError when the settings configure neither routes nor a token endpoint."""
+    if not settings.routes and not settings.server.token_listen:
+        raise ConfigError("nothing to serve: configure [[routes]] (the proxy) or "
+                          "server.token_listen (the token endpoint for nginx auth_request)")
+
+
 class ProxyServer:
-    """The proxy of one process: listener, optional admin listener, upstream pool.
+    """The server of one process: proxy listener (when there are routes), optional admin
+    listener and token endpoint, upstream pool.
 
     ``await start()`` binds; ``await stop()`` stops accepting, lets in-flight requests finish
     for up to ``server.shutdown_timeout`` seconds, cancels the rest and closes upstream
@@ -84,12 +97,13 @@ class ProxyServer:
     """
 
     def __init__(self, settings: Settings, keeper: Keeper, *, reuse_port: bool = False,
-                 admin: bool = True, metrics_socket: str | None = None) -> None:
+                 admin: bool = True, metrics_socket: str | None = None,
+                 token_endpoint: bool = True) -> None:
+        check_something_to_serve(settings)
         self.settings = settings
         self.keeper = keeper
         self.routes = RouteTable(settings.routes)
-        if not self.routes.routes:
-            raise ConfigError("no [[routes]] configured: nothing to proxy")
+        self.with_proxy = bool(self.routes.routes)
         self.token_names = token_names(settings, self.routes)
         self.auth = InboundAuth(settings.server)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -105,6 +119,9 @@ class ProxyServer:
         # the parent, which reports token metrics itself (see _Supervisor).
         self.registry.register(TokenCollector(keeper, self.token_names))
         self.admin = AdminApp(keeper, self.token_names, self.registry)
+        self.with_token_endpoint = token_endpoint and bool(settings.server.token_listen)
+        self.token_secret = load_secret(settings.server) if self.with_token_endpoint else None
+        self.token_listeners: TokenListeners | None = None
         self._web: web.Server | None = None
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
@@ -119,6 +136,8 @@ class ProxyServer:
     @property
     def address(self) -> tuple[str, int]:
         """The bound proxy address (useful with port 0)."""
+        if not self._listeners:
+            raise RuntimeError("no proxy listener: no [[routes]] configured")
         name = self._listeners[0].sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
@@ -130,15 +149,27 @@ class ProxyServer:
                 return str(name[0]), int(name[1])
         return None
 
+    @property
+    def token_addresses(self) -> list[str | tuple[str, int]]:
+        """The token endpoint's bound addresses: socket paths and ``(host, port)``."""
+        return self.token_listeners.addresses if self.token_listeners is not None else []
+
     async def start(self) -> None:
-        """Bind the listeners (the proxy's, the admin's, the worker metrics socket)."""
+        """Bind the listeners (the proxy's, the admin's, the token endpoint's, the worker
+        metrics socket)."""
         loop = asyncio.get_running_loop()
-        host, port = self.settings.server.listen
-        self._web = web.Server(self.forwarder, handler_cancellation=True, access_log=None,
-                               max_field_size=MAX_FIELD_SIZE,
-                               logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
-        self._listeners.append(await loop.create_server(
-            self._web, host, port, reuse_port=self.reuse_port or None, backlog=1024))
+        if self.with_proxy:
+            host, port = self.settings.server.listen
+            self._web = web.Server(self.forwarder, handler_cancellation=True, access_log=None,
+                                   max_field_size=MAX_FIELD_SIZE,
+                                   logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
+            try:
+                self._listeners.append(await loop.create_server(
+                    self._web, host, port, reuse_port=self.reuse_port or None, backlog=1024))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        if self.with_token_endpoint:
+            await self.start_token_endpoint(self.registry)
         if self.with_admin:
             await self.start_admin(self.admin)
         if self.metrics_socket is not None:
@@ -147,8 +178,16 @@ class ProxyServer:
             aux = web.Server(worker_admin, access_log=None)
             self._aux.append(aux)
             self._aux_listeners.append(await loop.create_unix_server(aux, self.metrics_socket))
-        log.info("awstoken: proxy listening on http://%s:%d (%d routes)", *self.address[:2],
-                 len(self.routes.routes))
+        if self.with_proxy:
+            log.info("awstoken: proxy listening on http://%s:%d (%d routes)", *self.address[:2],
+                     len(self.routes.routes))
+
+    async def start_token_endpoint(self, registry: CollectorRegistry) -> None:
+        """Bind the token endpoint's listeners (``server.token_listen``)."""
+        endpoint = TokenEndpoint(self.keeper, self.token_names, secret=self.token_secret,
+                                 registry=registry)
+        self.token_listeners = TokenListeners(endpoint, self.settings.server)
+        await self.token_listeners.start()
 
     async def start_admin(self, admin: AdminApp) -> None:
         """Bind the admin listener for ``admin`` (TCP ``server.admin_listen``)."""
@@ -175,6 +214,8 @@ class ProxyServer:
             server.close()
         for aux in self._aux:
             await aux.shutdown(1.0)
+        if self.token_listeners is not None:
+            await self.token_listeners.stop()
         await self.upstream.close()
         for server in (*self._listeners, *self._aux_listeners):
             with contextlib.suppress(Exception):
@@ -217,13 +258,15 @@ async def _wait_for_signal() -> int:
 async def _serve_one(settings: Settings, keeper: Keeper, *, reuse_port: bool = False,
                      admin: bool = True, metrics_socket: str | None = None) -> int:
     server = ProxyServer(settings, keeper, reuse_port=reuse_port, admin=admin,
-                         metrics_socket=metrics_socket)
+                         metrics_socket=metrics_socket, token_endpoint=not reuse_port)
     try:
         await server.start()
     except OSError as exc:
         await server.stop()
-        host, port = settings.server.listen
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(f"cannot listen: {exc.strerror}") from None
+    except ConfigError:
+        await server.stop()
+        raise
     try:
         await _wait_for_signal()
     finally:
@@ -238,12 +281,19 @@ def serve(settings: Settings, keeper: Keeper) -> int:
     the configuration file). Raises :class:`awstoken.ConfigError` for unusable settings.
     """
     # Validate everything once, before any fork, so errors reach the user once.
+    check_something_to_serve(settings)
     RouteTable(settings.routes)
     InboundAuth(settings.server)
     Upstream(settings.server)
+    load_secret(settings.server)
     workers = settings.server.workers
     if workers < 1:
         raise ConfigError(f"server.workers must be at least 1, not {workers}")
+    if not settings.routes:
+        if workers > 1:
+            log.info("awstoken: no [[routes]]: one process serves the token endpoint "
+                     "(server.workers applies to the proxy)")
+        return _run(_serve_one(settings, keeper))
     if workers == 1:
         return _run(_serve_one(settings, keeper))
     if isinstance(keeper.storage, MemoryStorage):
@@ -299,9 +349,19 @@ class _Supervisor:
 
     async def _main(self) -> int:
         server = ProxyServer(self.settings, self.keeper, admin=False)
-        admin = AdminApp(self.keeper, server.token_names, server._admin_registry(),
+        registry = server._admin_registry()
+        admin = AdminApp(self.keeper, server.token_names, registry,
                          extra_metrics=self._worker_metrics)
-        await server.start_admin(admin)
+        try:
+            await server.start_admin(admin)
+            if server.with_token_endpoint:  # here, not in the workers: one socket, one owner
+                await server.start_token_endpoint(registry)
+        except OSError as exc:
+            await server.stop()
+            raise ConfigError(f"cannot listen: {exc.strerror}") from None
+        except ConfigError:
+            await server.stop()
+            raise
         reaper = asyncio.create_task(self._reap())
         try:
             signum = await _wait_for_signal()
@@ -312,10 +372,7 @@ class _Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         await self._wait_children(self.settings.server.shutdown_timeout + 5)
-        for server_ in server._aux_listeners:
-            server_.close()
-        for aux in server._aux:
-            await aux.shutdown(1.0)
+        await server.stop()  # the admin and token listeners (it never bound a proxy listener)
         return 0 if signum in (signal.SIGTERM, signal.SIGINT) else 1
 
     async def _reap(self) -> None:

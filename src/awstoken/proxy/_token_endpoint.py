@@ -1,0 +1,228 @@
+"""The token endpoint for nginx ``auth_request``: ``GET /token/NAME`` -> 204 + the value.
+
+nginx (stock, no Lua) asks it in a subrequest and copies the answer onto the proxied request::
+
+    auth_request /_awstoken/ecr;
+    auth_request_set $awstoken $upstream_http_x_awstoken_value;
+    proxy_set_header Authorization $awstoken;
+
+Answers: 204 with ``X-Awstoken-Value: <header value>`` when the token is usable; 503 when
+there is none or it has expired (nginx then refuses the request: the upstream never sees it
+without a token); 404 for a name that is not configured; 403 when a shared secret is
+configured and ``X-Awstoken-Secret`` does not carry it; 405 for methods other than GET/HEAD.
+Every answer says ``Cache-Control: no-store``: a cache must opt in explicitly (the example
+nginx configuration does, for a few seconds).
+
+Whoever can connect can read tokens, so this listens only on unix sockets (mode 0660 by
+default) and loopback addresses (the configuration loader refuses anything else), each a
+listener of its own: never the proxy's or the admin's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hmac
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from .._errors import ConfigError
+from .._keeper import Keeper
+from .._settings import Address, ServerSettings
+
+log = logging.getLogger("awstoken.proxy")
+
+PATH_PREFIX = "/token/"
+VALUE_HEADER = "X-Awstoken-Value"
+SECRET_HEADER = "X-Awstoken-Secret"  # noqa: S105 (a header name, not a secret)
+_WARN_EVERY = 60.0  # seconds between two warnings about requests without the secret
+
+
+def describe(address: Address) -> str:
+    """``unix:/path`` or ``http://host:port`` (IPv6 in brackets), for messages."""
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def load_secret(settings: ServerSettings) -> bytes | None:
+    """The shared secret from ``server.token_secret_env`` (None when not configured)."""
+    if settings.token_secret_env is None:
+        return None
+    value = os.environ.get(settings.token_secret_env, "").strip()
+    if not value:
+        raise ConfigError(f"server.token_secret_env: the environment variable "
+                          f"{settings.token_secret_env} is empty or unset")
+    return value.encode("utf-8", "surrogateescape")
+
+
+class TokenEndpoint:
+    """The request handler (an aiohttp low-level handler) of the token listeners."""
+
+    def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.keeper = keeper
+        self.names = frozenset(token_names)
+        self.secret = secret
+        self.requests = Counter("awstoken_token_endpoint_requests", "Token endpoint answers, by "
+                                "token (empty for unknown names) and status.", ("token", "status"),
+                                registry=registry)
+        self._warned = -_WARN_EVERY
+
+    def _answer(self, status: int, token: str, text: str = "",
+                headers: dict[str, str] | None = None) -> web.Response:
+        self.requests.labels(token, str(status)).inc()
+        return web.Response(status=status, text=text or None,
+                            headers={"Cache-Control": "no-store", **(headers or {})})
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._answer(405, "", "method not allowed\n", {"Allow": "GET, HEAD"})
+        # The secret first: without it, a client learns nothing, not even which names exist.
+        if self.secret is not None and not self._secret_ok(request):
+            return self._answer(403, "", f"forbidden: {SECRET_HEADER} is missing or wrong\n")
+        path = request.path
+        name = path[len(PATH_PREFIX):] if path.startswith(PATH_PREFIX) else ""
+        if name not in self.names:
+            return self._answer(404, "", "no such token\n")
+        value = self.keeper.token(name)
+        if value is None:
+            return self._answer(503, name, f"no usable token for {name}\n", {"Retry-After": "1"})
+        return self._answer(204, name, headers={VALUE_HEADER: value})
+
+    def _secret_ok(self, request: web.BaseRequest) -> bool:
+        assert self.secret is not None
+        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(given, self.secret):
+            return True
+        now = time.monotonic()
+        if now - self._warned >= _WARN_EVERY:  # at most one line a minute, whatever the rate
+            self._warned = now
+            log.warning("awstoken: token endpoint: refused a request without the right %s "
+                        "header (server.token_secret_env)", SECRET_HEADER)
+        return False
+
+
+@dataclass
+class _Bound:
+    address: Address
+    server: asyncio.Server
+    inode: int | None = None  # unix sockets: ours to remove at shutdown if still this inode
+
+
+class TokenListeners:
+    """The token endpoint's listeners: bind, report addresses, close (removing our sockets)."""
+
+    def __init__(self, handler: TokenEndpoint, settings: ServerSettings) -> None:
+        self.handler = handler
+        self.settings = settings
+        self._web = web.Server(handler, access_log=None)
+        self._bound: list[_Bound] = []
+
+    @property
+    def addresses(self) -> list[Address]:
+        """What is bound: socket paths and ``(host, port)`` (the real port when 0 was asked)."""
+        result: list[Address] = []
+        for bound in self._bound:
+            if isinstance(bound.address, str):
+                result.append(bound.address)
+            else:
+                name = bound.server.sockets[0].getsockname()
+                result.append((str(name[0]), int(name[1])))
+        return result
+
+    async def start(self) -> None:
+        """Bind every ``server.token_listen`` address; raise ConfigError naming the one that fails."""
+        loop = asyncio.get_running_loop()
+        for address in self.settings.token_listen:
+            if isinstance(address, str):
+                sock = _bind_unix(address, self.settings.token_socket_mode)
+                inode = os.stat(address).st_ino
+                server = await loop.create_unix_server(self._web, sock=sock, backlog=1024)
+                self._bound.append(_Bound(address, server, inode))
+            else:
+                try:
+                    server = await loop.create_server(self._web, address[0], address[1],
+                                                      backlog=1024)
+                except OSError as exc:
+                    raise ConfigError(f"server.token_listen: cannot listen on "
+                                      f"{describe(address)}: {exc.strerror}") from None
+                self._bound.append(_Bound(address, server))
+        for address in self.addresses:
+            log.info("awstoken: token endpoint listening on %s (tokens: %s)", describe(address),
+                     ", ".join(sorted(self.handler.names)))
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight answers (briefly), remove our socket files."""
+        for bound in self._bound:
+            bound.server.close()
+        await self._web.shutdown(1.0)
+        for bound in self._bound:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(bound.server.wait_closed(), 1.0)
+            if isinstance(bound.address, str):
+                with contextlib.suppress(OSError):
+                    if os.stat(bound.address).st_ino == bound.inode:
+                        os.unlink(bound.address)
+        self._bound.clear()
+
+
+def _bind_unix(path: str, mode: int) -> socket.socket:
+    """A listening-ready unix socket at ``path`` with ``mode``, replacing only a stale one."""
+    where = f"server.token_listen: unix:{path}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"{where}: the path exists and is not a socket")
+        if _in_use(path):
+            raise ConfigError(f"{where}: another process listens on it")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket of a previous run
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        raise ConfigError(f"{where}: the directory {os.path.dirname(path)!r} does not exist "
+                          "(with systemd: RuntimeDirectory=)")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        # Before listen(): nobody can connect until the mode is right.
+        os.chmod(path, mode)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{where}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _in_use(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise ConfigError(f"server.token_listen: unix:{path}: {exc.strerror}") from None
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+__all__ = ["PATH_PREFIX", "SECRET_HEADER", "VALUE_HEADER", "TokenEndpoint", "TokenListeners",
+           "describe", "load_secret"]
