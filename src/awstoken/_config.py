@@ -510,7 +510,8 @@ def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[s
 
 SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
-               "access_log", "token_listen", "token_socket_mode", "token_secret_env")
+               "access_log", "token_listen", "token_socket_mode", "token_max_age",
+               "token_secret_env")
 _LISTEN_EXPECTED = '"host:port", like "127.0.0.1:8080" or "[::1]:8080"'
 
 
@@ -630,6 +631,7 @@ def _server(table: _Table | None) -> ServerSettings:
         admin_listen=admin_listen,
         token_listen=token_listen,
         token_socket_mode=table.get("token_socket_mode", _private_mode, _MODE_EXPECTED),
+        token_max_age=table.duration("token_max_age", positive=False, maximum=300.0),
         token_secret_env=table.string("token_secret_env", pattern=_ENV_NAME,
                                       expected=_ENV_EXPECTED),
         htpasswd=table.file_path("htpasswd", must_exist=True),

@@ -185,7 +185,7 @@ class ProxyServer:
     async def start_token_endpoint(self, registry: CollectorRegistry) -> None:
         """Bind the token endpoint's listeners (``server.token_listen``)."""
         endpoint = TokenEndpoint(self.keeper, self.token_names, secret=self.token_secret,
-                                 registry=registry)
+                                 max_age=self.settings.server.token_max_age, registry=registry)
         self.token_listeners = TokenListeners(endpoint, self.settings.server)
         await self.token_listeners.start()
 

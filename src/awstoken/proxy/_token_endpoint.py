@@ -10,8 +10,10 @@ Answers: 204 with ``X-Awstoken-Value: <header value>`` when the token is usable;
 there is none or it has expired (nginx then refuses the request: the upstream never sees it
 without a token); 404 for a name that is not configured; 403 when a shared secret is
 configured and ``X-Awstoken-Secret`` does not carry it; 405 for methods other than GET/HEAD.
-Every answer says ``Cache-Control: no-store``: a cache must opt in explicitly (the example
-nginx configuration does, for a few seconds).
+A 204 says ``Cache-Control: max-age=N``: N is ``server.token_max_age`` (default 5 s), cut
+so that a cached answer never outlives the token (awstoken itself stops handing a token
+out shortly before it expires); nginx's ``proxy_cache`` honours it, so nginx asks about once
+per N seconds instead of once per request. Every other answer says ``no-store``.
 
 Whoever can connect can read tokens, so this listens only on unix sockets (mode 0660 by
 default) and loopback addresses (the configuration loader refuses anything else), each a
@@ -29,7 +31,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -70,10 +72,15 @@ class TokenEndpoint:
     """The request handler (an aiohttp low-level handler) of the token listeners."""
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 max_age: float = 5.0, registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.keeper = keeper
         self.names = frozenset(token_names)
         self.secret = secret
+        self.max_age = max_age
+        self.clock = clock
+        # name -> (value, its expiry): the record is read once per new value, not per request.
+        self._expiry: dict[str, tuple[str, float | None]] = {}
         self.requests = Counter("awstoken_token_endpoint_requests", "Token endpoint answers, by "
                                 "token (empty for unknown names) and status.", ("token", "status"),
                                 registry=registry)
@@ -98,7 +105,23 @@ class TokenEndpoint:
         value = self.keeper.token(name)
         if value is None:
             return self._answer(503, name, f"no usable token for {name}\n", {"Retry-After": "1"})
-        return self._answer(204, name, headers={VALUE_HEADER: value})
+        self.requests.labels(name, "204").inc()
+        return web.Response(status=204, headers={VALUE_HEADER: value,
+                                                 "Cache-Control": self._cache_control(name, value)})
+
+    def _cache_control(self, name: str, value: str) -> str:
+        """``max-age`` of at most ``max_age``, ending before the token leaves awstoken's cache."""
+        known = self._expiry.get(name)
+        if known is None or known[0] != value:
+            record = self.keeper.record(name)
+            expires = record.expires_at if record is not None and record.value == value else None
+            known = self._expiry[name] = (value, expires)
+        seconds = self.max_age
+        if known[1] is not None:
+            # The storage's margin: the moment awstoken itself stops handing the token out.
+            margin = getattr(self.keeper.storage, "margin", 0.0)
+            seconds = min(seconds, known[1] - margin - self.clock())
+        return f"max-age={int(seconds)}" if seconds >= 1 else "no-store"
 
     def _secret_ok(self, request: web.BaseRequest) -> bool:
         assert self.secret is not None
