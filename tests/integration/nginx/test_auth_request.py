@@ -1,0 +1,161 @@
+"""examples/nginx/nginx.conf run by real nginx in front of a recording upstream.
+
+The example is used as shipped, with only its ports and paths substituted (and, for the
+loopback variant, its commented secret line switched on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from awstoken import Keeper, MemoryStorage
+from awstoken._settings import ServerSettings, Settings, TokenSettings
+from tests.fixtures.nginx import (
+    EXAMPLES,
+    Nginx,
+    RecordingUpstream,
+    Reply,
+    RunningServer,
+    base_replacements,
+    recording_upstream,
+    render,
+    running_nginx,
+    running_server,
+    wait_until,
+)
+from tests.fixtures.nginx import request as http_request
+from tests.fixtures.ports import free_port
+
+# Longer than 4096 bytes (nginx's default header buffer, and its limit for a word in a
+# configuration file), as ECR tokens can be.
+TOKEN_A = "Basic " + "QVdTOmZpcnN0LXRva2Vu" * 350  # 7006 bytes
+TOKEN_B = "Basic " + "QVdTOnNlY29uZC10b2tlbg" * 330  # 7266 bytes
+SECRET = "nginx-shared-secret-4f1c"
+MAX_AGE = 5.0  # server.token_max_age, as in the example's comments
+
+
+@dataclass
+class Stack:
+    nginx: Nginx
+    port: int
+    upstream: RecordingUpstream
+    awstoken: RunningServer
+    keeper: Keeper
+
+    def get(self, path: str = "/v2/", method: str = "GET", body: bytes | None = None) -> Reply:
+        # The client's own Authorization must never reach the upstream.
+        return http_request(("127.0.0.1", self.port), method, path,
+                       {"Authorization": "Basic Y2xpZW50OmNyZWRz"}, body)
+
+
+@pytest.fixture(params=["unix", "loopback+secret"])
+def stack(request: pytest.FixtureRequest, short_dir: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    variant = request.param
+    keeper = Keeper(MemoryStorage())
+    sock = str(short_dir / "token.sock")
+    replace: dict[str, str]
+    if variant == "unix":
+        server = ServerSettings(admin_listen=None, token_listen=(sock,), token_max_age=MAX_AGE)
+    else:
+        monkeypatch.setenv("AWSTOKEN_TEST_TOKEN_SECRET", SECRET)
+        server = ServerSettings(admin_listen=None, token_listen=(("127.0.0.1", 0),),
+                                token_max_age=MAX_AGE, token_secret_env="AWSTOKEN_TEST_TOKEN_SECRET")
+    settings = Settings(tokens={"ecr": TokenSettings(name="ecr")}, server=server)
+    port = free_port()
+    with running_server(settings, keeper) as awstoken, recording_upstream() as upstream:
+        (address,) = awstoken.token_addresses
+        if isinstance(address, str):
+            replace = {"server unix:/run/awstoken/token.sock;": f"server unix:{address};"}
+        else:
+            replace = {"server unix:/run/awstoken/token.sock;": f"server {address[0]}:{address[1]};",
+                       '# proxy_set_header X-Awstoken-Secret "the-secret";':
+                       f'proxy_set_header X-Awstoken-Secret "{SECRET}";'}
+        config = render((EXAMPLES / "nginx.conf").read_text(), {
+            **base_replacements(short_dir), **replace,
+            "/run/nginx-awstoken-cache": str(short_dir / "cache"),
+            "listen 127.0.0.1:5000;": f"listen 127.0.0.1:{port};",
+            "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com": upstream.url,
+        })
+        with running_nginx(short_dir, config, [port]) as nginx:
+            yield Stack(nginx, port, upstream, awstoken, keeper)
+            logs = nginx.error_log() + nginx.access_log()
+            assert TOKEN_A not in logs and TOKEN_B not in logs
+            assert "X-Awstoken-Value" not in logs
+        # Whatever happened in the test: the upstream never saw a request without the
+        # token, nor the client's own credentials.
+        assert all(seen in (TOKEN_A, TOKEN_B) for seen in upstream.authorizations())
+
+
+def test_the_upstream_receives_the_current_token_then_the_rotated_one(stack: Stack) -> None:
+    stack.keeper.manage("ecr", lambda: TOKEN_A)
+    for method, body in (("GET", None), ("HEAD", None), ("POST", b"{}"), ("PATCH", b"x" * 70_000),
+                         ("PUT", b"layer"), ("DELETE", None)):
+        reply = stack.get("/v2/repo/blobs/uploads/", method, body)
+        assert reply.status == 200, (method, reply.status, reply.body)
+        seen = stack.upstream.seen[-1]
+        assert (seen.method, seen.authorization) == (method, TOKEN_A)
+        assert seen.body_length == len(body or b"")
+        assert reply.header("X-Awstoken-Value") is None
+    # nginx's cache answers most subrequests: awstoken was asked far fewer times.
+    for _ in range(30):
+        assert stack.get().status == 200
+    assert stack.awstoken.endpoint_count("ecr", "204") <= 4
+    assert len(stack.upstream.seen) == 36
+
+    stack.keeper.manage("ecr", lambda: TOKEN_B)  # a rotation
+    rotated = time.monotonic()
+
+    def upstream_has_b() -> bool:
+        assert stack.get().status == 200
+        return stack.upstream.seen[-1].authorization == TOKEN_B
+
+    assert wait_until(upstream_has_b, MAX_AGE + 5, interval=0.2)
+    # Within the cache time (max-age 5 s) plus scheduling slack.
+    assert time.monotonic() - rotated <= MAX_AGE + 2
+    for _ in range(5):  # and it stays
+        assert stack.get().status == 200
+        assert stack.upstream.seen[-1].authorization == TOKEN_B
+
+
+def test_without_a_token_nginx_refuses_and_the_upstream_sees_nothing(stack: Stack) -> None:
+    for method in ("GET", "HEAD", "PUT"):
+        reply = stack.get("/v2/", method, b"x" if method == "PUT" else None)
+        assert reply.status == 503, (method, reply.status)
+        assert reply.header("Retry-After") == "5"
+    assert stack.upstream.seen == []
+    assert stack.awstoken.endpoint_count("ecr", "503") >= 3  # never cached
+    stack.keeper.manage("ecr", lambda: TOKEN_A)
+    assert stack.get().status == 200  # at once: the 503s were not cached
+    assert stack.upstream.authorizations() == [TOKEN_A]
+
+
+def test_the_token_endpoint_is_not_reachable_through_nginx(stack: Stack) -> None:
+    stack.keeper.manage("ecr", lambda: TOKEN_A)
+    internal = stack.get("/_awstoken/ecr")
+    assert internal.status == 404
+    assert stack.upstream.seen == []
+    for path in ("/token/ecr", "/_awstoken/ecr/../ecr", "/_awstoken/ecr?x=1", "/_awstoken/ecr/"):
+        reply = stack.get(path)
+        upstream = path in ("/token/ecr", "/_awstoken/ecr/")  # ordinary registry paths
+        assert reply.status == (200 if upstream else 404), path
+        assert reply.header("X-Awstoken-Value") is None, path
+        assert TOKEN_A.encode() not in reply.body
+        assert all(TOKEN_A not in value for _, value in reply.headers)
+    # Those go upstream, with the token, like any other registry path.
+    assert [seen.path for seen in stack.upstream.seen] == ["/token/ecr", "/_awstoken/ecr/"]
+
+
+def test_the_cache_holds_the_token_privately(stack: Stack) -> None:
+    stack.keeper.manage("ecr", lambda: TOKEN_A)
+    assert stack.get().status == 200
+    cache = stack.nginx.directory / "cache"
+    assert cache.stat().st_mode & 0o077 == 0
+    files = [path for path in cache.rglob("*") if path.is_file()]
+    assert files, "nothing was cached"
+    assert all(path.stat().st_mode & 0o077 == 0 for path in files)
