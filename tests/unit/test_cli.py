@@ -69,6 +69,17 @@ def test_check_a_good_file(good: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "QVdTOnNlY3JldA" not in out
 
 
+def test_check_shows_the_token_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "endpoint.toml"
+    path.write_text("[tokens.ecr]\ncommand = 'x'\n[server]\ntoken_listen = ['unix:t.sock', "
+                    "'127.0.0.1:9091']\ntoken_secret_env = 'NGINX_SECRET'\n")
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"token endpoint unix:{tmp_path / 't.sock'} (GET /token/NAME" in out
+    assert "token endpoint 127.0.0.1:9091 (GET /token/NAME for nginx auth_request, secret from " \
+           "$NGINX_SECRET)" in out
+
+
 def test_check_quiet(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-q", "-c", str(good)]) == 0
     assert capsys.readouterr().out == ""

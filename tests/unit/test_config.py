@@ -144,6 +144,33 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert settings.routes == ()
 
 
+def test_token_endpoint_settings(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, """
+[tokens.ecr]
+command = "x"
+sink = "run/ecr.header"
+sink_mode = "0640"
+
+[server]
+token_listen = ["unix:run/token.sock", "127.0.0.1:9091", "[::1]:9091", "127.8.0.1:0"]
+token_socket_mode = 0o600
+token_max_age = "10s"
+token_secret_env = "AWSTOKEN_TOKEN_SECRET"
+"""))
+    server = settings.server
+    assert server.token_listen == (str(tmp_path / "run" / "token.sock"), ("127.0.0.1", 9091),
+                                   ("::1", 9091), ("127.8.0.1", 0))
+    assert (server.token_socket_mode, server.token_max_age, server.token_secret_env) == (
+        0o600, 10.0, "AWSTOKEN_TOKEN_SECRET")
+    token = settings.tokens["ecr"]
+    assert (token.sink, token.sink_mode) == (str(tmp_path / "run" / "ecr.header"), 0o640)
+    assert load(write(tmp_path, EP + "token_listen = "
+                                "'unix:/run/t.sock'\ntoken_max_age = 0\n")).server.token_max_age == 0
+    defaults = load(write(tmp_path, "")).server
+    assert (defaults.token_listen, defaults.token_socket_mode, defaults.token_max_age,
+            defaults.token_secret_env) == ((), 0o660, 5.0, None)
+
+
 def test_redis_storage_settings(tmp_path: Path) -> None:
     settings = load(write(tmp_path, '[storage]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n'
                                     'password_env = "REDIS_PASSWORD"\nprefix = "tok:"\n'
@@ -175,6 +202,8 @@ def test_bad_durations(text: object) -> None:
 def test_listen_addresses(text: str, address: tuple[str, int]) -> None:
     assert parse_listen(text) == address
 
+
+EP = "[tokens.a]\ncommand = 'x'\n[server]\n"  # a file with a token, then [server] keys
 
 # Each bad file: its text, the key path the message must name, and a fragment of what it says.
 BAD: list[tuple[str, str, str, str]] = [
@@ -301,6 +330,38 @@ BAD: list[tuple[str, str, str, str]] = [
      "a non-empty list of strings"),
     ("hook-timeout", "[tokens.ecr]\ncommand = 'x'\nhook_timeout = '0s'\n",
      "tokens.ecr.hook_timeout", "expected a positive duration"),
+    ("sink-mode-world-readable", "[tokens.ecr]\ncommand = 'x'\nsink = '/tmp/t'\n"
+     "sink_mode = '0644'\n", "tokens.ecr.sink_mode", "0644 gives other users access to a token"),
+    ("sink-mode-not-octal", "[tokens.ecr]\ncommand = 'x'\nsink = '/tmp/t'\nsink_mode = '0980'\n",
+     "tokens.ecr.sink_mode", 'permissions like "0600"'),
+    ("token-listen-public", EP + "token_listen = '0.0.0.0:9091'\n", "server.token_listen",
+     "0.0.0.0 is not a loopback address"),
+    ("token-listen-routable", EP + "token_listen = ['unix:/run/t.sock', '[2001:db8::1]:9091']\n",
+     "server.token_listen", "2001:db8::1 is not a loopback address"),
+    ("token-listen-name", EP + "token_listen = 'localhost:9091'\n", "server.token_listen",
+     "'localhost' is a name: give a loopback address"),
+    ("token-listen-int", EP + "token_listen = 9091\n", "server.token_listen",
+     'expected "unix:/path/to/token.sock" or a loopback "127.0.0.1:PORT"'),
+    ("token-listen-unix-empty", EP + "token_listen = 'unix:'\n", "server.token_listen",
+     "has no path"),
+    ("token-listen-unix-too-long", EP + "token_listen = 'unix:/" + "x" * 120 + "'\n",
+     "server.token_listen", "longer than 107 bytes"),
+    ("token-listen-twice", EP + "token_listen = ['127.0.0.1:9091', '127.0.0.1:9091']\n",
+     "server.token_listen", "appears twice"),
+    ("token-listen-is-admin", EP + "token_listen = '127.0.0.1:9090'\n", "server.token_listen",
+     "127.0.0.1:9090 is also server.admin_listen"),
+    ("token-listen-is-proxy", EP + "listen = '127.0.0.1:8081'\ntoken_listen = '127.0.0.1:8081'\n",
+     "server.token_listen", "is also server.listen; the token endpoint needs a listener"),
+    ("token-listen-without-tokens", "[server]\ntoken_listen = 'unix:/run/t.sock'\n",
+     "server.token_listen", "no [tokens.NAME] table in this file"),
+    ("token-socket-mode-world", EP + "token_socket_mode = '0666'\n", "server.token_socket_mode",
+     "gives other users access"),
+    ("token-socket-mode-bool", EP + "token_socket_mode = true\n", "server.token_socket_mode",
+     "got a boolean"),
+    ("token-max-age-long", EP + "token_max_age = '10m'\n", "server.token_max_age",
+     "at most 300 seconds"),
+    ("token-secret-env", EP + "token_secret_env = 'MY-SECRET'\n", "server.token_secret_env",
+     "the name of an environment variable"),
 ]
 
 

@@ -41,4 +41,9 @@ def summary(settings: Settings) -> str:
                      f"{token.interval:g}s, retry after {token.retry:g}s")
     for route in settings.routes:
         lines.append(f"  route {route.prefix} -> {route.upstream} (token {route.token})")
+    server = settings.server
+    for address in server.token_listen:
+        where = f"unix:{address}" if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        secret = f", secret from ${server.token_secret_env}" if server.token_secret_env else ""
+        lines.append(f"  token endpoint {where} (GET /token/NAME for nginx auth_request{secret})")
     return "\n".join(lines)
