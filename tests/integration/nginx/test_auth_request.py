@@ -80,7 +80,9 @@ def stack(request: pytest.FixtureRequest, short_dir: Path,
             **base_replacements(short_dir), **replace,
             "/run/nginx-awstoken-cache": str(short_dir / "cache"),
             "listen 127.0.0.1:5000;": f"listen 127.0.0.1:{port};",
-            "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com": upstream.url,
+            "server 123456789012.dkr.ecr.eu-west-1.amazonaws.com:443;":
+                f"server 127.0.0.1:{upstream.port};",
+            "proxy_pass https://ecr;": "proxy_pass http://ecr;",
         })
         with running_nginx(short_dir, config, [port]) as nginx:
             yield Stack(nginx, port, upstream, awstoken, keeper)
@@ -159,3 +161,17 @@ def test_the_cache_holds_the_token_privately(stack: Stack) -> None:
     files = [path for path in cache.rglob("*") if path.is_file()]
     assert files, "nothing was cached"
     assert all(path.stat().st_mode & 0o077 == 0 for path in files)
+
+
+def test_ecr_locations_come_back_through_nginx_and_s3_redirects_pass(stack: Stack) -> None:
+    stack.keeper.manage("ecr", lambda: TOKEN_A)
+    ecr = "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    s3 = "https://prod-eu-west-1-starport-layer-bucket.s3.eu-west-1.amazonaws.com/ab/cd?X-Amz-Signature=1"
+    stack.upstream.answers["/v2/repo/blobs/uploads/"] = (
+        202, {"Location": f"{ecr}/v2/repo/blobs/uploads/uuid-1?_state=x"})
+    stack.upstream.answers["/v2/repo/blobs/sha256:00"] = (307, {"Location": s3})
+    upload = stack.get("/v2/repo/blobs/uploads/", "POST", b"")
+    assert (upload.status, upload.header("Location")) == (
+        202, f"http://127.0.0.1:{stack.port}/v2/repo/blobs/uploads/uuid-1?_state=x")
+    blob = stack.get("/v2/repo/blobs/sha256:00")
+    assert (blob.status, blob.header("Location")) == (307, s3)  # the client goes to S3 itself
