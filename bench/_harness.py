@@ -189,15 +189,20 @@ class Measured:
     name: str
     wrk: WrkResult
     cpu_us_per_req: float
+    also_cpu_us_per_req: float = 0.0  # of the processes in ``measure(also=...)``
 
 
 def measure(name: str, url: str, pid: int | None, *, seconds: int = 5, warmup: int = 1,
-            connections: int = 32) -> Measured:
+            connections: int = 32, also: Sequence[int] = ()) -> Measured:
+    """wrk against ``url``; CPU per request of ``pid``'s tree (and, apart, of ``also``)."""
     wrk(url, seconds=warmup, connections=connections)
     before = cpu_seconds(pid) if pid else 0.0
+    also_before = sum(cpu_seconds(p) for p in also)
     result = wrk(url, seconds=seconds, connections=connections)
     used = (cpu_seconds(pid) - before) if pid else 0.0
-    return Measured(name, result, 1e6 * used / max(result.requests, 1))
+    also_used = sum(cpu_seconds(p) for p in also) - also_before
+    requests = max(result.requests, 1)
+    return Measured(name, result, 1e6 * used / requests, 1e6 * also_used / requests)
 
 
 @contextlib.contextmanager

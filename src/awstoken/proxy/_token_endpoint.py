@@ -11,9 +11,10 @@ there is none or it has expired (nginx then refuses the request: the upstream ne
 without a token); 404 for a name that is not configured; 403 when a shared secret is
 configured and ``X-Awstoken-Secret`` does not carry it; 405 for methods other than GET/HEAD.
 A 204 says ``Cache-Control: max-age=N``: N is ``server.token_max_age`` (default 5 s), cut
-so that a cached answer never outlives the token (awstoken itself stops handing a token
-out shortly before it expires); nginx's ``proxy_cache`` honours it, so nginx asks about once
-per N seconds instead of once per request. Every other answer says ``no-store``.
+so that a cached answer never outlives the token, even when a cache serves it stale for a
+while after N (:data:`STALE_ALLOWANCE`, for nginx's ``proxy_cache_use_stale updating``);
+nginx's ``proxy_cache`` honours it, so nginx asks about once per N seconds instead of once
+per request. Every other answer says ``no-store``.
 
 Whoever can connect can read tokens, so this listens only on unix sockets (mode 0660 by
 default) and loopback addresses (the configuration loader refuses anything else), each a
@@ -47,6 +48,9 @@ PATH_PREFIX = "/token/"
 VALUE_HEADER = "X-Awstoken-Value"
 SECRET_HEADER = "X-Awstoken-Secret"  # noqa: S105 (a header name, not a secret)
 _WARN_EVERY = 60.0  # seconds between two warnings about requests without the secret
+#: Seconds a cache may go on using an answer after its max-age while it asks for a new one
+#: (the example's nginx bounds that subrequest with 2 s to connect and 5 s to read).
+STALE_ALLOWANCE = 10.0
 
 
 def describe(address: Address) -> str:
@@ -110,7 +114,8 @@ class TokenEndpoint:
                                                  "Cache-Control": self._cache_control(name, value)})
 
     def _cache_control(self, name: str, value: str) -> str:
-        """``max-age`` of at most ``max_age``, ending before the token leaves awstoken's cache."""
+        """``max-age`` of at most ``max_age``, ending :data:`STALE_ALLOWANCE` seconds before
+        the token leaves awstoken's own cache."""
         known = self._expiry.get(name)
         if known is None or known[0] != value:
             record = self.keeper.record(name)
@@ -120,7 +125,7 @@ class TokenEndpoint:
         if known[1] is not None:
             # The storage's margin: the moment awstoken itself stops handing the token out.
             margin = getattr(self.keeper.storage, "margin", 0.0)
-            seconds = min(seconds, known[1] - margin - self.clock())
+            seconds = min(seconds, known[1] - margin - STALE_ALLOWANCE - self.clock())
         return f"max-age={int(seconds)}" if seconds >= 1 else "no-store"
 
     def _secret_ok(self, request: web.BaseRequest) -> bool:

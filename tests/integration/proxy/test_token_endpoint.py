@@ -90,16 +90,21 @@ def test_a_missing_secret_variable_is_a_config_error(monkeypatch: pytest.MonkeyP
 def test_max_age_never_outlives_the_token(short_dir: Path) -> None:
     sock = str(short_dir / "token.sock")
     keeper = Keeper(MemoryStorage())
-    keeper.manage("ecr", lambda: Fetched("Basic short-lived", time.time() + 4.5))
+    keeper.manage("ecr", lambda: Fetched("Basic short-lived", time.time() + 14.5))
     keeper.manage("pypi", lambda: Fetched("Basic long-lived", time.time() + 3600))
     settings = endpoint_settings(sock)
     settings = replace(settings, server=replace(settings.server, token_max_age=30.0))
     with running_server(settings, keeper):
-        # 4.5 s left, minus the storage's 1 s margin: at most 3 s in any cache.
+        # 14.5 s left, minus the storage's 1 s margin and 10 s for a cache's stale use:
+        # at most 3 s in any cache.
         short = request(sock, "GET", "/token/ecr").header("Cache-Control")
         assert short in ("max-age=3", "max-age=2"), short
         assert request(sock, "GET", "/token/pypi").header("Cache-Control") == "max-age=30"
-        assert wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 10)
+        # Closer to the end: still handed out, but not for caching; then not at all.
+        assert wait_until(lambda: request(sock, "GET", "/token/ecr").header("Cache-Control")
+                          == "no-store", 10)
+        assert request(sock, "GET", "/token/ecr").status == 204
+        assert wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 15)
 
 
 def test_the_proxy_and_admin_listeners_do_not_serve_tokens(upstream: Upstream,
