@@ -1,4 +1,8 @@
-"""``awstoken serve -c FILE``: rotate the configured tokens and run the proxy."""
+"""``awstoken serve -c FILE``: rotate the configured tokens and run the configured front doors.
+
+The proxy listener when the file has ``[[routes]]``, the token endpoint for nginx
+``auth_request`` when it has ``server.token_listen``, the admin listener unless it is off.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from .._build import build_keeper, start_rotators
 from ._common import add_config_argument, load_settings
 
 NAME = "serve"
-HELP = "keep the configured tokens fresh and proxy requests to the routes' upstreams"
+HELP = ("keep the configured tokens fresh, proxy requests to the routes' upstreams and answer "
+        "nginx auth_request on server.token_listen (either or both)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

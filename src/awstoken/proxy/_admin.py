@@ -1,8 +1,8 @@
 """The admin listener: /healthz, /readyz, /metrics, on its own (loopback by default) address.
 
-Endpoints are a plain ``{path: handler}`` table (:attr:`AdminApp.endpoints`), so another
-front door (an nginx ``auth_request`` endpoint on a unix socket, say) is one more entry.
-Nothing here ever reads out a token value.
+Endpoints are a plain ``{path: handler}`` table (:attr:`AdminApp.endpoints`). Nothing here
+ever reads out a token value: the token endpoint for nginx (``_token_endpoint``) has
+listeners of its own, since the admin address may be reachable from other hosts.
 """
 
 from __future__ import annotations

@@ -201,3 +201,51 @@ token_listen = "unix:{sock}"
     assert "proxy listening" not in err  # no routes: no proxy listener
     assert "cli-secret-value" not in err
     assert not sock.exists()
+
+
+def test_with_workers_the_parent_serves_the_token_endpoint(tmp_path: Path, short_dir: Path,
+                                                           upstream: Upstream) -> None:
+    sock = short_dir / "token.sock"
+    port, admin = free_port(), free_port()
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[storage]
+type = "file"
+path = "{tmp_path / 'tokens'}"
+
+[tokens.ecr]
+command = "echo worker-token"
+format = "Bearer {{token}}"
+
+[server]
+listen = "127.0.0.1:{port}"
+workers = 2
+admin_listen = "127.0.0.1:{admin}"
+token_listen = "unix:{sock}"
+
+[[routes]]
+prefix = "/"
+upstream = "{upstream.url}"
+token = "ecr"
+""")
+    proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_port(port)
+        wait_for_port(admin)
+        assert wait_until(lambda: sock.exists() and request(str(sock), "GET", "/token/ecr")
+                          .status == 204, 20)
+        assert request(str(sock), "GET", "/token/ecr").header("X-Awstoken-Value") == \
+            "Bearer worker-token"
+        assert wait_until(lambda: call(f"http://127.0.0.1:{port}", "GET", "/v2/").status == 200, 20)
+        metrics = call(f"http://127.0.0.1:{admin}", "GET", "/metrics").body.decode()
+        assert 'awstoken_token_endpoint_requests_total{status="204",token="ecr"}' in metrics
+        proc.send_signal(signal.SIGTERM)  # the parent stops its workers
+        assert proc.wait(40) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    assert err.count(f"token endpoint listening on unix:{sock}") == 1  # the parent only
+    assert not sock.exists()
