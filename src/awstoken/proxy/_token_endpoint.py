@@ -242,6 +242,8 @@ def _in_use(path: str) -> bool:
     probe.settimeout(1.0)
     try:
         probe.connect(path)
+    except TimeoutError:
+        return True  # bound and listening, but not accepting: someone else's all the same
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
             return False
