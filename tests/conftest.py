@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.npm",
     "tests.fixtures.secrets",
+    "tests.fixtures.fleet",
 ]
