@@ -88,12 +88,22 @@ class Load:
 
 
 def assert_same_token_everywhere(samples: list[Sample], runs: list[Run],
-                                 members: Iterable[Member]) -> None:
+                                 members: Iterable[Member]) -> float:
     """Between one run's end (plus SETTLE) and the next run's end, every member attaches
-    that run's token: they all serve the one token, and learn of a new one promptly."""
+    that run's token: they all serve the one token, and learn of a new one promptly.
+
+    Returns the longest time after a run's end that a member still sent the previous token.
+    """
     finished = [r for r in runs if r.end is not None]
     checked = {m.index: 0 for m in members}
     ends = [r.end for r in finished[1:]] + [float("inf")]
+    lag = 0.0
+    for run, until in zip(finished, ends, strict=True):
+        assert run.end is not None and until is not None
+        stale = [s.sent - run.end for s in samples if s.member in checked
+                 and run.end <= s.sent and s.answered <= until and s.auth != f"Bearer {run.token}"]
+        lag = max([lag, *stale])
+    print(f"longest propagation lag seen: {lag:.3f}s")
     for run, until in zip(finished, ends, strict=True):
         assert run.end is not None and until is not None
         for s in samples:
@@ -103,6 +113,7 @@ def assert_same_token_everywhere(samples: list[Sample], runs: list[Run],
                     f"the run by member {run.member} made {run.token!r}")
                 checked[s.member] += 1
     assert all(checked.values()), f"no request checked through some member: {checked}"
+    return lag
 
 
 def status(member: Member, fleet: ServeFleet, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -116,6 +127,12 @@ def status_json(member: Member, fleet: ServeFleet) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     row: dict[str, Any] = json.loads(done.stdout)["tokens"][0]
     return row
+
+
+def stored_value(client: Any) -> str | None:
+    """The value of the record in Redis."""
+    raw = client.get("awstoken:token:fleet")
+    return None if raw is None else Token.from_json(raw, where="test").value
 
 
 def test_three_serve_processes_run_the_command_once_per_interval_and_attach_one_token(
@@ -157,17 +174,20 @@ def test_sigkill_of_the_leader_hands_over_within_lease_plus_interval(
                                     interval=interval, lease=lease)
     members = fleet.start(3)
     wait_until(lambda: len(fleet.finished()) >= 2, 30, "two runs")
-    # Kill right after a run ended: a command still running would live on (it has its own
-    # process group) and be reported as an overlap, which is not what this test is about.
-    count = len(fleet.finished())
-    wait_until(lambda: len(fleet.finished()) > count, 10, "one more run")
     leader = members[fleet.finished()[-1].member]
     # `awstoken status` names the holder of the lease: the process that runs the command.
     row = status_json(members[(leader.index + 1) % 3], fleet)
     assert row["leader"] == f"{HOST}:{leader.pid}" and row["usable"] is True
     survivors = [m for m in members if m is not leader]
+    client = redis_server.client()
     with Load(survivors) as load:
-        time.sleep(0.5)
+        # Kill right after the leader stored a new token: a command still running would live
+        # on (it has its own process group) and end with a token nobody stores.
+        count = len(fleet.finished())
+        wait_until(lambda: len(fleet.finished()) > count, 10, "one more run")
+        last = fleet.finished()[-1]
+        assert last.member == leader.index
+        wait_until(lambda: stored_value(client) == f"Bearer {last.token}", 5, "stored")
         assert leader.proc is not None
         os.kill(leader.pid, signal.SIGKILL)
         killed_at = time.time()
@@ -193,6 +213,9 @@ def test_sigkill_of_the_leader_hands_over_within_lease_plus_interval(
     assert_same_token_everywhere(load.samples, runs, survivors)
     new_leader = members[fleet.finished()[-1].member]
     assert new_leader is not leader
+    wait_until(lambda: stored_value(client) == f"Bearer {fleet.finished()[-1].token}", 5,
+               "the new leader's token in Redis")
+    client.close()
     row = status_json(survivors[0], fleet)
     assert row["leader"] == f"{HOST}:{new_leader.pid}"
     table = status(survivors[1], fleet)
@@ -217,7 +240,10 @@ def test_two_leaders_never_refresh_at_once_even_when_the_leader_freezes_mid_run(
     # finishes, but the leader only reads the output after its lease is gone.
     os.kill(leader.pid, signal.SIGSTOP)
     frozen_at = time.time()
-    assert frozen_run.end is None or frozen_run.end > frozen_at, "froze too late"
+    wait_until(lambda: any(r.end for r in fleet.runs() if r.start == frozen_run.start), 5,
+               "the frozen leader's command ends")
+    ended = next(r.end for r in fleet.runs() if r.start == frozen_run.start)
+    assert ended is not None and ended > frozen_at, "froze after the command ended"
     others = [m for m in members if m is not leader]
     with Load(others) as load:
         wait_until(lambda: len([r for r in fleet.finished()
