@@ -3,22 +3,31 @@
 1. The read path: ``token()`` with a RedisStorage against a plain dict lookup in the same run
    (target: within 10x, i.e. no network on the hot path), with a redis-py GET for scale.
 2. Propagation: how long a new token takes to reach another storage (pub/sub).
-3. Source calls per rotation across N processes sharing one Redis (target: exactly 1).
+3. Source calls per rotation across N processes sharing one Redis (target: exactly 1):
+   library processes (a Keeper each), then ``awstoken serve -c FILE`` processes (each its
+   own config, listen and admin ports, as on separate hosts).
 
-    .venv/bin/python bench/bench_redis.py [--processes 1,2,4,8] [--seconds 6]
+    .venv/bin/python bench/bench_redis.py [--processes 1,2,4,8] [--serve 1,3,6] [--seconds 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import timeit
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from _harness import free_port
 
 import awstoken
 from awstoken import Keeper, RedisStorage, Token
@@ -124,9 +133,79 @@ def bench_fleet(url: str, tmp: Path, sizes: list[int], seconds: float) -> None:
         client.close()
 
 
+SERVE_CONFIG = """
+[storage]
+type = "redis"
+url = "{url}"
+lease = 2
+
+[tokens.fleet]
+command = {command}
+interval = 0.5
+retry = 0.5
+
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+access_log = false
+
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:9"
+token = "fleet"
+"""
+
+
+def ready(admin: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def bench_serve_fleet(url: str, tmp: Path, sizes: list[int], seconds: float) -> None:
+    """The same count with ``awstoken serve`` processes: rotation lives in the server."""
+    script = Path(sys.executable).parent / "awstoken"
+    print("\n| serve processes | rotations | source calls | calls per rotation |")
+    print("|---:|---:|---:|---:|")
+    import redis
+
+    for n in sizes:
+        counter = tmp / f"serve-calls-{n}"
+        counter.touch()
+        command = json.dumps(f"echo x >> {counter}; echo tok-$(date +%s%N)")
+        client = redis.Redis.from_url(url)
+        client.flushall()
+        procs, admins = [], []
+        for i in range(n):
+            admin = free_port()
+            config = tmp / f"serve-{n}-{i}.toml"
+            config.write_text(SERVE_CONFIG.format(url=url, command=command, port=free_port(),
+                                                  admin=admin))
+            procs.append(subprocess.Popen([str(script), "serve", "-c", str(config)],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            admins.append(admin)
+        deadline = time.monotonic() + 30
+        while not all(ready(a) for a in admins) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(seconds)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+        raw = client.get("awstoken:token:fleet")
+        rotations = Token.from_json(raw, where="bench").generation if raw else 0
+        calls = len(counter.read_text().splitlines())
+        print(f"| {n} | {rotations} | {calls} | {calls / max(rotations, 1):.2f} |")
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", default="1,2,4,8")
+    parser.add_argument("--serve", default="1,3,6", help="awstoken serve fleet sizes ('' to skip)")
     parser.add_argument("--seconds", type=float, default=6.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -137,6 +216,9 @@ def main() -> None:
             bench_reads(url)
             bench_propagation(url)
             bench_fleet(url, tmp, [int(x) for x in args.processes.split(",")], args.seconds)
+            if args.serve:
+                bench_serve_fleet(url, tmp, [int(x) for x in args.serve.split(",")],
+                                  args.seconds)
         finally:
             redis_proc.terminate()
             redis_proc.wait()

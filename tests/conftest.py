@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.npm",
     "tests.fixtures.secrets",
     "tests.fixtures.nginx",
+    "tests.fixtures.fleet",
 ]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ._errors import HookError, HookTimeout
 from ._sources import Fetched
+from ._spawn import popen
 from ._token import Token
 
 if TYPE_CHECKING:
@@ -214,8 +215,8 @@ class CommandHook(_CountedHook):
                "AWSTOKEN_EXPIRES_AT": "" if token.expires_at is None else f"{token.expires_at:.0f}"}
         what = f"token {name!r}: {self.describe()}"
         try:
-            proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=env, start_new_session=True)
+            proc = popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:
             raise HookError(f"{what} could not start: {exc.strerror}") from None
         try:

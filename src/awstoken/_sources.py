@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from . import _jsonout
 from ._errors import CommandError, CommandTimeout, ConfigError
+from ._spawn import popen
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -180,7 +181,7 @@ class Command:
         shell = isinstance(self._argv, str)
         env = None if self._env is None else {**os.environ, **self._env}
         try:
-            proc = subprocess.Popen(
+            proc = popen(
                 self._argv, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as exc:

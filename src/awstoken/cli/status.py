@@ -1,4 +1,8 @@
-"""``awstoken status -c FILE``: each configured token's state, never its value."""
+"""``awstoken status -c FILE``: each configured token's state, never its value.
+
+The leader is the process that holds the token's lease right now where the storage can say
+(Redis: the lease's owner id, shown as ``host:pid``), else the process that wrote the record.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import time
 from typing import Any
 
 from .._build import build_storage
+from .._errors import AwstokenError
 from .._token import Token
+from ..storage import Storage
 from ._common import add_config_argument, load_settings
 
 NAME = "status"
@@ -22,12 +28,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object, for machines")
 
 
-def describe(name: str, record: Token | None, now: float) -> dict[str, Any]:
-    """What status shows of one token: everything but the value."""
+def lease_holder(storage: Storage, name: str) -> str | None:
+    """``host:pid`` of the process holding the lease of ``name``, where the storage tells.
+
+    Only a storage with a ``leader(name)`` method (RedisStorage) does; a FileStorage's flock
+    has no readable owner. None when nobody holds it or the storage cannot be asked.
+    """
+    leader = getattr(storage, "leader", None)
+    if not callable(leader):
+        return None
+    try:
+        owner = leader(name)
+    except AwstokenError:
+        return None
+    if not isinstance(owner, str) or not owner:
+        return None
+    # Owner ids are host:pid:random (unique per lease); people want the process.
+    host_pid = owner.rpartition(":")[0]
+    return host_pid or owner
+
+
+def describe(name: str, record: Token | None, now: float, *,
+             lease_owner: str | None = None) -> dict[str, Any]:
+    """What status shows of one token: everything but the value.
+
+    ``leader`` is ``lease_owner`` when given, else the record's writer (``written_by``).
+    """
     if record is None:
         return {"name": name, "usable": False, "generation": 0, "refreshed_at": None,
                 "age_seconds": None, "expires_at": None, "expires_in_seconds": None,
-                "leader": None, "failures": 0, "error": None, "error_at": None}
+                "leader": lease_owner, "written_by": None, "failures": 0, "error": None,
+                "error_at": None}
     return {
         "name": name,
         "usable": record.usable(now),
@@ -37,7 +68,8 @@ def describe(name: str, record: Token | None, now: float) -> dict[str, Any]:
         "expires_at": record.expires_at,
         "expires_in_seconds": (None if record.expires_at is None
                                else round(record.expires_at - now, 1)),
-        "leader": record.leader,
+        "leader": lease_owner or record.leader,
+        "written_by": record.leader,
         "failures": record.failures,
         "error": record.error,
         "error_at": record.error_at,
@@ -75,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     storage = build_storage(settings.storage)
     now = time.time()
     try:
-        rows = [describe(name, storage.read(name), now) for name in settings.tokens]
+        rows = [describe(name, storage.read(name), now, lease_owner=lease_holder(storage, name))
+                for name in settings.tokens]
     finally:
         storage.close()
     if args.json:

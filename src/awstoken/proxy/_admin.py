@@ -1,12 +1,24 @@
 """The admin listener: /healthz, /readyz, /metrics, on its own (loopback by default) address.
 
 Endpoints are a plain ``{path: handler}`` table (:attr:`AdminApp.endpoints`). Nothing here
-ever reads out a token value: the token endpoint for nginx (``_token_endpoint``) has
-listeners of its own, since the admin address may be reachable from other hosts.
+ever reads out a token value or a storage password: the token endpoint for nginx
+(``_token_endpoint``) has listeners of its own, since the admin address may be reachable
+from other hosts.
+
+``/readyz`` answers 200 while every token is present and unexpired *in this process*, which
+is what the proxy serves from. With Redis storage that stays true through a Redis outage
+(the local cache serves until each token's own expiry), so a load balancer keeps sending
+traffic to hosts that can still answer; the outage shows in the ``storage`` part of the
+answer and in the ``awstoken_storage_*`` metrics, which is where alerts belong.
+
+Reading a record may cost a Redis round trip (bounded by the storage's timeout), so both
+``/readyz`` and ``/metrics`` do their reading in a worker thread, never on the event loop
+that forwards requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -15,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .._keeper import Keeper
+from ._metrics import storage_health
 
 Endpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 MetricsSource = Callable[[], Awaitable[bytes]]
@@ -77,12 +90,17 @@ class AdminApp:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.BaseRequest) -> web.StreamResponse:
-        ready, report = token_status(self.keeper, self.token_names)
+        ready, report = await asyncio.to_thread(token_status, self.keeper, self.token_names)
+        answer: dict[str, object] = {"ready": ready, "tokens": report}
+        health = storage_health(self.keeper.storage)
+        if health is not None:
+            # Informational: readiness depends on the tokens this process holds, not on Redis.
+            answer["storage"] = health.as_dict()
         return web.Response(status=200 if ready else 503, content_type="application/json",
-                            text=json.dumps({"ready": ready, "tokens": report}, indent=1) + "\n")
+                            text=json.dumps(answer, indent=1) + "\n")
 
     async def metrics(self, request: web.BaseRequest) -> web.StreamResponse:
-        body = generate_latest(self.registry)
+        body = await asyncio.to_thread(generate_latest, self.registry)
         if self.extra_metrics is not None:
             body += await self.extra_metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

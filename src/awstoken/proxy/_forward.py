@@ -133,7 +133,9 @@ class Forwarder:
         value = self.keeper.token(route.token)
         if value is None:
             self.metrics.unavailable.labels(route.name).inc()
-            return route, error_response(path, 503, self._unavailable_reason(route.token))
+            # Reading the record may cost a storage round trip (Redis): off the event loop.
+            reason = await asyncio.to_thread(self._unavailable_reason, route.token)
+            return route, error_response(path, 503, reason)
         try:
             return route, await self._forward(request, route, raw, value)
         except UpstreamFailure as exc:
@@ -229,14 +231,19 @@ class Forwarder:
         """Ask for one refresh of ``name`` and wait (bounded) for a new value; single flight."""
         waiter = self._refreshing.get(name)
         if waiter is None or waiter.done():
-            try:
-                self.keeper.request_refresh(name)
-            except AwstokenError as exc:
-                log.warning("awstoken: token %r: cannot request a refresh: %s", name, exc)
-                return None
-            waiter = asyncio.ensure_future(self._wait_change(name, old))
+            waiter = asyncio.ensure_future(self._request_and_wait(name, old))
             self._refreshing[name] = waiter
         return await asyncio.shield(waiter)
+
+    async def _request_and_wait(self, name: str, old: str) -> str | None:
+        try:
+            # A request goes through the storage (a Redis SET): off the event loop, so a slow
+            # or unreachable Redis never stalls other requests.
+            await asyncio.to_thread(self.keeper.request_refresh, name)
+        except AwstokenError as exc:
+            log.warning("awstoken: token %r: cannot request a refresh: %s", name, exc)
+            return None
+        return await self._wait_change(name, old)
 
     async def _wait_change(self, name: str, old: str) -> str | None:
         deadline = time.monotonic() + self.refresh_wait

@@ -1,15 +1,20 @@
-"""Prometheus metrics: per-route traffic, per-token freshness. Never a token value."""
+"""Prometheus metrics: per-route traffic, per-token freshness, shared-storage health.
+
+Never a token value, never a password (not even the storage URL).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .._keeper import Keeper
+from ..storage import RedisStorage
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0)
@@ -86,3 +91,50 @@ class TokenCollector(Collector):
             refreshes.add_metric([name], float(rotator.refreshes if rotator else 0))
             failures.add_metric([name], float(rotator.failures if rotator else 0))
         yield from (usable, age, expiry, failing, last_error, next_try, refreshes, failures)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageHealth:
+    """How a storage shared over the network is doing, as this process sees it."""
+
+    type: str
+    connected: bool
+    outages: int  # times it became unreachable
+    errors: int  # failed operations (each failed call while reachable or becoming unreachable)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"type": self.type, "connected": self.connected, "outages": self.outages,
+                "errors": self.errors}
+
+
+def storage_health(storage: object) -> StorageHealth | None:
+    """The health of ``storage`` when it lives across the network (Redis), else None.
+
+    Reads counters only: never touches the network, so it is safe on the event loop.
+    """
+    if isinstance(storage, RedisStorage):
+        return StorageHealth("redis", storage.connected, storage.outages, storage.errors)
+    return None
+
+
+class StorageCollector(Collector):
+    """Exports :func:`storage_health` of the keeper's storage (nothing for local storages)."""
+
+    def __init__(self, storage: object) -> None:
+        self.storage = storage
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        health = storage_health(self.storage)
+        if health is None:
+            return
+        connected = GaugeMetricFamily("awstoken_storage_connected", "1 while the shared "
+                                      "storage is reachable; 0 during an outage (cached "
+                                      "tokens are served meanwhile).", labels=("storage",))
+        outages = CounterMetricFamily("awstoken_storage_outages", "Times the shared storage "
+                                      "became unreachable.", labels=("storage",))
+        errors = CounterMetricFamily("awstoken_storage_errors", "Failed operations on the "
+                                     "shared storage.", labels=("storage",))
+        connected.add_metric([health.type], 1.0 if health.connected else 0.0)
+        outages.add_metric([health.type], float(health.outages))
+        errors.add_metric([health.type], float(health.errors))
+        yield from (connected, outages, errors)

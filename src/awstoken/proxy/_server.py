@@ -37,7 +37,7 @@ from ..storage import MemoryStorage
 from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._forward import Forwarder
-from ._metrics import RouteMetrics, TokenCollector
+from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._prom import merge_exposition
 from ._routes import RouteTable
 from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
@@ -118,6 +118,7 @@ class ProxyServer:
         # One process: request and token metrics on one registry. Workers expose theirs for
         # the parent, which reports token metrics itself (see _Supervisor).
         self.registry.register(TokenCollector(keeper, self.token_names))
+        self.registry.register(StorageCollector(keeper.storage))
         self.admin = AdminApp(keeper, self.token_names, self.registry)
         self.with_token_endpoint = token_endpoint and bool(settings.server.token_listen)
         self.token_secret = load_secret(settings.server) if self.with_token_endpoint else None
@@ -131,6 +132,7 @@ class ProxyServer:
     def _admin_registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)
         registry.register(TokenCollector(self.keeper, self.token_names))
+        registry.register(StorageCollector(self.keeper.storage))
         return registry
 
     @property
@@ -426,9 +428,11 @@ class _Supervisor:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("awstoken: cannot read metrics of worker %d: %s", index,
                             type(exc).__name__)
-        return merge_exposition(texts, skip=_TOKEN_FAMILIES).encode()
+        return merge_exposition(texts, skip=_PARENT_FAMILIES).encode()
 
 
-_TOKEN_FAMILIES: Sequence[str] = ("awstoken_token_",)
+#: Reported by the parent itself: summing the workers' token ages or storage gauges would
+#: make no sense (each worker sees the same tokens and the same Redis).
+_PARENT_FAMILIES: Sequence[str] = ("awstoken_token_", "awstoken_storage_")
 
 __all__ = ["ProxyServer", "serve"]
