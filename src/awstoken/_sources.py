@@ -217,7 +217,15 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     # The shell may have started children (the aws CLI, a pipe): kill them all, then reap.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        # A descendant that left the group (setsid) still holds the pipes: stop reading
+        # them rather than wait for it; the killed command itself is reaped.
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
 
 
 def _status(returncode: int) -> str:

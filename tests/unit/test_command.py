@@ -94,3 +94,22 @@ def test_invalid_commands_are_rejected_early() -> None:
 def test_reprs_never_show_tokens() -> None:
     assert "abc" not in repr(awstoken.Fetched("abc", 1.0))
     assert "abc" not in repr(awstoken.Token("Basic abc"))
+
+
+def test_timeout_does_not_wait_for_a_descendant_that_left_the_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    # setsid puts the sleeper in a session of its own, out of reach of the group kill, and it
+    # keeps the command's stdout open.
+    cmd = awstoken.Command(f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & wait",
+                           timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(awstoken.CommandTimeout):
+            cmd.fetch()
+        assert time.monotonic() - started < 10  # 0.5 s timeout + 5 s grace, not 60 s
+    finally:
+        deadline = time.monotonic() + 5
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), 9)
