@@ -320,11 +320,13 @@ class _Supervisor:
     def spawn(self, index: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path(index))
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             status = 1
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM stops us
+                _die_with_parent(parent)
                 status = _run(_serve_one(self.settings, self.keeper, reuse_port=True, admin=False,
                                          metrics_socket=self.socket_path(index)))
             except ConfigError as exc:
@@ -436,3 +438,23 @@ class _Supervisor:
 _PARENT_FAMILIES: Sequence[str] = ("awstoken_token_", "awstoken_storage_")
 
 __all__ = ["ProxyServer", "serve"]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this worker when its parent dies, even by SIGKILL.
+
+    Otherwise orphaned workers would keep serving the port with nobody to restart, drain or
+    stop them. Linux only (prctl PR_SET_PDEATHSIG); elsewhere nothing is done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("awstoken: could not ask to be stopped with the parent (errno %d)",
+                    ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+

@@ -75,3 +75,25 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
         assert len(children.stdout.split()) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_workers_stop_when_their_parent_is_killed(upstream: Upstream, tmp_path: Path) -> None:
+    with serving(upstream, tmp_path, 2) as (proc, base, _):
+        assert call(base, "GET", "/echo").status == 200
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        workers = [int(pid) for pid in found.stdout.split()]
+        assert len(workers) == 2
+        proc.kill()  # SIGKILL: the parent cannot stop its workers itself
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() and
+                                                  "Z" not in _state(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
