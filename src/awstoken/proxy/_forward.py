@@ -8,7 +8,6 @@ only index bodies that may need URL rewriting are buffered (bounded).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -19,11 +18,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .._errors import AwstokenError
 from .._keeper import Keeper
 from ._auth import InboundAuth
 from ._headers import CROSS_HOST_DROP, response_headers, upstream_request_headers
 from ._metrics import RouteMetrics
+from ._policy import (
+    MAX_REDIRECTS,
+    REDIRECTS,
+    SMALL_BODY,
+    TokenRefresher,
+    UpstreamFailure,
+    error_body,
+    unavailable_reason,
+)
 from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
 from ._routes import Route, RouteTable, has_dot_segment
 from ._upstream import Upstream
@@ -31,31 +38,13 @@ from ._upstream import Upstream
 log = logging.getLogger("awstoken.proxy")
 access_log = logging.getLogger("awstoken.access")
 
-REDIRECTS = frozenset({301, 302, 303, 307, 308})
-MAX_REDIRECTS = 10
-#: Small bodies of known length are read whole and sent in one write.
-SMALL_BODY = 64 * 1024
-_DOCKER_CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN",
-                 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
-
-
-class UpstreamFailure(Exception):
-    """The upstream could not be reached or did not answer in time."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind = status, kind
-
-
 def error_response(path: str, status: int, message: str, *,
                    headers: Mapping[str, str] | None = None) -> web.Response:
     """A short error: Docker registry JSON under ``/v2``, plain text elsewhere."""
-    if path == "/v2" or path.startswith("/v2/"):
-        body = json.dumps({"errors": [{"code": _DOCKER_CODES.get(status, "UNKNOWN"),
-                                       "message": message, "detail": None}]})
-        return web.Response(status=status, text=body, content_type="application/json",
-                            headers=headers)
-    return web.Response(status=status, text=message + "\n", headers=headers)
+    content_type, body = error_body(path, status, message)
+    response = web.Response(status=status, body=body, headers=headers)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def _refuse(request: web.BaseRequest, path: str) -> web.Response | None:
@@ -85,8 +74,7 @@ class Forwarder:
         self.auth = auth
         self.metrics = metrics
         self.access_log = access_log
-        self.refresh_wait = refresh_wait
-        self._refreshing: dict[str, asyncio.Future[str | None]] = {}
+        self.refresher = TokenRefresher(keeper, wait=refresh_wait)
         self._counters: dict[tuple[str, str], Any] = {}
         self._latency: dict[str, Any] = {}
 
@@ -134,7 +122,7 @@ class Forwarder:
         if value is None:
             self.metrics.unavailable.labels(route.name).inc()
             # Reading the record may cost a storage round trip (Redis): off the event loop.
-            reason = await asyncio.to_thread(self._unavailable_reason, route.token)
+            reason = await asyncio.to_thread(unavailable_reason, self.keeper, route.token)
             return route, error_response(path, 503, reason)
         try:
             return route, await self._forward(request, route, raw, value)
@@ -142,15 +130,6 @@ class Forwarder:
             self.metrics.upstream_errors.labels(route.name, exc.kind).inc()
             log.warning("awstoken: route %s: %s", route.name, exc)
             return route, error_response(path, exc.status, str(exc))
-
-    def _unavailable_reason(self, name: str) -> str:
-        try:
-            record = self.keeper.record(name)
-        except AwstokenError:
-            record = None
-        if record is not None and record.value is not None:
-            return f"token {name!r} has expired and could not be refreshed yet"
-        return f"token {name!r} is not available yet"
 
     # -- the exchange ----------------------------------------------------------------------
 
@@ -170,7 +149,7 @@ class Forwarder:
         up = await self._send(request.method, url, headers, data)
         try:
             if up.status in (401, 403) and data is None:
-                fresh = await self._fresh_token(route.token, value)
+                fresh = await self.refresher.fresh(route.token, value)
                 if fresh is not None:
                     up.release()
                     log.info("awstoken: route %s: upstream answered %d; retrying once with the "
@@ -226,35 +205,6 @@ class Forwarder:
             up.release()
         raise UpstreamFailure(502, "redirects", f"more than {MAX_REDIRECTS} redirects from "
                               f"upstream for route {route.name}")
-
-    async def _fresh_token(self, name: str, old: str) -> str | None:
-        """Ask for one refresh of ``name`` and wait (bounded) for a new value; single flight."""
-        waiter = self._refreshing.get(name)
-        if waiter is None or waiter.done():
-            waiter = asyncio.ensure_future(self._request_and_wait(name, old))
-            self._refreshing[name] = waiter
-        return await asyncio.shield(waiter)
-
-    async def _request_and_wait(self, name: str, old: str) -> str | None:
-        try:
-            # A request goes through the storage (a Redis SET): off the event loop, so a slow
-            # or unreachable Redis never stalls other requests.
-            await asyncio.to_thread(self.keeper.request_refresh, name)
-        except AwstokenError as exc:
-            log.warning("awstoken: token %r: cannot request a refresh: %s", name, exc)
-            return None
-        return await self._wait_change(name, old)
-
-    async def _wait_change(self, name: str, old: str) -> str | None:
-        deadline = time.monotonic() + self.refresh_wait
-        while time.monotonic() < deadline:
-            value = self.keeper.token(name)
-            if value is not None and value != old:
-                return value
-            await asyncio.sleep(0.05)
-        log.warning("awstoken: token %r: no new token within %.0fs after an upstream refusal",
-                    name, self.refresh_wait)
-        return None
 
     # -- the answer ------------------------------------------------------------------------
 

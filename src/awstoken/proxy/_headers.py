@@ -1,6 +1,13 @@
-"""Header policy: what goes upstream and what comes back (repeated headers are kept)."""
+"""Header policy: what goes upstream and what comes back (repeated headers are kept).
+
+The policy works on ``(name, value)`` pairs in arrival order (:func:`request_header_pairs`,
+:func:`response_header_pairs`), which both engines use; the ``CIMultiDict`` forms are thin
+wrappers for the aiohttp engine.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
@@ -9,54 +16,79 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 HOP_BY_HOP = frozenset(istr(h) for h in (
     "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
     "TE", "Trailer", "Transfer-Encoding", "Upgrade"))
-_REQUEST_DROP = HOP_BY_HOP | {istr("Host"), istr("Authorization"), istr("Expect"),
-                              istr("X-Forwarded-For"), istr("X-Forwarded-Proto"),
-                              istr("X-Forwarded-Host")}
-_RESPONSE_DROP = HOP_BY_HOP | {istr("Content-Length")}
+_HOP = frozenset(h.lower() for h in HOP_BY_HOP)
+_REQUEST_DROP = _HOP | {"host", "authorization", "expect", "x-forwarded-for",
+                        "x-forwarded-proto", "x-forwarded-host"}
+_RESPONSE_DROP = _HOP | {"content-length"}
 # Headers that never follow a redirect to another host.
 CROSS_HOST_DROP = frozenset(istr(h) for h in ("Authorization", "Cookie", "X-Forwarded-For",
                                               "X-Forwarded-Host", "X-Forwarded-Proto"))
+_CROSS_HOST_DROP = frozenset(h.lower() for h in CROSS_HOST_DROP)
+
+Pairs = list[tuple[str, str]]
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_tokens(pairs: Iterable[tuple[str, str]]) -> set[str]:
     named: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        named.update(t.strip().lower() for t in value.split(",") if t.strip())
+    for key, value in pairs:
+        if key.lower() == "connection":
+            named.update(t.strip().lower() for t in value.split(",") if t.strip())
     return named
+
+
+def request_header_pairs(pairs: Sequence[tuple[str, str]], *, token_header: str,
+                         client_ip: str | None, proto: str, host: str | None,
+                         drop: frozenset[str] = frozenset()) -> Pairs:
+    """The client's headers for the upstream, without the token (the caller adds it).
+
+    Keeps every repeated header in order; drops hop-by-hop headers (also those the client
+    named in ``Connection``), ``Host`` (set for the upstream), the client's own
+    ``Authorization`` and the route's token header, and any lower-case name in ``drop``;
+    sets X-Forwarded-For/Proto/Host.
+    """
+    named = _connection_tokens(pairs)
+    token_key = token_header.lower()
+    out: Pairs = []
+    prior: list[str] = []
+    for key, value in pairs:
+        low = key.lower()
+        if low in _REQUEST_DROP or low == token_key or low in drop or (named and low in named):
+            if low == "x-forwarded-for":
+                prior.append(value)
+            continue
+        out.append((key, value))
+    before = ", ".join(prior)
+    if client_ip:
+        out.append(("X-Forwarded-For", f"{before}, {client_ip}" if before else client_ip))
+    elif before:
+        out.append(("X-Forwarded-For", before))
+    out.append(("X-Forwarded-Proto", proto))
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    return out
+
+
+def response_header_pairs(pairs: Sequence[tuple[str, str]]) -> Pairs:
+    """The upstream's response headers for the client: hop-by-hop removed, repeats kept."""
+    named = _connection_tokens(pairs)
+    return [(k, v) for k, v in pairs
+            if not ((low := k.lower()) in _RESPONSE_DROP or (named and low in named))]
+
+
+def cross_host_pairs(pairs: Iterable[tuple[str, str]], token_header: str) -> Pairs:
+    """Headers that may follow a redirect to another host: no token, cookies or X-Forwarded-*."""
+    token_key = token_header.lower()
+    return [(k, v) for k, v in pairs if (low := k.lower()) not in _CROSS_HOST_DROP
+            and low != token_key]
 
 
 def upstream_request_headers(headers: CIMultiDictProxy[str], *, token_header: str,
                              client_ip: str | None, proto: str, host: str | None) -> CIMultiDict[str]:
-    """The client's headers for the upstream, without the token (see :func:`with_token`).
-
-    Keeps every repeated header in order; drops hop-by-hop headers (also those the client
-    named in ``Connection``), ``Host`` (the client library sets the upstream's), the client's
-    own ``Authorization`` and the route's token header; sets X-Forwarded-For/Proto/Host.
-    """
-    named = _connection_tokens(headers)
-    token_key = istr(token_header)
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
-        if key in _REQUEST_DROP or key == token_key or (named and key.lower() in named):
-            continue
-        out.add(key, value)
-    prior = ", ".join(headers.getall("X-Forwarded-For", ()))
-    if client_ip:
-        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
-    elif prior:
-        out["X-Forwarded-For"] = prior
-    out["X-Forwarded-Proto"] = proto
-    if host:
-        out["X-Forwarded-Host"] = host
-    return out
+    """:func:`request_header_pairs` for an aiohttp request's headers."""
+    return CIMultiDict(request_header_pairs(list(headers.items()), token_header=token_header,
+                                            client_ip=client_ip, proto=proto, host=host))
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers for the client: hop-by-hop removed, repeats kept."""
-    named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
-        if key in _RESPONSE_DROP or (named and key.lower() in named):
-            continue
-        out.add(key, value)
-    return out
+    """:func:`response_header_pairs` for an aiohttp response's headers."""
+    return CIMultiDict(response_header_pairs(list(headers.items())))
