@@ -511,7 +511,8 @@ def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[s
 SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
-               "token_secret_env")
+               "token_secret_env", "engine")
+ENGINES = ("fast", "aiohttp")
 _LISTEN_EXPECTED = '"host:port", like "127.0.0.1:8080" or "[::1]:8080"'
 
 
@@ -644,6 +645,7 @@ def _server(table: _Table | None) -> ServerSettings:
         read_timeout=table.duration("read_timeout"),
         shutdown_timeout=table.duration("shutdown_timeout", positive=False),
         access_log=table.boolean("access_log"),
+        engine=table.choice("engine", ENGINES),
     ))
 
 

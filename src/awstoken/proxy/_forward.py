@@ -75,8 +75,6 @@ class Forwarder:
         self.metrics = metrics
         self.access_log = access_log
         self.refresher = TokenRefresher(keeper, wait=refresh_wait)
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._latency: dict[str, Any] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
@@ -87,12 +85,7 @@ class Forwarder:
             return response
         finally:
             status = response.status if response is not None else 499
-            label = route.name if route is not None else "-"
-            key = (label, f"{status // 100}xx")
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counters[key] = self.metrics.requests.labels(*key)
-            counter.inc()
+            self.metrics.count(route.name if route is not None else "-", status)
             if self.access_log and access_log.isEnabledFor(logging.INFO):
                 size = 0
                 if response is not None:
@@ -163,16 +156,10 @@ class Forwarder:
                         request.method in ("GET", "HEAD"):
                     up.release()
                     up = await self._follow(request.method, target, headers, route)
-            self._observe(route, time.monotonic() - began)
+            self.metrics.observe(route.name, time.monotonic() - began)
             return await self._respond(request, route, up)
         finally:
             up.release()
-
-    def _observe(self, route: Route, seconds: float) -> None:
-        child = self._latency.get(route.name)
-        if child is None:
-            child = self._latency[route.name] = self.metrics.latency.labels(route.name)
-        child.observe(seconds)
 
     async def _send(self, method: str, url: URL, headers: CIMultiDict[str],
                     data: Any) -> aiohttp.ClientResponse:

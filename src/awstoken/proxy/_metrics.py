@@ -6,12 +6,14 @@ Never a token value, never a password (not even the storage URL).
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .._keeper import Keeper
 from ..storage import RedisStorage
@@ -21,14 +23,19 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class RouteMetrics:
-    """Counters and histograms updated by the request path of one process."""
+    """Counters and histograms updated by the request path of one process.
+
+    The per-request ones (requests by route and status class, upstream latency) are plain
+    ints counted on the event loop and turned into metric families at scrape time (see
+    :class:`_RouteCollector`): a prometheus-client child's ``inc``/``observe`` takes a lock
+    and costs microseconds, which the request path pays on every request. The rare ones
+    (retries, unavailable tokens, upstream errors) stay prometheus-client counters.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("awstoken_proxy_requests", "Requests answered, by route and "
-                                "status class.", ("route", "status"), registry=registry)
-        self.latency = Histogram("awstoken_proxy_upstream_seconds", "Time to the upstream's "
-                                 "response headers.", ("route",), registry=registry,
-                                 buckets=_LATENCY_BUCKETS)
+        self._requests: dict[tuple[str, str], int] = {}
+        self._latency: dict[str, list[float]] = {}  # per route: bucket counts..., sum
+        registry.register(_RouteCollector(self))
         self.retries = Counter("awstoken_proxy_token_retries", "Requests retried after an "
                                "upstream 401/403 and a token refresh.", ("route",),
                                registry=registry)
@@ -38,6 +45,49 @@ class RouteMetrics:
         self.upstream_errors = Counter("awstoken_proxy_upstream_errors", "Upstream connection "
                                        "failures and timeouts.", ("route", "kind"),
                                        registry=registry)
+
+    def count(self, route: str, status: int) -> None:
+        """One answered request (``status`` 499 when the client went away first)."""
+        key = (route, _CLASSES.get(status // 100) or f"{status // 100}xx")
+        self._requests[key] = self._requests.get(key, 0) + 1
+
+    def observe(self, route: str, seconds: float) -> None:
+        """Time from sending a request upstream to its response head."""
+        counts = self._latency.get(route)
+        if counts is None:
+            counts = self._latency[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+
+_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+
+
+class _RouteCollector(Collector):
+    """Exports :class:`RouteMetrics`' plain counters (same names as prometheus-client's)."""
+
+    def __init__(self, metrics: RouteMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily("awstoken_proxy_requests", "Requests answered, by route "
+                                       "and status class.", labels=("route", "status"))
+        for (route, status), value in sorted(self.metrics._requests.items()):
+            requests.add_metric([route, status], float(value))
+        latency = HistogramMetricFamily("awstoken_proxy_upstream_seconds", "Time to the "
+                                        "upstream's response headers.", labels=("route",))
+        for route, counts in sorted(self.metrics._latency.items()):
+            buckets: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), counts, strict=False):
+                running += count
+                buckets.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+            latency.add_metric([route], buckets, counts[-1])
+        yield requests
+        yield latency
 
 
 class TokenCollector(Collector):

@@ -18,10 +18,11 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,21 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
+from .._config import ENGINES
 from .._errors import ConfigError
 from .._keeper import Keeper
-from .._settings import Settings
+from .._settings import ServerSettings, Settings
 from ..storage import MemoryStorage
 from ._admin import AdminApp
 from ._auth import InboundAuth
+from ._fast import FastForwarder
 from ._forward import Forwarder
+from ._h1 import Frontend, Pool, unverified_context
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._prom import merge_exposition
 from ._routes import RouteTable
 from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
-from ._upstream import Upstream
+from ._upstream import Upstream, tls_context
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -68,6 +72,21 @@ class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
                      reason)
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
+def check_engine(settings: Settings) -> str:
+    """The configured engine, validated."""
+    engine = settings.server.engine
+    if engine not in ENGINES:
+        raise ConfigError(f"server.engine must be one of {', '.join(map(repr, ENGINES))}, "
+                          f"not {engine!r}")
+    return engine
+
+
+def fast_tls_context(settings: ServerSettings) -> ssl.SSLContext:
+    """The fast engine's upstream TLS: verified unless ``verify_tls`` is off."""
+    context = tls_context(settings)
+    return context if isinstance(context, ssl.SSLContext) else unverified_context()
 
 
 def token_names(settings: Settings, routes: RouteTable) -> list[str]:
@@ -108,10 +127,13 @@ class ProxyServer:
         self.auth = InboundAuth(settings.server)
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouteMetrics(self.registry)
-        self.upstream = Upstream(settings.server)
+        self.engine = check_engine(settings)
+        self.upstream = Upstream(settings.server)  # also validates the TLS settings
         self.forwarder = Forwarder(routes=self.routes, keeper=keeper, upstream=self.upstream,
                                    auth=self.auth, metrics=self.metrics,
                                    access_log=settings.server.access_log)
+        self._pool: Pool | None = None
+        self._frontend: Frontend | None = None
         self.reuse_port = reuse_port
         self.with_admin = admin and settings.server.admin_listen is not None
         self.metrics_socket = metrics_socket
@@ -162,12 +184,23 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         if self.with_proxy:
             host, port = self.settings.server.listen
-            self._web = web.Server(self.forwarder, handler_cancellation=True, access_log=None,
-                                   max_field_size=MAX_FIELD_SIZE,
-                                   logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
+            factory: Callable[[], asyncio.BaseProtocol]
+            if self.engine == "fast":
+                server = self.settings.server
+                self._pool = Pool(ssl_context=fast_tls_context(server),
+                                  connect_timeout=server.connect_timeout,
+                                  read_timeout=server.read_timeout)
+                self._frontend = factory = Frontend(FastForwarder(
+                    routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
+                    metrics=self.metrics, access_log=server.access_log))
+            else:
+                self._web = factory = web.Server(
+                    self.forwarder, handler_cancellation=True, access_log=None,
+                    max_field_size=MAX_FIELD_SIZE,
+                    logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
             try:
                 self._listeners.append(await loop.create_server(
-                    self._web, host, port, reuse_port=self.reuse_port or None, backlog=1024))
+                    factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
             except OSError as exc:
                 raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
         if self.with_token_endpoint:
@@ -212,6 +245,8 @@ class ProxyServer:
         if self._web is not None:
             self._web.pre_shutdown()
             await self._web.shutdown(self.settings.server.shutdown_timeout)
+        if self._frontend is not None:
+            await self._frontend.shutdown(self.settings.server.shutdown_timeout)
         for server in self._aux_listeners:
             server.close()
         for aux in self._aux:
@@ -219,6 +254,8 @@ class ProxyServer:
         if self.token_listeners is not None:
             await self.token_listeners.stop()
         await self.upstream.close()
+        if self._pool is not None:
+            await self._pool.close()
         for server in (*self._listeners, *self._aux_listeners):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -288,6 +325,7 @@ def serve(settings: Settings, keeper: Keeper) -> int:
     InboundAuth(settings.server)
     Upstream(settings.server)
     load_secret(settings.server)
+    check_engine(settings)
     workers = settings.server.workers
     if workers < 1:
         raise ConfigError(f"server.workers must be at least 1, not {workers}")
