@@ -31,6 +31,8 @@ log = logging.getLogger("awstoken.proxy")
 MAX_HEAD = 64 * 1024
 #: Body bytes buffered before the sending side is paused.
 HIGH_WATER = 1024 * 1024
+#: Bytes queued for a client before the upstream feeding it is paused.
+WRITE_HIGH = 1024 * 1024
 #: Idle keep-alive client connections are closed after this many seconds.
 KEEPALIVE_TIMEOUT = 75.0
 #: A client must send a whole request head within this many seconds.
@@ -214,6 +216,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Deep enough that a streamed body keeps both sockets busy instead of pausing the
+        # upstream after every read (the default high-water mark is 64 KiB).
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else None
         sock = transport.get_extra_info("sockname")

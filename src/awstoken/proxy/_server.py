@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -269,6 +270,30 @@ def _event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop
 
 
+def tune_malloc() -> None:
+    """Keep freed body buffers in the heap instead of returning them to the kernel (glibc).
+
+    A streamed body moves through buffers of a few hundred KiB. glibc serves those with
+    fresh ``mmap`` pages (or trims them off the heap when freed), so every read page-faults
+    its memory in again: measured here, that tripled the CPU per GiB streamed. A 4 MiB mmap
+    threshold and a 16 MiB trim threshold keep them in the heap, reused. Process-wide, so
+    only :func:`serve` (which owns its process) sets it; a no-op where there is no glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 16 * 1024 * 1024)
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
 def _run(main: asyncio.Future[int] | object) -> int:
     factory = _event_loop_factory()
     runner = asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner()
@@ -327,6 +352,7 @@ def serve(settings: Settings, keeper: Keeper) -> int:
     load_secret(settings.server)
     check_engine(settings)
     workers = settings.server.workers
+    tune_malloc()
     if workers < 1:
         raise ConfigError(f"server.workers must be at least 1, not {workers}")
     if not settings.routes:
