@@ -694,8 +694,9 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _finish(self) -> None:
+        # The read timer is left to lapse (it re-arms itself only while an exchange waits):
+        # cancelling and re-creating it on every request would cost more than it saves.
         self.complete = True
-        self._cancel_timer()
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -775,7 +776,6 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.in_exchange:
             return
         self.in_exchange = False
-        self._cancel_timer()
         pump, self.pump = self.pump, None
         pump_ok = pump is None or (pump.done() and not pump.cancelled() and pump.exception() is None)
         if pump is not None and not pump.done():

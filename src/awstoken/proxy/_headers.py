@@ -46,12 +46,12 @@ def request_header_pairs(pairs: Sequence[tuple[str, str]], *, token_header: str,
     ``Authorization`` and the route's token header, and any lower-case name in ``drop``;
     sets X-Forwarded-For/Proto/Host.
     """
-    named = _connection_tokens(pairs)
+    lows = [k.lower() for k, _ in pairs]
+    named = _connection_tokens(pairs) if "connection" in lows else None
     token_key = token_header.lower()
     out: Pairs = []
     prior: list[str] = []
-    for key, value in pairs:
-        low = key.lower()
+    for (key, value), low in zip(pairs, lows, strict=True):
         if low in _REQUEST_DROP or low == token_key or low in drop or (named and low in named):
             if low == "x-forwarded-for":
                 prior.append(value)
@@ -70,9 +70,12 @@ def request_header_pairs(pairs: Sequence[tuple[str, str]], *, token_header: str,
 
 def response_header_pairs(pairs: Sequence[tuple[str, str]]) -> Pairs:
     """The upstream's response headers for the client: hop-by-hop removed, repeats kept."""
+    lows = [k.lower() for k, _ in pairs]
+    if "connection" not in lows:
+        return [pair for pair, low in zip(pairs, lows, strict=True) if low not in _RESPONSE_DROP]
     named = _connection_tokens(pairs)
-    return [(k, v) for k, v in pairs
-            if not ((low := k.lower()) in _RESPONSE_DROP or (named and low in named))]
+    return [pair for pair, low in zip(pairs, lows, strict=True)
+            if not (low in _RESPONSE_DROP or low in named)]
 
 
 def cross_host_pairs(pairs: Iterable[tuple[str, str]], token_header: str) -> Pairs:

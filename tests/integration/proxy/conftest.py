@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import http.client
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
 
 pytest.importorskip("aiohttp")
+pytest.importorskip("httptools")
+
+
+@pytest.fixture(autouse=True, params=["fast", "aiohttp"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every proxy test runs against both engines (``[server] engine``)."""
+    from tests.fixtures import proxy
+
+    previous, proxy.ENGINE = proxy.ENGINE, request.param
+    try:
+        yield request.param
+    finally:
+        proxy.ENGINE = previous
 
 
 @dataclass
