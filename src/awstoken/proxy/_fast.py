@@ -270,6 +270,9 @@ class FastForwarder:
     async def _stream(self, conn: ClientConnection, request: Request, up: UpstreamConnection,
                       status: int, reason_: str, headers: list[tuple[str, str]], route: Route,
                       length: int | None, first: bytes = b"") -> int:
+        if up.error is not None and not up.complete:
+            # Broken before anything went to the client: it can still get a clean 502.
+            raise UpstreamFailure(502, "body", str(up.error))
         chunked = length is None and request.version == "1.1"
         if length is not None:
             headers.append(("Content-Length", str(length)))

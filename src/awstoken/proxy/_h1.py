@@ -211,6 +211,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._head_size = 0
         self._body: BodyStream | None = None
+        self._parsing: Request | None = None  # head parsed, message not complete yet
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
         has_body = chunked or bool(length)
         body = BodyStream(self) if has_body else None
         self._body = body
-        request = Request(
+        self._parsing = request = Request(
             method=parser.get_method().decode("ascii"), target=b"".join(self._url).decode("latin-1"),
             version=version, headers=self._headers, keep_alive=parser.should_keep_alive(),
             body=body, chunked=chunked, length=None if chunked else length, host=host,
@@ -346,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
             self._body.feed(body)
 
     def on_message_complete(self) -> None:
+        self._parsing = None
         if self._body is not None:
             self._body.finish()
             self._body = None
@@ -395,6 +397,9 @@ class ClientConnection(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(ConnectionResetError(f"malformed request body: {exc}"))
             self._body = None
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and parsing in self.queue:
+            self.queue.remove(parsing)  # its head parsed, then it broke: never answer it
         if self.busy or self.queue:
             self.abort()  # mid-body in a request already being answered
             return
