@@ -151,7 +151,7 @@ class Forwarder:
                     headers[route.header] = fresh
                     up = await self._send(request.method, url, headers, None)
             if up.status in REDIRECTS and "Location" in up.headers:
-                target = url.join(URL(up.headers["Location"]))
+                target = url.join(URL(up.headers["Location"], encoded=True))
                 if target.origin() != url.origin() and route.redirects == "follow" and \
                         request.method in ("GET", "HEAD"):
                     up.release()
@@ -188,7 +188,7 @@ class Forwarder:
             up = await self._send(method, target, clean, None)
             if up.status not in REDIRECTS or "Location" not in up.headers:
                 return up
-            target = target.join(URL(up.headers["Location"]))
+            target = target.join(URL(up.headers["Location"], encoded=True))
             up.release()
         raise UpstreamFailure(502, "redirects", f"more than {MAX_REDIRECTS} redirects from "
                               f"upstream for route {route.name}")
