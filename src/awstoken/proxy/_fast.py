@@ -15,7 +15,16 @@ from urllib.parse import urljoin
 
 from .._keeper import Keeper
 from ._auth import InboundAuth
-from ._h1 import BodyStream, ClientConnection, Origin, Pool, Request, UpstreamConnection, UpstreamError
+from ._h1 import (
+    BodyStream,
+    ClientConnection,
+    Origin,
+    Pool,
+    Request,
+    UpstreamConnection,
+    UpstreamError,
+    http_date,
+)
 from ._h1 import encode_head as _encode_head
 from ._h1 import reason as _reason
 from ._headers import cross_host_pairs, request_header_pairs, response_header_pairs
@@ -94,7 +103,7 @@ class FastForwarder:
     def _error(self, conn: ClientConnection, request: Request, path: str, status: int,
                message: str, extra: list[tuple[str, str]] | None = None) -> int:
         content_type, body = error_body(path, status, message)
-        headers = [("Content-Type", content_type), *(extra or ())]
+        headers = [("Date", http_date()), ("Content-Type", content_type), *(extra or ())]
         self._send(conn, request, status, _reason(status), headers, body)
         return status
 
@@ -165,7 +174,7 @@ class FastForwarder:
                 current = origin.url + target
                 there = urljoin(current, location)
                 other = self._origin(_origin_of(there))
-                if other != origin and route.redirects == "follow" and \
+                if other.url != origin.url and route.redirects == "follow" and \
                         request.method in ("GET", "HEAD"):
                     up.release()
                     up = await self._follow(request, there, headers, route)
@@ -188,8 +197,14 @@ class FastForwarder:
             lines.append(("Transfer-Encoding", "chunked") if request.chunked else
                          ("Content-Length", str(request.length)))
         head = _encode_head(f"{request.method} {target} HTTP/1.1", lines)
+        pool = self.pool
         for attempt in (1, 2):
-            up = await self._connect(origin)
+            up = pool.take(origin) if attempt == 1 else None
+            if up is None:
+                try:
+                    up = await pool.connect(origin)
+                except UpstreamError as exc:
+                    raise _failure(exc) from None
             reused = up.uses > 0
             up.start(head, head_only=request.method == "HEAD")
             if body is not None:
@@ -208,12 +223,6 @@ class FastForwarder:
                 up.release()
                 raise
         raise AssertionError("unreachable")
-
-    async def _connect(self, origin: Origin) -> UpstreamConnection:
-        try:
-            return await self.pool.acquire(origin)
-        except UpstreamError as exc:
-            raise _failure(exc) from None
 
     async def _follow(self, request: Request, there: str, headers: list[tuple[str, str]],
                       route: Route) -> UpstreamConnection:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -45,6 +47,18 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 def reason(status: int) -> str:
     return _REASONS.get(status, "Unknown")
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The current time for a ``Date`` header (formatted once per second)."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, email.utils.formatdate(now, usegmt=True))
+    return _date[1]
 
 
 def encode_head(first_line: str, headers: list[tuple[str, str]]) -> bytes:
@@ -200,6 +214,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False  # a request head is being received
         self.since = self.loop.time()
         self.closed = False
+        self.eof = False  # the client shut its sending side: answer what is queued, then close
         self.write_paused = False
         self.on_resume: Callable[[], None] | None = None  # e.g. resume a paused upstream
         self.response_started = False
@@ -267,6 +282,7 @@ class ClientConnection(asyncio.Protocol):
             self._reject(ProtocolError(400, "malformed request"))
 
     def eof_received(self) -> bool | None:
+        self.eof = True
         if self._body is not None:
             self._body.fail(ConnectionResetError("the client closed its side mid-body"))
         if not self.busy and not self.queue:
@@ -380,7 +396,7 @@ class ClientConnection(asyncio.Protocol):
                     self.since = self.loop.time()
                 body = request.body
                 if not request.keep_alive or (body is not None and not body.done) or \
-                        self.frontend.closing:
+                        self.frontend.closing or (self.eof and not self.queue):
                     # An unread request body cannot be skipped safely: close instead.
                     self.close()
                     return
@@ -457,6 +473,7 @@ class Origin:
     host: str
     port: int
     host_header: str
+    url: str  # scheme://host[:port], the pool's key
 
     @classmethod
     def parse(cls, url: str) -> Origin:
@@ -465,12 +482,8 @@ class Origin:
         host = parts.hostname or ""
         port = parts.port or (443 if tls else 80)
         shown = f"[{host}]" if ":" in host else host
-        default = 443 if tls else 80
-        return cls(tls, host, port, shown if port == default else f"{shown}:{port}")
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host_header}"
+        header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+        return cls(tls, host, port, header, f"{'https' if tls else 'http'}://{header}")
 
 
 class UpstreamError(Exception):
@@ -815,17 +828,26 @@ class Pool:
         self.ssl = ssl_context
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.idle: dict[Origin, list[UpstreamConnection]] = {}
+        self.idle: dict[str, list[UpstreamConnection]] = {}  # by Origin.url
         self.all: set[UpstreamConnection] = set()
         self.closing = False
 
-    async def acquire(self, origin: Origin) -> UpstreamConnection:
-        """An idle connection to ``origin``, or a new one (connect and TLS bounded in time)."""
-        idle = self.idle.get(origin)
+    def take(self, origin: Origin) -> UpstreamConnection | None:
+        """An idle connection to ``origin``, if there is one."""
+        idle = self.idle.get(origin.url)
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 return conn
+        return None
+
+    async def acquire(self, origin: Origin) -> UpstreamConnection:
+        """An idle connection to ``origin``, or a new one (connect and TLS bounded in time)."""
+        conn = self.take(origin)
+        return conn if conn is not None else await self.connect(origin)
+
+    async def connect(self, origin: Origin) -> UpstreamConnection:
+        """A new connection to ``origin`` (connect and TLS handshake bounded in time)."""
         try:
             _, conn = await asyncio.wait_for(self.loop.create_connection(
                 lambda: UpstreamConnection(self, origin), origin.host, origin.port,
@@ -848,7 +870,7 @@ class Pool:
         return conn
 
     def put(self, conn: UpstreamConnection) -> None:
-        idle = self.idle.setdefault(conn.origin, [])
+        idle = self.idle.setdefault(conn.origin.url, [])
         if len(idle) >= MAX_IDLE:
             conn.abort()
         else:
@@ -856,7 +878,7 @@ class Pool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self.all.discard(conn)
-        idle = self.idle.get(conn.origin)
+        idle = self.idle.get(conn.origin.url)
         if idle and conn in idle:
             idle.remove(conn)
 
