@@ -1,19 +1,23 @@
 """Proxy benchmark: awstoken serve vs nginx with a fixed proxy_set_header, one run.
 
-    .venv/bin/python bench/bench_proxy.py [--seconds 5] [--stream-mib 1024]
+    .venv/bin/python bench/bench_proxy.py [--seconds 5] [--stream-mib 1024] [--rounds 3]
+        [--engines fast,aiohttp]
 
 Against one local origin (nginx, 1 worker): the origin directly, nginx as a proxy with a
 fixed ``proxy_set_header Authorization`` (256k proxy buffers), and ``awstoken.proxy.serve``
-(1 worker, uvloop, access log off). Small responses: wrk -t1 -c32, req/s, p50/p99, CPU per
-request of the proxy process. Streaming: one GET of a sparse file through each proxy with
-curl, MB/s and the proxy's peak RSS (VmHWM). The proxy is pinned to CPU 1, wrk, curl and
-the origin to CPU 0 (a 2-core machine). Bounded in time; talks to 127.0.0.1 only.
+(1 worker, uvloop, access log off) with each engine asked for. Small responses: wrk -t1
+-c32, req/s, p50/p99, CPU per request of the proxy process. Streaming: one GET of a sparse
+file through each proxy with curl, MB/s and the proxy's peak RSS (VmHWM). The proxy is
+pinned to CPU 1, wrk, curl and the origin to CPU 0 (a 2-core machine). Bounded in time;
+talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -21,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import free_port, hwm_kib, measure, nginx, pin, process, rss_kib
+from _harness import Measured, free_port, hwm_kib, measure, nginx, pin, process, rss_kib
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,7 +58,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--stream-mib", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--engines", default="fast", help="comma-separated: fast,aiohttp")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     with nginx() as ng:
         big = ng.dir / "files" / "big"
         with open(big, "wb") as fh:
@@ -62,36 +69,60 @@ def main() -> None:
         big.chmod(0o644)
         big.parent.chmod(0o755)
         origin = f"http://127.0.0.1:{ng.origin_port}"
-        port = free_port()
-        argv = [sys.executable, str(HERE / "proxy_main.py"), origin, str(port), str(args.workers)]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         cpu = None if args.workers > 1 else 1
-        with process(argv, port, cpu=cpu, env=env) as proc:
-            rows = [
-                measure("origin (nginx, direct)", f"{origin}/small", None, seconds=args.seconds),
-                measure("nginx proxy_pass + proxy_set_header", f"http://127.0.0.1:{ng.proxy_port}/small",
-                        ng.proc.pid, seconds=args.seconds),
-                measure(f"awstoken serve ({args.workers} worker)", f"http://127.0.0.1:{port}/small",
-                        proc.pid, seconds=args.seconds),
-            ]
-            base = rows[1].wrk.rps
-            print("Small responses (2 bytes), wrk -t1 -c32")
-            print("| target | req/s | x nginx | p50 ms | p99 ms | proxy CPU us/req | errors |")
-            print("|---|---|---|---|---|---|---|")
-            for r in rows:
-                print(f"| {r.name} | {r.wrk.rps:.0f} | {r.wrk.rps / base:.2f} | {r.wrk.p50_ms:.2f} | "
-                      f"{r.wrk.p99_ms:.2f} | {r.cpu_us_per_req:.0f} | {r.wrk.errors} |")
-            path = "/files/big"
-            direct, _ = stream(f"{origin}{path}", None)
-            ng_speed, ng_rss = stream(f"http://127.0.0.1:{ng.proxy_port}{path}", ng.proc.pid)
-            aw_speed, aw_rss = stream(f"http://127.0.0.1:{port}{path}", proc.pid)
-            print(f"\nStreaming {args.stream_mib} MiB, one curl GET")
-            print("| target | MB/s | x nginx | peak RSS MiB |")
-            print("|---|---|---|---|")
-            print(f"| origin (nginx, direct) | {direct:.0f} | - | - |")
-            print(f"| nginx proxy (256k buffers) | {ng_speed:.0f} | 1.00 | {ng_rss / 1024:.1f} |")
-            print(f"| awstoken serve | {aw_speed:.0f} | {aw_speed / ng_speed:.2f} | {aw_rss / 1024:.1f} |")
+        path = "/files/big"
+        stream(f"{origin}{path}", None)  # the sparse file's pages into the cache first
+        with contextlib.ExitStack() as stack:
+            targets = [("nginx proxy_pass + proxy_set_header", ng.proxy_port, ng.proc.pid)]
+            for engine in engines:
+                port = free_port()
+                argv = [sys.executable, str(HERE / "proxy_main.py"), origin, str(port),
+                        str(args.workers), engine]
+                proc = stack.enter_context(process(argv, port, cpu=cpu, env=env))
+                targets.append((f"awstoken serve, {engine} engine ({args.workers} worker)", port,
+                                proc.pid))
+            # Rounds interleave the targets, so a burst of load on this shared machine hits
+            # them alike; each ratio is taken within its round, and the median reported.
+            small: dict[str, list[Measured]] = {name: [] for name, _, _ in targets}
+            big: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in targets}
+            direct = [measure("origin (nginx, direct)", f"{origin}/small", None, seconds=args.seconds)]
+            for _ in range(args.rounds):
+                for name, port, pid in targets:
+                    small[name].append(measure(name, f"http://127.0.0.1:{port}/small", pid,
+                                               seconds=args.seconds))
+                for name, port, pid in targets:
+                    big[name].append(stream(f"http://127.0.0.1:{port}{path}", pid))
+        base_name = targets[0][0]
+        print(f"Small responses (2 bytes), wrk -t1 -c32, {args.seconds} s, median of "
+              f"{args.rounds} interleaved rounds")
+        print("| target | req/s | x nginx (per round) | x nginx (median) | p50 ms | p99 ms "
+              "| proxy CPU us/req | errors |")
+        print("|---|---|---|---|---|---|---|---|")
+        d = direct[0]
+        print(f"| origin (nginx, direct) | {d.wrk.rps:.0f} | - | - | {d.wrk.p50_ms:.2f} | "
+              f"{d.wrk.p99_ms:.2f} | - | {d.wrk.errors} |")
+        for name, _, _ in targets:
+            runs = small[name]
+            ratios = [r.wrk.rps / b.wrk.rps for r, b in zip(runs, small[base_name], strict=True)]
+            mid = median_run(runs)
+            print(f"| {name} | {mid.wrk.rps:.0f} | {' '.join(f'{x:.2f}' for x in ratios)} | "
+                  f"{statistics.median(ratios):.2f} | {mid.wrk.p50_ms:.2f} | {mid.wrk.p99_ms:.2f} "
+                  f"| {statistics.median(r.cpu_us_per_req for r in runs):.0f} | "
+                  f"{sum(r.wrk.errors for r in runs)} |")
+        print(f"\nStreaming {args.stream_mib} MiB, one curl GET per round, {args.rounds} rounds")
+        print("| target | MB/s (median) | x nginx (per round) | x nginx (median) | peak RSS MiB |")
+        print("|---|---|---|---|---|")
+        for name, _, _ in targets:
+            runs = big[name]
+            ratios = [r[0] / b[0] for r, b in zip(runs, big[base_name], strict=True)]
+            print(f"| {name} | {statistics.median(r[0] for r in runs):.0f} | "
+                  f"{' '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f} | "
+                  f"{max(r[1] for r in runs) / 1024:.1f} |")
 
+
+def median_run(runs: list[Measured]) -> Measured:
+    return sorted(runs, key=lambda r: r.wrk.rps)[len(runs) // 2]
 
 if __name__ == "__main__":
     main()
