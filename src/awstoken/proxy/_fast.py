@@ -169,7 +169,7 @@ class FastForwarder:
                     self.metrics.retries.labels(route.name).inc()
                     up = await self._exchange(request, origin, target, headers,
                                               (route.header, fresh))
-            location = _header(up.headers, "location") if up.status in REDIRECTS else None
+            location = up.location if up.status in REDIRECTS else None
             if location is not None:
                 current = origin.url + target
                 there = urljoin(current, location)
@@ -210,7 +210,10 @@ class FastForwarder:
             if body is not None:
                 up.pump = asyncio.ensure_future(_pump(body, up, request.chunked))
             try:
-                await up.wait_head()
+                while not up.head_done:
+                    if up.error is not None:
+                        raise up.error
+                    await up.event()
                 return up
             except UpstreamError as exc:
                 up.release()
@@ -232,7 +235,7 @@ class FastForwarder:
             origin = self._origin(_origin_of(there))
             target = _target_of(there)
             up = await self._exchange(request, origin, target, clean, None, with_body=False)
-            location = _header(up.headers, "location") if up.status in REDIRECTS else None
+            location = up.location if up.status in REDIRECTS else None
             if location is None:
                 return up
             up.release()
@@ -247,9 +250,10 @@ class FastForwarder:
         status = up.status
         headers = response_header_pairs(up.headers)
         proxy_origin = f"http://{request.host or conn.local}"
-        for i, (key, location) in enumerate(headers):
-            if key.lower() == "location":
-                headers[i] = (key, route.rewrite_location(location, proxy_origin))
+        if up.location is not None:
+            for i, (key, location) in enumerate(headers):
+                if key.lower() == "location":
+                    headers[i] = (key, route.rewrite_location(location, proxy_origin))
         reason_ = up.reason.decode("latin-1") or _reason(status)
         head_only = request.method == "HEAD" or status in (204, 304)
         length = up.length
@@ -259,12 +263,12 @@ class FastForwarder:
                 headers.append(("Content-Length", str(length)))
             self._send(conn, request, status, reason_, headers, b"", framing=False)
             return status
-        content_type = _header(up.headers, "content-type")
-        if status == 200 and is_index(content_type) and (length is None or
+        if status == 200 and is_index(up.content_type) and (length is None or
                                                          length <= MAX_REWRITE_BYTES):
             return await self._respond_index(conn, request, route, up, headers, proxy_origin)
         if (length is not None and length <= SMALL_BODY) or up.complete:
-            await self._collect(up, SMALL_BODY if length is None else length)
+            if not up.complete:
+                await self._collect(up, SMALL_BODY if length is None else length)
             self._send(conn, request, status, reason_, headers, up.take())
             return status
         return await self._stream(conn, request, up, status, reason_, headers, route, length)
@@ -341,7 +345,7 @@ class FastForwarder:
         except Exception:
             plain = None
         if plain is not None:
-            content_type = _header(up.headers, "content-type")
+            content_type = up.content_type
             rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
             if route.strip_prefix and is_html(content_type):
                 rewritten = rewrite_paths(rewritten, route.upstream_path, route.prefix)

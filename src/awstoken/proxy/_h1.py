@@ -529,6 +529,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = False
         self.length: int | None = None
         self.chunked = False
+        self.content_type: str | None = None
+        self.location: str | None = None
         self.error: UpstreamError | None = None
         self.chunks: list[bytes] = []
         self.buffered = 0
@@ -625,6 +627,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.length = int(value)
             elif low == "transfer-encoding":
                 self.chunked = True
+            elif low == "content-type":
+                self.content_type = value
+            elif low == "location":
+                self.location = value
         if self.chunked:
             self.length = None
         self.keep_alive = self.parser.should_keep_alive()
@@ -723,9 +729,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._cancel_timer()
             self._wake()
 
+    def event(self) -> asyncio.Future[None]:
+        """A future set by the next event (head, body progress, end, failure): awaiting it
+        directly saves a coroutine frame on every wake-up of the request path."""
+        waiter = self._waiter = self.loop.create_future()
+        return waiter
+
     async def _wait(self) -> None:
-        self._waiter = self.loop.create_future()
-        await self._waiter
+        await self.event()
 
     def start(self, head: bytes, *, head_only: bool) -> None:
         """Send a request head (the body, if any, follows through :meth:`write`)."""
@@ -747,13 +758,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.write_paused:
             self._drain = self.loop.create_future()
             await self._drain
-
-    async def wait_head(self) -> None:
-        """Until the response head is in; raises :class:`UpstreamError`."""
-        while not self.head_done:
-            if self.error is not None:
-                raise self.error
-            await self._wait()
 
     async def wait_buffered(self, wanted: int) -> None:
         """Until the body is complete or at least ``wanted`` bytes are buffered."""
