@@ -150,7 +150,7 @@ class FastForwarder:
     async def _forward(self, conn: ClientConnection, request: Request, route: Route,
                        value: str) -> int:
         origin = self._origin(route.upstream_origin)
-        target = route.upstream_url(request.target)[len(route.upstream_origin):]
+        target = route.upstream_target(request.target)
         headers = request_header_pairs(
             request.headers, token_header=route.header, client_ip=conn.remote, proto="http",
             host=request.host, drop=_FRAMING)

@@ -517,13 +517,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.reason = b""
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.sink: Callable[[bytes], Any] | None = None
+        self.client: ClientConnection | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self._head_size = 0
+        self._read_paused = False
+        self._last = 0.0
         self._reset()
 
     def _reset(self) -> None:
+        # Per exchange. (Parser state is reset in on_message_begin; sink, client, pump and
+        # chunks are cleared by release(); the read-pause flag follows the transport.)
         self.head_only = False
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[str, str]] = []
         self.head_done = False
         self.complete = False
         self.keep_alive = False
@@ -532,18 +541,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.content_type: str | None = None
         self.location: str | None = None
         self.error: UpstreamError | None = None
-        self.chunks: list[bytes] = []
         self.buffered = 0
         self.limit = HIGH_WATER
-        self.sink: Callable[[bytes], Any] | None = None
-        self.client: ClientConnection | None = None
         self.received_any = False
-        self.request_sent = False
-        self.pump: asyncio.Task[None] | None = None
         self._interim = False
-        self._head_size = 0
-        self._read_paused = False
-        self._last = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -804,9 +805,10 @@ class UpstreamConnection(asyncio.Protocol):
             pump.cancel()
         self.sink = None
         self.client = None
+        if self.chunks:
+            self.chunks = []
         if self.complete and self.keep_alive and pump_ok and not self.closed and \
                 not self._read_paused and not self.pool.closing:
-            self.chunks = []
             self.pool.put(self)
         else:
             self.abort()

@@ -43,12 +43,16 @@ class Route:
 
     def upstream_url(self, raw_path: str) -> str:
         """The upstream URL for a proxy ``raw_path`` (path and query, still percent-encoded)."""
+        return self.upstream_origin + self.upstream_target(raw_path)
+
+    def upstream_target(self, raw_path: str) -> str:
+        """The upstream request target (path and query) for a proxy ``raw_path``."""
         path = raw_path
         if self.strip_prefix:
             path = raw_path[len(self.prefix.rstrip("/")):]
             if not path.startswith("/"):
                 path = "/" + path
-        return self.upstream_base + path
+        return self.upstream_path + path
 
     def public_base(self, proxy_origin: str) -> str:
         """What ``upstream_base`` becomes as seen by the client of the proxy."""
