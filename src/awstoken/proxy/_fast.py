@@ -36,6 +36,7 @@ from ._policy import (
     TokenRefresher,
     UpstreamFailure,
     error_body,
+    refusal,
     unavailable_reason,
 )
 from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
@@ -115,6 +116,10 @@ class FastForwarder:
         if not raw.startswith("/"):
             return None, self._error(conn, request, path, 400,
                                      "only origin-form request targets are served")
+        reason = refusal(path, (1, 1), False)  # versions and framing: checked while parsing
+        if reason is not None:
+            request.keep_alive = False
+            return None, self._error(conn, request, path, 400, reason)
         if self.auth.enabled:
             decision = await self.auth.check(conn.remote, _header(request.headers, "authorization"))
             if not decision.allowed:

@@ -29,10 +29,11 @@ from ._policy import (
     TokenRefresher,
     UpstreamFailure,
     error_body,
+    refusal,
     unavailable_reason,
 )
 from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
-from ._routes import Route, RouteTable, has_dot_segment
+from ._routes import Route, RouteTable
 from ._upstream import Upstream
 
 log = logging.getLogger("awstoken.proxy")
@@ -49,17 +50,13 @@ def error_response(path: str, status: int, message: str, *,
 
 def _refuse(request: web.BaseRequest, path: str) -> web.Response | None:
     """A 400 for requests the parser lets through but a proxy must not forward."""
-    if request.version < (1, 0):
-        return error_response(path, 400, "HTTP/0.9 requests are not served")
-    if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
-        # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty; answer and close.
-        response = error_response(path, 400, "Transfer-Encoding in an HTTP/1.0 request")
-        response.force_close()
-        return response
-    if has_dot_segment(path):
-        return error_response(path, 400, "dot segments ('.', '..', '%2e') are not allowed "
-                              "in the path")
-    return None
+    reason = refusal(path, (request.version.major, request.version.minor),
+                     "Transfer-Encoding" in request.headers)
+    if reason is None:
+        return None
+    response = error_response(path, 400, reason)
+    response.force_close()
+    return response
 
 
 class Forwarder:

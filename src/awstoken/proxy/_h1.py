@@ -265,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
             # The parser stops after an Upgrade request's head. Upgrades are not offered:
             # answer that request as a plain one, then close.
             if not self.queue:
-                self._reject(ProtocolError(501, "protocol upgrades are not supported"))
+                self._reject(ProtocolError(400, "protocol upgrades are not supported"))
                 return
             self.queue[-1].keep_alive = False
             if self._body is not None:
@@ -278,8 +278,9 @@ class ClientConnection(asyncio.Protocol):
             cause = exc.__context__
             self._reject(cause if isinstance(cause, ProtocolError) else
                          ProtocolError(400, "malformed request"))
-        except httptools.HttpParserError:
-            self._reject(ProtocolError(400, "malformed request"))
+        except httptools.HttpParserError as exc:
+            # llhttp's reasons are short phrases ("Invalid header value char"), no bytes.
+            self._reject(ProtocolError(400, f"malformed request: {str(exc)[:100]}"))
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -342,6 +343,11 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version == "1.1" and host is None:
             raise ProtocolError(400, "HTTP/1.1 request without Host")
+        if chunked and version != "1.1":
+            # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty.
+            raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if version not in ("1.0", "1.1"):
+            raise ProtocolError(400, f"HTTP/{version} is not served")
         has_body = chunked or bool(length)
         body = BodyStream(self) if has_body else None
         self._body = body
@@ -419,6 +425,8 @@ class ClientConnection(asyncio.Protocol):
         if self.busy or self.queue:
             self.abort()  # mid-body in a request already being answered
             return
+        log.info("awstoken: %d for a malformed request from %s: %s", exc.status,
+                 self.remote or "-", exc)
         if self.transport is not None and not self.closed:
             status = exc.status
             body = f"{exc}\n".encode()

@@ -9,6 +9,7 @@ import time
 
 from .._errors import AwstokenError
 from .._keeper import Keeper
+from ._routes import has_dot_segment
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -35,6 +36,22 @@ def error_body(path: str, status: int, message: str) -> tuple[str, bytes]:
                                        "message": message, "detail": None}]})
         return "application/json; charset=utf-8", body.encode()
     return "text/plain; charset=utf-8", (message + "\n").encode()
+
+
+def refusal(path: str, version: tuple[int, int], transfer_encoding: bool) -> str | None:
+    """Why a parsed request must not be forwarded (answer 400 and close), or None.
+
+    HTTP/0.9 is not served; Transfer-Encoding in HTTP/1.0 is faulty framing (RFC 9112
+    6.1); dot segments (raw or percent-encoded) would let upstreams resolve the path
+    outside the route's prefix or base path with the token attached.
+    """
+    if version < (1, 0):
+        return "HTTP/0.9 requests are not served"
+    if version < (1, 1) and transfer_encoding:
+        return "Transfer-Encoding in an HTTP/1.0 request"
+    if has_dot_segment(path):
+        return "dot segments ('.', '..', '%2e') are not allowed in the path"
+    return None
 
 
 def unavailable_reason(keeper: Keeper, name: str) -> str:

@@ -78,6 +78,8 @@ def has_dot_segment(path: str) -> bool:
     ``/v2/../admin`` would leave the route's prefix, or its upstream base path, with the
     token attached. Such paths are refused rather than normalised: no client needs them.
     """
+    if "." not in path and "%" not in path and "\\" not in path:
+        return False  # the common case, without decoding
     decoded = unquote(path)
     return any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/"))
 
