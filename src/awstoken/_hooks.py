@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ._errors import HookError, HookTimeout
-from ._sources import Fetched
+from ._sources import Fetched, kill_group
 from ._spawn import popen
 from ._token import Token
 
@@ -222,30 +222,16 @@ class CommandHook(_CountedHook):
         try:
             _, err = proc.communicate((payload + "\n").encode("utf-8"), timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             raise HookTimeout(f"{what} ran past its timeout of {self.timeout:g}s and its process "
                               "group was killed") from None
         except BaseException:
-            _kill_group(proc)
+            kill_group(proc)
             raise
         if proc.returncode != 0:
             detail = _first_line(err, (fetched.token, token.value or ""))
             raise HookError(f"{what} exited with status {_status(proc.returncode)}{detail}")
         log.debug("awstoken: %s ran", what)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        # A grandchild left the group and holds our pipe: stop reading, just reap the child.
-        for pipe in (proc.stdin, proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        proc.wait()
 
 
 def _status(returncode: int) -> str:

@@ -191,12 +191,12 @@ class Command:
         try:
             out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             raise CommandTimeout(
                 f"command {self.display!r} ran past its timeout of {self.timeout:g}s and was "
                 "killed") from None
         except BaseException:
-            _kill_group(proc)
+            kill_group(proc)
             raise
         finally:
             with _running_lock:
@@ -213,8 +213,11 @@ class Command:
                 f"{exc.start})", returncode=0) from None
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # The shell may have started children (the aws CLI, a pipe): kill them all, then reap.
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group of ``proc`` (started with ``start_new_session``) and reap it.
+
+    The shell may have started children (the aws CLI, a pipe): the group kill takes them all.
+    """
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     try:
@@ -222,9 +225,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         # A descendant that left the group (setsid) still holds the pipes: stop reading
         # them rather than wait for it; the killed command itself is reaped.
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(OSError):
+                    pipe.close()
         proc.wait()
 
 
