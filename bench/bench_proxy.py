@@ -1,7 +1,7 @@
 """Proxy benchmark: awstoken serve vs nginx with a fixed proxy_set_header, one run.
 
     .venv/bin/python bench/bench_proxy.py [--seconds 5] [--stream-mib 1024] [--rounds 3]
-        [--engines fast,aiohttp]
+        [--engines fast,aiohttp] [--only small|stream]
 
 Against one local origin (nginx, 1 worker): the origin directly, nginx as a proxy with a
 fixed ``proxy_set_header Authorization`` (256k proxy buffers), and ``awstoken.proxy.serve``
@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--engines", default="fast", help="comma-separated: fast,aiohttp")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("small", "stream"),
+                        help="measure only small responses or only streaming")
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     with nginx() as ng:
@@ -85,40 +87,54 @@ def main() -> None:
             # Rounds interleave the targets, so a burst of load on this shared machine hits
             # them alike; each ratio is taken within its round, and the median reported.
             small: dict[str, list[Measured]] = {name: [] for name, _, _ in targets}
-            big: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in targets}
-            direct = [measure("origin (nginx, direct)", f"{origin}/small", None, seconds=args.seconds)]
+            streams: dict[str, list[tuple[float, int]]] = {name: [] for name, _, _ in targets}
+            direct = [measure("origin (nginx, direct)", f"{origin}/small", None,
+                              seconds=args.seconds)] if args.only != "stream" else []
             for _ in range(args.rounds):
-                for name, port, pid in targets:
+                for name, port, pid in targets if args.only != "stream" else ():
                     small[name].append(measure(name, f"http://127.0.0.1:{port}/small", pid,
                                                seconds=args.seconds))
-                for name, port, pid in targets:
-                    big[name].append(stream(f"http://127.0.0.1:{port}{path}", pid))
+                for name, port, pid in targets if args.only != "small" else ():
+                    streams[name].append(stream(f"http://127.0.0.1:{port}{path}", pid))
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         base_name = targets[0][0]
-        print(f"Small responses (2 bytes), wrk -t1 -c32, {args.seconds} s, median of "
-              f"{args.rounds} interleaved rounds")
-        print("| target | req/s | x nginx (per round) | x nginx (median) | p50 ms | p99 ms "
-              "| proxy CPU us/req | errors |")
-        print("|---|---|---|---|---|---|---|---|")
-        d = direct[0]
-        print(f"| origin (nginx, direct) | {d.wrk.rps:.0f} | - | - | {d.wrk.p50_ms:.2f} | "
-              f"{d.wrk.p99_ms:.2f} | - | {d.wrk.errors} |")
-        for name, _, _ in targets:
-            runs = small[name]
-            ratios = [r.wrk.rps / b.wrk.rps for r, b in zip(runs, small[base_name], strict=True)]
-            mid = median_run(runs)
-            print(f"| {name} | {mid.wrk.rps:.0f} | {' '.join(f'{x:.2f}' for x in ratios)} | "
-                  f"{statistics.median(ratios):.2f} | {mid.wrk.p50_ms:.2f} | {mid.wrk.p99_ms:.2f} "
-                  f"| {statistics.median(r.cpu_us_per_req for r in runs):.0f} | "
-                  f"{sum(r.wrk.errors for r in runs)} |")
-        print(f"\nStreaming {args.stream_mib} MiB, one curl GET per round, {args.rounds} rounds")
-        print("| target | MB/s (median) | x nginx (per round) | x nginx (median) | peak RSS MiB |")
-        print("|---|---|---|---|---|")
-        for name, _, _ in targets:
-            runs = big[name]
-            ratios = [r[0] / b[0] for r, b in zip(runs, big[base_name], strict=True)]
-            print(f"| {name} | {statistics.median(r[0] for r in runs):.0f} | "
-                  f"{' '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f} | "
-                  f"{max(r[1] for r in runs) / 1024:.1f} |")
+        if direct:
+            print_small(args, targets, small, direct, base_name)
+        if args.only != "small":
+            print_stream(args, targets, streams, base_name)
+
+
+def print_small(args: argparse.Namespace, targets: list[tuple[str, int, int]],
+            small: dict[str, list[Measured]], direct: list[Measured], base_name: str) -> None:
+    print(f"Small responses (2 bytes), wrk -t1 -c32, {args.seconds} s, median of "
+          f"{args.rounds} interleaved rounds")
+    print("| target | req/s | x nginx (per round) | x nginx (median) | p50 ms | p99 ms "
+          "| proxy CPU us/req | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    d = direct[0]
+    print(f"| origin (nginx, direct) | {d.wrk.rps:.0f} | - | - | {d.wrk.p50_ms:.2f} | "
+          f"{d.wrk.p99_ms:.2f} | - | {d.wrk.errors} |")
+    for name, _, _ in targets:
+        runs = small[name]
+        ratios = [r.wrk.rps / b.wrk.rps for r, b in zip(runs, small[base_name], strict=True)]
+        mid = median_run(runs)
+        print(f"| {name} | {mid.wrk.rps:.0f} | {' '.join(f'{x:.2f}' for x in ratios)} | "
+              f"{statistics.median(ratios):.2f} | {mid.wrk.p50_ms:.2f} | {mid.wrk.p99_ms:.2f} "
+              f"| {statistics.median(r.cpu_us_per_req for r in runs):.0f} | "
+              f"{sum(r.wrk.errors for r in runs)} |")
+
+
+def print_stream(args: argparse.Namespace, targets: list[tuple[str, int, int]],
+             streams: dict[str, list[tuple[float, int]]], base_name: str) -> None:
+    print(f"\nStreaming {args.stream_mib} MiB, one curl GET per round, {args.rounds} rounds")
+    print("| target | MB/s (median) | x nginx (per round) | x nginx (median) | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for name, _, _ in targets:
+        runs = streams[name]
+        ratios = [r[0] / b[0] for r, b in zip(runs, streams[base_name], strict=True)]
+        print(f"| {name} | {statistics.median(r[0] for r in runs):.0f} | "
+              f"{' '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f} | "
+              f"{max(r[1] for r in runs) / 1024:.1f} |")
 
 
 def median_run(runs: list[Measured]) -> Measured:
