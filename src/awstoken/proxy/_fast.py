@@ -17,6 +17,7 @@ from .._keeper import Keeper
 from ._auth import InboundAuth
 from ._h1 import (
     BodyStream,
+    Chunk,
     ClientConnection,
     Origin,
     Pool,
@@ -308,12 +309,12 @@ class FastForwarder:
         assert transport is not None
 
         if chunked:
-            def sink(data: bytes) -> None:
+            def sink(data: Chunk) -> None:
                 if data:
                     transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
                     conn.sent += len(data)
         else:
-            def sink(data: bytes) -> None:
+            def sink(data: Chunk) -> None:
                 transport.write(data)
                 conn.sent += len(data)
 

@@ -41,6 +41,12 @@ KEEPALIVE_TIMEOUT = 75.0
 HEAD_TIMEOUT = 60.0
 #: Idle upstream connections kept per origin.
 MAX_IDLE = 128
+#: Bytes read from an upstream per system call (into the connection's own buffer).
+READ_SIZE = 256 * 1024
+
+#: A piece of a body as handed to a sink: the parser's bytes, or a view of a read buffer
+#: that is valid only during the call (see ``UpstreamConnection.buffer_updated``).
+Chunk = bytes | memoryview
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -503,13 +509,17 @@ class UpstreamError(Exception):
         self.before_response = before_response  # no byte of an answer arrived
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One pooled connection to an upstream: one exchange at a time.
 
     The response body is buffered until a *sink* is attached (bounded: reading pauses at
     :data:`HIGH_WATER`, or at a larger ``limit`` for bodies that are collected whole); with
     a sink, each piece goes straight to the client as it arrives, and reading pauses while
     the client's transport is paused.
+
+    The socket is read into the connection's own buffer (``BufferedProtocol``). Once a
+    Content-Length body is under way, its bytes bypass the parser and go to the sink as
+    views of that buffer: no copy in this process between the two sockets.
     """
 
     def __init__(self, pool: Pool, origin: Origin) -> None:
@@ -528,7 +538,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[str, str]] = []
         self.chunks: list[bytes] = []
-        self.sink: Callable[[bytes], Any] | None = None
+        self.sink: Callable[[Chunk], Any] | None = None
+        self._buf = memoryview(bytearray(READ_SIZE))
         self.client: ClientConnection | None = None
         self.pump: asyncio.Task[None] | None = None
         self._head_size = 0
@@ -553,6 +564,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.limit = HIGH_WATER
         self.received_any = False
         self._interim = False
+        self.body_seen = 0  # body bytes that went through the parser
+        self.body_left = 0  # body bytes still to come past the parser (see buffer_updated)
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -575,7 +588,62 @@ class UpstreamConnection(asyncio.Protocol):
                                  f"upstream {self.origin.host} closed the connection",
                                  before_response=not self.received_any))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.body_left:
+            self._body_direct(self._buf[:nbytes])
+            return
+        self.data_received(self._buf[:nbytes])
+        if self.head_done and not self.complete and self.error is None and \
+                self.length is not None and not self.closed:
+            # The rest of this body needs no parsing: count it instead (_body_direct).
+            self.body_left = self.length - self.body_seen
+
+    def _body_direct(self, view: memoryview) -> None:
+        """Body bytes of a Content-Length response, straight from the read buffer."""
+        if not self.in_exchange:
+            self.abort()
+            return
+        self._last = self.loop.time()
+        size = len(view)
+        left = self.body_left
+        if size > left:
+            view = view[:left]  # more than the response: the connection cannot be reused
+            self.keep_alive = False
+            size = left
+        sink = self.sink
+        if sink is not None:
+            try:
+                sink(view)
+            except Exception as exc:  # e.g. the client's transport is gone
+                self._fail(UpstreamError("body", f"cannot pass the body of upstream "
+                                         f"{self.origin.host} on ({type(exc).__name__})"))
+                self.abort()
+                return
+            client = self.client
+            if client is not None:
+                transport = client.transport
+                if transport is not None and transport.get_write_buffer_size():
+                    # The transport kept (a part of) the view to send later: leave that
+                    # buffer to it and read into a new one.
+                    self._buf = memoryview(bytearray(READ_SIZE))
+                if client.write_paused or client.closed:
+                    self._pause_for_client(client)
+        else:
+            self.chunks.append(bytes(view))
+            self.buffered += size
+            if self.buffered >= self.limit:
+                self._pause()
+                self._wake()
+        self.body_left = left - size
+        if not self.body_left:
+            # The parser stopped at the start of this body: a fresh one for the next answer.
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if not self.in_exchange or self.complete:
             self.abort()  # bytes nobody asked for: the connection cannot be trusted
             return
@@ -653,6 +721,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self.body_seen += len(body)
         sink = self.sink
         if sink is not None:
             sink(body)
@@ -785,7 +854,7 @@ class UpstreamConnection(asyncio.Protocol):
         chunks, self.chunks, self.buffered = self.chunks, [], 0
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def stream_to(self, client: ClientConnection, sink: Callable[[bytes], Any]) -> None:
+    async def stream_to(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None:
         """Send the rest of the body through ``sink`` as it arrives, until complete."""
         self.client = client
         self.sink = sink
@@ -813,6 +882,7 @@ class UpstreamConnection(asyncio.Protocol):
             pump.cancel()
         self.sink = None
         self.client = None
+        self.body_left = 0
         if self.chunks:
             self.chunks = []
         if self.complete and self.keep_alive and pump_ok and not self.closed and \

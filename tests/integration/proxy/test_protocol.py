@@ -312,3 +312,35 @@ def test_slow_client_pauses_the_upstream(proxy: RunningProxy) -> None:
             assert chunk
             received += len(chunk)
     assert grown < 48 * 1024, f"RSS grew by {grown // 1024} MiB while the client was not reading"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_large_body_intact_through_a_stalling_client(tmp_path: Path, upstream: Upstream,
+                                                      loop: str) -> None:
+    """Random bytes, read in bursts with stalls, twice on one connection: every byte arrives
+    in order although the proxy's client-side writes are left pending (uvloop keeps a view
+    of what it could not send yet: the read buffer under it must not be refilled) and its
+    parser restarts in between."""
+    data = os.urandom(24 * 1024 * 1024)
+    (tmp_path / "upstream-files" / "random").write_bytes(data)
+    with running_proxy(settings_for(upstream.url), keeper(), uvloop=loop == "uvloop") as proxy, \
+            connect(proxy.url) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        reader = Reader(sock)
+        for _ in range(2):
+            sock.sendall(b"GET /file/random HTTP/1.1\r\nHost: x\r\n\r\n")
+            while b"\r\n\r\n" not in reader.buffer:
+                assert reader._fill()
+            head, _, rest = reader.buffer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert f"content-length: {len(data)}".encode() in head.lower()
+            parts, received = [rest], len(rest)
+            while received < len(data):
+                if len(parts) % 64 == 0:
+                    time.sleep(0.05)  # stall: the proxy's writes to us queue up meanwhile
+                chunk = sock.recv(min(256 * 1024, len(data) - received))
+                assert chunk
+                parts.append(chunk)
+                received += len(chunk)
+            reader.buffer = b""
+            assert hashlib.sha256(b"".join(parts)).digest() == hashlib.sha256(data).digest()
