@@ -10,6 +10,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -314,17 +315,8 @@ def test_slow_client_pauses_the_upstream(proxy: RunningProxy) -> None:
     assert grown < 48 * 1024, f"RSS grew by {grown // 1024} MiB while the client was not reading"
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_large_body_intact_through_a_stalling_client(tmp_path: Path, upstream: Upstream,
-                                                      loop: str) -> None:
-    """Random bytes, read in bursts with stalls, twice on one connection: every byte arrives
-    in order although the proxy's client-side writes are left pending (uvloop keeps a view
-    of what it could not send yet: the read buffer under it must not be refilled) and its
-    parser restarts in between."""
-    data = os.urandom(24 * 1024 * 1024)
-    (tmp_path / "upstream-files" / "random").write_bytes(data)
-    with running_proxy(settings_for(upstream.url), keeper(), uvloop=loop == "uvloop") as proxy, \
-            connect(proxy.url) as sock:
+def _fetch_twice_stalling(url: str, data: bytes) -> None:
+    with connect(url) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         reader = Reader(sock)
         for _ in range(2):
@@ -344,3 +336,18 @@ def test_large_body_intact_through_a_stalling_client(tmp_path: Path, upstream: U
                 received += len(chunk)
             reader.buffer = b""
             assert hashlib.sha256(b"".join(parts)).digest() == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_large_body_intact_through_stalling_clients(tmp_path: Path, upstream: Upstream,
+                                                     loop: str) -> None:
+    """Random bytes to two clients at once that read in bursts with stalls, twice each on
+    one connection: every byte arrives in order although the proxy's client-side writes are
+    left pending (uvloop keeps a view of what it could not send yet: the read buffer, shared
+    by the upstream connections, must not be refilled under it) and its parser restarts."""
+    data = os.urandom(24 * 1024 * 1024)
+    (tmp_path / "upstream-files" / "random").write_bytes(data)
+    with running_proxy(settings_for(upstream.url), keeper(), uvloop=loop == "uvloop") as proxy, \
+            ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(_fetch_twice_stalling, proxy.url, data) for _ in range(2)]:
+            done.result(timeout=120)
