@@ -33,8 +33,6 @@ log = logging.getLogger("awstoken.proxy")
 MAX_HEAD = 64 * 1024
 #: Body bytes buffered before the sending side is paused.
 HIGH_WATER = 1024 * 1024
-#: Bytes queued for a client before the upstream feeding it is paused.
-WRITE_HIGH = 1024 * 1024
 #: Idle keep-alive client connections are closed after this many seconds.
 KEEPALIVE_TIMEOUT = 75.0
 #: A client must send a whole request head within this many seconds.
@@ -240,9 +238,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # Deep enough that a streamed body keeps both sockets busy instead of pausing the
-        # upstream after every read (the default high-water mark is 64 KiB).
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)  # type: ignore[attr-defined]
+        # Paused as soon as a write is left pending (the kernel's send buffer is full), and
+        # resumed once nothing is: a streamed body's read-ahead lives in the two sockets'
+        # kernel buffers, not in this process. The upstream feeding this client reads again
+        # only when the client has taken everything, into a buffer no transport holds.
+        # Measured against a 1 MiB mark: same throughput or better, 9 MiB less peak RSS
+        # (a 4 MiB mark was slower and went over 64 MiB).
+        transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else None
         sock = transport.get_extra_info("sockname")
