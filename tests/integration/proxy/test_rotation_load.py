@@ -24,8 +24,7 @@ from awstoken import FileStorage, Keeper
 from awstoken._settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.faults import wait_until
-from tests.fixtures.ports import free_port
-from tests.fixtures.proxy import LoopThread, running_proxy
+from tests.fixtures.proxy import aiohttp_server, running_proxy
 
 SECONDS = int(os.environ.get("AWSTOKEN_SOAK_SECONDS", "5"))
 
@@ -71,23 +70,8 @@ def strict_upstream() -> Iterator[tuple[str, Minting]]:
             return web.Response(status=401, text="stale or missing token")
         return web.Response(body=b"layer-bytes")
 
-    loop = LoopThread()
-    port = free_port()
-
-    async def start() -> web.AppRunner:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return runner
-
-    runner = loop.run(start())
-    try:
-        yield f"http://127.0.0.1:{port}", minting
-    finally:
-        loop.run(runner.cleanup())
-        loop.close()
+    with aiohttp_server(handle) as url:
+        yield url, minting
 
 
 def wrk_numbers(output: str) -> dict[str, int]:
