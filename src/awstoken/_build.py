@@ -34,8 +34,8 @@ def build_storage(settings: StorageSettings) -> Storage:
             if password is None:
                 raise ConfigError(f"storage.password_env: the environment variable "
                                   f"{settings.password_env} is not set")
-        # The redis extra, imported only when used (the ignore covers branches without it).
-        from .storage.redis import RedisStorage  # type: ignore[import-not-found, unused-ignore]
+        # The redis extra: redis-py is imported only when a RedisStorage is made.
+        from .storage.redis import RedisStorage
 
         storage: Storage = RedisStorage(settings.url, prefix=settings.prefix, lease=settings.lease,
                                         password=password)
