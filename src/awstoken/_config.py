@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 from . import _jsonout
 from ._errors import AwstokenError, ConfigError
+from ._logging import FORMATS, parse_level
 from ._settings import (
     Address,
     RouteSettings,
@@ -511,7 +512,7 @@ def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[s
 SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
-               "token_secret_env", "engine")
+               "token_secret_env", "engine", "log_level", "log_format")
 ENGINES = ("fast", "aiohttp")
 _LISTEN_EXPECTED = '"host:port", like "127.0.0.1:8080" or "[::1]:8080"'
 
@@ -646,7 +647,20 @@ def _server(table: _Table | None) -> ServerSettings:
         shutdown_timeout=table.duration("shutdown_timeout", positive=False),
         access_log=table.boolean("access_log"),
         engine=table.choice("engine", ENGINES),
+        log_level=table.get("log_level", _log_level, '"debug", "info", "warning", "error" or '
+                            '"critical", optionally followed by ",LOGGER=LEVEL" parts'),
+        log_format=table.choice("log_format", FORMATS),
     ))
+
+
+def _log_level(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("")
+    try:
+        parse_level(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc).removeprefix("log level ")) from None
+    return value
 
 
 # -- [[routes]] --------------------------------------------------------------------------------

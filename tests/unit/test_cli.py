@@ -69,7 +69,9 @@ def test_check_a_good_file(good: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "QVdTOnNlY3JldA" not in out
 
 
-def test_check_shows_the_token_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_shows_the_token_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NGINX_SECRET", "s3cret")  # check refuses an unset one, as serve does
     path = tmp_path / "endpoint.toml"
     path.write_text("[tokens.ecr]\ncommand = 'x'\n[server]\ntoken_listen = ['unix:t.sock', "
                     "'127.0.0.1:9091']\ntoken_secret_env = 'NGINX_SECRET'\n")

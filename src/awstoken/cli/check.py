@@ -7,10 +7,12 @@ import sys
 
 from .._errors import ConfigError
 from .._settings import Settings
+from .._validate import insecure_settings, preflight, storage_location
 from ._common import add_config_argument, load_settings
 
 NAME = "check"
-HELP = "validate a configuration file (exit 0 if valid, 2 with every problem otherwise)"
+HELP = ("validate a configuration file as awstoken serve would (exit 0 if valid, 2 with every "
+        "problem otherwise; insecure settings are warned about on stderr)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args)
+        preflight(settings)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(line, file=sys.stderr)
         return 2
+    for warning in insecure_settings(settings):
+        print(f"warning: {settings.path}: {warning}", file=sys.stderr)
     if not args.quiet:
         print(summary(settings))
     return 0
@@ -33,9 +38,7 @@ def run(args: argparse.Namespace) -> int:
 def summary(settings: Settings) -> str:
     """One line per part of the file: what it configures, never a secret."""
     storage = settings.storage
-    where = {"file": storage.path or "the default directory", "memory": "this process",
-             "redis": "redis"}[storage.type]
-    lines = [f"{settings.path}: ok", f"  storage: {storage.type} ({where})"]
+    lines = [f"{settings.path}: ok", f"  storage: {storage.type} ({storage_location(settings)})"]
     for name, token in settings.tokens.items():
         lines.append(f"  token {name}: source {token.source}, refresh every "
                      f"{token.interval:g}s, retry after {token.retry:g}s")

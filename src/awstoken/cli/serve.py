@@ -8,22 +8,34 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
+from .. import _logging
 from .._build import build_keeper, start_rotators
+from .._validate import insecure_settings, preflight
 from ._common import add_config_argument, load_settings
 
 NAME = "serve"
 HELP = ("keep the configured tokens fresh, proxy requests to the routes' upstreams and answer "
         "nginx auth_request on server.token_listen (either or both)")
 
+log = logging.getLogger("awstoken")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    parser.add_argument(
+        "--log-level", metavar="LEVEL", default=None,
+        help="debug, info (default), warning or error; add ',LOGGER=LEVEL' parts for libraries "
+             "(botocore, urllib3, aiohttp log at warning otherwise); overrides server.log_level")
+    parser.add_argument("--log-format", choices=_logging.FORMATS, default=None,
+                        help="text (default) or json (one object per line, for log shippers); "
+                             "overrides server.log_format")
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    # The same checks as `awstoken check`, before any source runs or any socket is bound.
+    preflight(settings)
     try:
         from ..proxy import serve
     except ImportError as exc:
@@ -31,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"awstoken serve needs the proxy extra: pip install 'awstoken[proxy]' "
                           f"({exc.name} is missing)") from None
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    _logging.setup(args.log_level or settings.server.log_level,
+                   args.log_format or settings.server.log_format)
+    for warning in insecure_settings(settings):
+        log.warning("awstoken: warning: %s: %s", settings.path, warning)
     keeper = build_keeper(settings)
     try:
         start_rotators(settings, keeper)
