@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._errors import AwstokenError, TokenExpiredError
 from ._sources import Fetched, Source
@@ -300,8 +300,7 @@ class Rotator:
         self.refreshes += 1
         left = "" if token.expires_at is None else f", expires in {token.expires_at - now:.0f}s"
         log.info("awstoken: token %r refreshed (generation %d%s)", self.name, token.generation, left)
-        self._run_hooks(fetched, token)
-        return token
+        return self._run_hooks(fetched, token, record)
 
     def _deposed(self) -> bool:
         # The source can run for long (up to its timeout): a leader whose lease lapsed
@@ -323,13 +322,22 @@ class Rotator:
             log.error("awstoken: token %r: could not store the record (serving it from memory): "
                       "%s", self.name, exc)
 
-    def _run_hooks(self, fetched: Fetched, token: Token) -> None:
+    def _run_hooks(self, fetched: Fetched, token: Token, previous: Token | None) -> Token:
+        failed: list[str] = []
         for hook in self.on_rotate:
             try:
                 hook(self.name, fetched, token)
             except Exception as exc:
+                failed.append(_describe(self.name, exc))
                 log.error("awstoken: token %r: on-rotate hook %s failed: %s", self.name,
-                          getattr(hook, "__name__", hook), _describe(self.name, exc))
+                          getattr(hook, "__name__", hook), failed[-1])
+        if not failed:
+            return token
+        # Noted in the record, so `awstoken status` (another process) can show it.
+        before = previous.hook_failures if previous is not None else 0
+        token = replace(token, hook_failures=before + len(failed), hook_error=failed[-1])
+        self._write(token)
+        return token
 
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here and its lease belongs to the parent.
@@ -357,9 +365,23 @@ def fetch_value(name: str, source: Source, transform: Transform,
     value = validate_value(value, f"token {name!r}")
     now = clock()
     if fetched.expires_at is not None and fetched.expires_at <= now:
-        raise TokenExpiredError(f"token {name!r}: the source returned a token that expired "
-                                f"{now - fetched.expires_at:.0f}s ago")
+        raise TokenExpiredError(_expired_message(name, fetched.expires_at, now))
     return Fetched(raw, fetched.expires_at), value
+
+
+def _expired_message(name: str, expires_at: float, now: float) -> str:
+    # A token expired on arrival is a wrong endpoint (a stand-in, a proxy replaying an old
+    # answer) or a wrong clock here: say when it expired so the operator can tell which.
+    def utc(seconds: float) -> str:
+        try:
+            return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+        except (OverflowError, OSError, ValueError):
+            return f"{seconds:.0f} (Unix time)"
+
+    return (f"token {name!r}: the source returned a token that had already expired at "
+            f"{utc(expires_at)} ({now - expires_at:.0f}s before this host's clock, which reads "
+            f"{utc(now)}): check the endpoint the source talks to (AWS_ENDPOINT_URL, a proxy "
+            "or stand-in answering old tokens) and this host's clock (NTP)")
 
 
 def _describe(name: str, exc: BaseException) -> str:

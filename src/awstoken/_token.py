@@ -9,7 +9,7 @@ from typing import Any
 from ._errors import StorageError
 
 _FIELDS = ("value", "expires_at", "refreshed_at", "generation", "error", "error_at", "failures",
-           "leader")
+           "leader", "hook_failures", "hook_error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +18,9 @@ class Token:
 
     ``value`` is the final header value (after the transform). Times are Unix epoch seconds.
     ``error``/``error_at``/``failures`` describe the last failed refresh (never secret text);
-    ``leader`` names the process (``host:pid``) that wrote the record.
+    ``leader`` names the process (``host:pid``) that wrote the record. ``hook_failures``
+    counts on-rotate hooks that failed in a row (0 after a rotation whose hooks all ran) and
+    ``hook_error`` is the latest one's error (never secret text).
     """
 
     value: str | None
@@ -29,6 +31,8 @@ class Token:
     error_at: float | None = None
     failures: int = 0
     leader: str | None = None
+    hook_failures: int = 0
+    hook_error: str | None = None
 
     def expired(self, now: float) -> bool:
         """True when the token has an expiry and ``now`` is at or past it."""

@@ -10,6 +10,7 @@ import pytest
 
 import awstoken
 from awstoken import Fetched, MemoryStorage, Rotator, Schedule
+from awstoken._rotator import fetch_value
 
 
 class Clock:
@@ -147,6 +148,22 @@ def test_an_expired_token_is_never_returned() -> None:
     assert storage.get("t") is None
 
 
+def test_a_token_expired_on_arrival_says_when_and_what_to_check() -> None:
+    # moto's ECR answers expiresAt = 2015-01-01: the message must point at the endpoint and
+    # the clock, with the date, not only a count of seconds.
+    class Moto:
+        def fetch(self) -> Fetched:
+            return Fetched("tok", expires_at=1420070400.0)
+
+    with pytest.raises(awstoken.TokenExpiredError) as caught:
+        fetch_value("ecr", Moto(), awstoken.template("{token}"), lambda: 1767225600.0)
+    message = str(caught.value)
+    assert "expired at 2015-01-01 00:00:00 UTC" in message
+    assert "2026-01-01 00:00:00 UTC" in message
+    assert "check the endpoint" in message and "clock" in message
+    assert "tok" not in message.replace("token", "")
+
+
 def test_a_freshly_fetched_expired_token_is_a_failure() -> None:
     clock = Clock()
 
@@ -156,7 +173,7 @@ def test_a_freshly_fetched_expired_token_is_a_failure() -> None:
 
     rotator = Rotator("t", Stale(), awstoken.template("{token}"), MemoryStorage(clock=clock),
                       clock=clock)
-    with pytest.raises(awstoken.TokenExpiredError, match="expired 5s ago"):
+    with pytest.raises(awstoken.TokenExpiredError, match=r"expired at .* \(5s before"):
         rotator.refresh()
     rotator.step()  # not due yet: the failure set a retry time
     clock.now += 40  # past retry (30 s) plus the largest jitter

@@ -2,25 +2,33 @@
 
 The leader is the process that holds the token's lease right now where the storage can say
 (Redis: the lease's owner id, shown as ``host:pid``), else the process that wrote the record.
+Whether it still runs: on this host, its pid is checked; on another host, a held Redis lease
+says it is alive (its owner renews it) and a Redis storage with no lease holder says nobody
+leads; otherwise it is unknown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 from typing import Any
 
 from .._build import build_storage
 from .._errors import AwstokenError
+from .._rotator import Schedule
+from .._settings import TokenSettings
 from .._token import Token
 from ..storage import Storage
 from ._common import add_config_argument, load_settings
 
 NAME = "status"
-HELP = ("show each configured token's generation, age, time to expiry, leader and last error "
-        "(exit 1 when any token is missing or expired)")
+HELP = ("show each configured token's generation, age, time to expiry, next refresh, leader "
+        "(and whether it still runs), hook failures and last error (exit 1 when any token is "
+        "missing or expired)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,31 +42,76 @@ def lease_holder(storage: Storage, name: str) -> str | None:
     Only a storage with a ``leader(name)`` method (RedisStorage) does; a FileStorage's flock
     has no readable owner. None when nobody holds it or the storage cannot be asked.
     """
+    return _lease(storage, name)[0]
+
+
+def _lease(storage: Storage, name: str) -> tuple[str | None, bool]:
+    """``(lease_holder, known)``: known is False when the storage cannot tell (no lease
+    owners, or unreachable), so a missing holder means nobody leads only when known."""
     leader = getattr(storage, "leader", None)
     if not callable(leader):
-        return None
+        return None, False
     try:
         owner = leader(name)
     except AwstokenError:
-        return None
+        return None, False
     if not isinstance(owner, str) or not owner:
-        return None
+        return None, True
     # Owner ids are host:pid:random (unique per lease); people want the process.
     host_pid = owner.rpartition(":")[0]
-    return host_pid or owner
+    return host_pid or owner, True
+
+
+def leader_alive(leader: str | None, *, lease_held: bool, lease_known: bool) -> bool | None:
+    """Whether the ``host:pid`` leader still runs: True, False (gone) or None (cannot tell).
+
+    ``lease_known``: the storage tells lease owners (Redis); ``lease_held``: someone holds it.
+    """
+    host, _, pid = (leader or "").rpartition(":")
+    if host and host == socket.gethostname() and pid.isdigit():
+        return _pid_alive(int(pid))
+    if lease_known:
+        return lease_held
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    return True
+
+
+def next_refresh(token: TokenSettings | None, record: Token | None) -> float | None:
+    """When the leader will next try to refresh (epoch seconds; without jitter, the earliest)."""
+    if token is None:
+        return None
+    schedule = Schedule(interval=token.interval, retry=token.retry)
+    return schedule.due(record, time.time(), lambda: 0.0)
 
 
 def describe(name: str, record: Token | None, now: float, *,
-             lease_owner: str | None = None) -> dict[str, Any]:
+             lease_owner: str | None = None, lease_known: bool = False,
+             token: TokenSettings | None = None) -> dict[str, Any]:
     """What status shows of one token: everything but the value.
 
     ``leader`` is ``lease_owner`` when given, else the record's writer (``written_by``).
     """
+    leader = lease_owner or (record.leader if record is not None else None)
+    alive = leader_alive(leader, lease_held=lease_owner is not None, lease_known=lease_known)
+    due = next_refresh(token, record)
+    common = {"leader": leader, "leader_alive": alive, "next_refresh_at": due,
+              "next_refresh_in_seconds": None if due is None else round(max(due - now, 0.0), 1)}
     if record is None:
         return {"name": name, "usable": False, "generation": 0, "refreshed_at": None,
                 "age_seconds": None, "expires_at": None, "expires_in_seconds": None,
-                "leader": lease_owner, "written_by": None, "failures": 0, "error": None,
-                "error_at": None}
+                "written_by": None, "failures": 0, "error": None, "error_at": None,
+                "hook_failures": 0, "hook_error": None, **common}
     return {
         "name": name,
         "usable": record.usable(now),
@@ -68,11 +121,13 @@ def describe(name: str, record: Token | None, now: float, *,
         "expires_at": record.expires_at,
         "expires_in_seconds": (None if record.expires_at is None
                                else round(record.expires_at - now, 1)),
-        "leader": lease_owner or record.leader,
         "written_by": record.leader,
         "failures": record.failures,
         "error": record.error,
         "error_at": record.error_at,
+        "hook_failures": record.hook_failures,
+        "hook_error": record.hook_error,
+        **common,
     }
 
 
@@ -89,14 +144,33 @@ def _span(seconds: float | None) -> str:
     return f"{sign}{secs}s"
 
 
+def _leader(row: dict[str, Any]) -> str:
+    if not row["leader"]:
+        return "none" if row["leader_alive"] is False else "-"
+    suffix = {True: "", False: " (gone)", None: " (unknown)"}[row["leader_alive"]]
+    return f"{row['leader']}{suffix}"
+
+
+def _next(row: dict[str, Any]) -> str:
+    if row["next_refresh_in_seconds"] is None:
+        return "-"
+    if row["leader_alive"] is False:
+        return "none (no leader)"
+    return "now" if row["next_refresh_in_seconds"] <= 0 else _span(row["next_refresh_in_seconds"])
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ("TOKEN", "STATE", "GEN", "AGE", "EXPIRES IN", "LEADER", "FAILURES", "LAST ERROR")
+    head = ("TOKEN", "STATE", "GEN", "AGE", "EXPIRES IN", "NEXT REFRESH", "LEADER", "FAILURES",
+            "HOOK FAILURES", "LAST ERROR")
     lines = [head]
     for row in rows:
         state = "ok" if row["usable"] else ("expired" if row["generation"] else "missing")
+        error = row["error"] or "-"
+        if row["hook_error"]:
+            error = (f"{row['error']}; " if row["error"] else "") + f"hook: {row['hook_error']}"
         lines.append((row["name"], state, str(row["generation"]), _span(row["age_seconds"]),
-                      _span(row["expires_in_seconds"]), row["leader"] or "-",
-                      str(row["failures"]), row["error"] or "-"))
+                      _span(row["expires_in_seconds"]), _next(row), _leader(row),
+                      str(row["failures"]), str(row["hook_failures"]), error))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
                      + "  " + line[-1] for line in lines)
@@ -107,8 +181,11 @@ def run(args: argparse.Namespace) -> int:
     storage = build_storage(settings.storage)
     now = time.time()
     try:
-        rows = [describe(name, storage.read(name), now, lease_owner=lease_holder(storage, name))
-                for name in settings.tokens]
+        rows = []
+        for name, token in settings.tokens.items():
+            owner, known = _lease(storage, name)
+            rows.append(describe(name, storage.read(name), now, lease_owner=owner,
+                                 lease_known=known, token=token))
     finally:
         storage.close()
     if args.json:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .._hooks import HookStats
 from .._keeper import Keeper
 from ..storage import RedisStorage
 
@@ -119,6 +120,11 @@ class TokenCollector(Collector):
                                         "by this process.", labels=("token",))
         failures = CounterMetricFamily("awstoken_token_refresh_failures", "Failed refreshes "
                                        "run by this process.", labels=("token",))
+        hook_runs = CounterMetricFamily("awstoken_hook_runs", "On-rotate hook runs (sinks and "
+                                        "commands) in this process.", labels=("token",))
+        hook_failures = CounterMetricFamily("awstoken_hook_failures", "On-rotate hook runs that "
+                                            "failed or timed out in this process.",
+                                            labels=("token",))
         rotators = self.keeper.rotators
         for name in self.names:
             try:
@@ -140,7 +146,21 @@ class TokenCollector(Collector):
                 next_try.add_metric([name], max(due - now, 0.0))
             refreshes.add_metric([name], float(rotator.refreshes if rotator else 0))
             failures.add_metric([name], float(rotator.failures if rotator else 0))
-        yield from (usable, age, expiry, failing, last_error, next_try, refreshes, failures)
+            runs, failed = _hook_counts(rotator.on_rotate if rotator else ())
+            hook_runs.add_metric([name], float(runs))
+            hook_failures.add_metric([name], float(failed))
+        yield from (usable, age, expiry, failing, last_error, next_try, refreshes, failures,
+                    hook_runs, hook_failures)
+
+
+def _hook_counts(hooks: Iterable[object]) -> tuple[int, int]:
+    """Runs and failures of the hooks that count them (``HookStats``); others are not seen."""
+    runs = failed = 0
+    for hook in hooks:
+        stats = getattr(hook, "stats", None)
+        if isinstance(stats, HookStats):
+            runs, failed = runs + stats.runs, failed + stats.failures
+    return runs, failed
 
 
 @dataclass(frozen=True, slots=True)

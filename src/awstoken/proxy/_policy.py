@@ -61,8 +61,14 @@ def unavailable_reason(keeper: Keeper, name: str) -> str:
     except AwstokenError:
         record = None
     if record is not None and record.value is not None:
-        return f"token {name!r} has expired and could not be refreshed yet"
-    return f"token {name!r} is not available yet"
+        text = f"token {name!r} has expired and could not be refreshed yet"
+    else:
+        text = f"token {name!r} is not available yet"
+    if record is not None and record.error:
+        # The record's error names no secret (the rotator masks it before storing).
+        error = record.error.removeprefix(f"token {name!r}: ")
+        text += f" (refresh failed {record.failures} time(s) in a row; last error: {error})"
+    return text
 
 
 class TokenRefresher:

@@ -1,0 +1,111 @@
+"""`awstoken status` tells the truth: a leader that is gone shows as gone, the next refresh,
+hook failures (recorded by the leader, read by another process); /metrics counts hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import awstoken
+from awstoken import CommandHook, FileStorage, Keeper, Token
+from tests.fixtures.cli import awstoken_cli
+
+
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "awstoken.toml"
+    path.write_text(f"[storage]\ntype = 'file'\npath = '{tmp_path / 'store'}'\n"
+                    "[tokens.ecr]\ncommand = 'echo x'\ninterval = '1h'\n")
+    return path
+
+
+def status(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*awstoken_cli(), "status", "-c", str(cfg), *args], capture_output=True,
+                          text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(30)
+    return proc.pid
+
+
+def row(out: str, name: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(name + " "))
+
+
+def test_a_leader_that_is_gone_shows_as_gone(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    storage = FileStorage(tmp_path / "store")
+    now = time.time()
+    leader = f"{socket.gethostname()}:{dead_pid()}"
+    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 780,
+                               generation=2, leader=leader))
+    table = status(cfg)
+    assert table.returncode == 0  # the token itself is still usable
+    assert f"{leader} (gone)" in row(table.stdout, "ecr")
+    assert "none (no leader)" in row(table.stdout, "ecr")
+    data = json.loads(status(cfg, "--json").stdout)["tokens"][0]
+    assert data["leader"] == leader and data["leader_alive"] is False
+    # A live leader (this test process) is shown plainly.
+    alive = f"{socket.gethostname()}:{os.getpid()}"
+    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 60,
+                               generation=3, leader=alive))
+    line = row(status(cfg).stdout, "ecr")
+    assert alive in line and "(gone)" not in line
+    assert "c2VjcmV0" not in table.stdout
+    storage.close()
+
+
+def test_status_shows_the_next_refresh(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    storage = FileStorage(tmp_path / "store")
+    now = time.time()
+    storage.write("ecr", Token("v", refreshed_at=now - 600, generation=1,
+                               leader=f"{socket.gethostname()}:{os.getpid()}"))
+    data = json.loads(status(cfg, "--json").stdout)["tokens"][0]
+    # interval = 1h, refreshed 10 minutes ago: about 50 minutes left.
+    assert 2990 < data["next_refresh_in_seconds"] <= 3000
+    assert abs(data["next_refresh_at"] - (now + 3000)) < 1
+    assert "50m00s" in row(status(cfg).stdout, "ecr") or "49m5" in row(status(cfg).stdout, "ecr")
+    storage.close()
+
+
+def test_hook_failures_reach_status_and_metrics(tmp_path: Path) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from awstoken.proxy._metrics import TokenCollector
+
+    cfg = config(tmp_path)
+    storage = FileStorage(tmp_path / "store")
+    keeper = Keeper(storage)
+    hook = CommandHook([sys.executable, "-c", "import sys; sys.stdin.read(); sys.exit(4)"])
+    keeper.rotate("ecr", awstoken.Command(["echo", "hook-secret"]), on_rotate=[hook])
+    try:
+        # The rotator's thread refreshes once at start (then not for 6 hours).
+        deadline = time.monotonic() + 30
+        record = storage.read("ecr")
+        while (record is None or not record.hook_failures) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            record = storage.read("ecr")
+        assert record is not None and record.value == "hook-secret"
+        assert record.hook_failures == 1 and "status 4" in (record.hook_error or "")
+        line = row(status(cfg).stdout, "ecr")
+        assert "hook:" in line and "status 4" in line
+        assert json.loads(status(cfg, "--json").stdout)["tokens"][0]["hook_failures"] == 1
+        registry = CollectorRegistry()
+        registry.register(TokenCollector(keeper, ["ecr"]))
+        text = generate_latest(registry).decode()
+        assert 'awstoken_hook_runs_total{token="ecr"} 1.0' in text
+        assert 'awstoken_hook_failures_total{token="ecr"} 1.0' in text
+        assert "hook-secret" not in text + line
+    finally:
+        keeper.stop()
+        storage.close()
