@@ -37,8 +37,13 @@ def build_storage(settings: StorageSettings) -> Storage:
         # The redis extra: redis-py is imported only when a RedisStorage is made.
         from .storage.redis import RedisStorage
 
+        # TLS files reach redis-py as its own connection options.
+        tls = {option: value for option, value in (("ssl_ca_certs", settings.ca_file),
+                                                   ("ssl_certfile", settings.cert_file),
+                                                   ("ssl_keyfile", settings.key_file))
+               if value is not None}
         storage: Storage = RedisStorage(settings.url, prefix=settings.prefix, lease=settings.lease,
-                                        password=password)
+                                        password=password, redis_options=tls or None)
         return storage
     raise ConfigError(f"storage.type: unknown storage type {settings.type!r}")
 

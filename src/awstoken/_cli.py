@@ -28,15 +28,22 @@ def commands() -> list[ModuleType]:
     return sorted(found, key=lambda module: str(module.NAME))
 
 
+#: Where people go from ``--help``: the reference of every setting, and a starting point.
+EPILOG = ("Configuration: every key is described in docs/configuration.md (in awstoken's "
+          "source tree); `awstoken init > awstoken.toml` prints a commented starter file and "
+          "`awstoken check -c awstoken.toml` validates it.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every command."""
     parser = argparse.ArgumentParser(
-        prog="awstoken",
+        prog="awstoken", epilog=EPILOG,
         description="Keep AWS authorization tokens fresh and put them on proxied requests.")
     parser.add_argument("--version", action="version", version=f"awstoken {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in commands():
-        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+                                 epilog=EPILOG)
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser

@@ -253,7 +253,7 @@ _STORAGE_TYPES: tuple[StorageType, ...] = ("memory", "file", "redis")
 _STORAGE_KEYS: dict[str, tuple[str, ...]] = {
     "memory": (),
     "file": ("path",),
-    "redis": ("url", "password_env", "prefix", "lease"),
+    "redis": ("url", "password_env", "prefix", "lease", "ca_file", "cert_file", "key_file"),
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_EXPECTED = "the name of an environment variable (letters, digits and '_')"
@@ -278,8 +278,15 @@ def _storage(table: _Table | None) -> StorageSettings:
         return StorageSettings(**_given(type=kind, path=path))
     if kind == "redis":
         url = table.get("url", _redis_url, "a redis://, rediss:// or unix:// URL", required=True)
+        tls = {key: table.file_path(key, must_exist=True)
+               for key in ("ca_file", "cert_file", "key_file")}
+        for key, value in tls.items():
+            if value is not MISSING and url is not MISSING and not url.startswith("rediss://"):
+                tls[key] = table.error(key, "only used with a rediss:// URL (TLS)")
+        if tls["key_file"] is not MISSING and tls["cert_file"] is MISSING:
+            tls["key_file"] = table.error("key_file", "needs cert_file (the client certificate)")
         return StorageSettings(**_given(
-            type=kind, url=url,
+            type=kind, url=url, **tls,
             password_env=table.string("password_env", pattern=_ENV_NAME, expected=_ENV_EXPECTED),
             prefix=table.string("prefix", pattern=re.compile(r"[^\s]{1,64}"),
                                 expected="a key prefix (1 to 64 characters, no spaces)"),

@@ -26,6 +26,9 @@ class StorageSettings:
     password_env: str | None = None  # redis: name of an environment variable with the password
     prefix: str = "awstoken:"  # redis: key prefix
     lease: float = 15.0  # redis: leadership lease
+    ca_file: str | None = None  # rediss: CA bundle that signed the server's certificate
+    cert_file: str | None = None  # rediss: client certificate (Redis tls-auth-clients)
+    key_file: str | None = None  # rediss: the client certificate's key (default: in cert_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +59,8 @@ class ServerSettings:
 
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     workers: int = 1
-    admin_listen: tuple[str, int] | None = ("127.0.0.1", 9090)  # None: no admin listener
+    admin_listen: tuple[str, int] | None = ("127.0.0.1", 8479)  # None: no admin listener
+    # 8479: no common service or Prometheus exporter defaults to it (9090 is Prometheus's own).
     htpasswd: str | None = None  # inbound Basic auth (bcrypt htpasswd file)
     bearer_tokens_env: str | None = None  # env var with comma-separated inbound bearer tokens
     allow: tuple[str, ...] = ()  # client networks (CIDR); empty: any
