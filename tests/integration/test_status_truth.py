@@ -103,8 +103,8 @@ def test_hook_failures_reach_status_and_metrics(tmp_path: Path) -> None:
         registry = CollectorRegistry()
         registry.register(TokenCollector(keeper, ["ecr"]))
         text = generate_latest(registry).decode()
-        assert 'awstoken_hook_runs_total{token="ecr"} 1.0' in text
-        assert 'awstoken_hook_failures_total{token="ecr"} 1.0' in text
+        assert 'awstoken_token_hook_runs_total{token="ecr"} 1.0' in text
+        assert 'awstoken_token_hook_failures_total{token="ecr"} 1.0' in text
         assert "hook-secret" not in text + line
     finally:
         keeper.stop()

@@ -120,9 +120,9 @@ class TokenCollector(Collector):
                                         "by this process.", labels=("token",))
         failures = CounterMetricFamily("awstoken_token_refresh_failures", "Failed refreshes "
                                        "run by this process.", labels=("token",))
-        hook_runs = CounterMetricFamily("awstoken_hook_runs", "On-rotate hook runs (sinks and "
+        hook_runs = CounterMetricFamily("awstoken_token_hook_runs", "On-rotate hook runs (sinks and "
                                         "commands) in this process.", labels=("token",))
-        hook_failures = CounterMetricFamily("awstoken_hook_failures", "On-rotate hook runs that "
+        hook_failures = CounterMetricFamily("awstoken_token_hook_failures", "On-rotate hook runs that "
                                             "failed or timed out in this process.",
                                             labels=("token",))
         rotators = self.keeper.rotators
