@@ -378,10 +378,10 @@ def _expired_message(name: str, expires_at: float, now: float) -> str:
         except (OverflowError, OSError, ValueError):
             return f"{seconds:.0f} (Unix time)"
 
-    return (f"token {name!r}: the source returned a token that had already expired at "
-            f"{utc(expires_at)} ({now - expires_at:.0f}s before this host's clock, which reads "
-            f"{utc(now)}): check the endpoint the source talks to (AWS_ENDPOINT_URL, a proxy "
-            "or stand-in answering old tokens) and this host's clock (NTP)")
+    return (f"token {name!r}: the source returned a token that expired at {utc(expires_at)}, "
+            f"{now - expires_at:.0f}s before this host's clock ({utc(now)}): check the "
+            "endpoint the source talks to (AWS_ENDPOINT_URL, a proxy or stand-in answering old "
+            "tokens) and this host's clock (NTP)")
 
 
 def _describe(name: str, exc: BaseException) -> str:

@@ -173,7 +173,7 @@ def test_a_freshly_fetched_expired_token_is_a_failure() -> None:
 
     rotator = Rotator("t", Stale(), awstoken.template("{token}"), MemoryStorage(clock=clock),
                       clock=clock)
-    with pytest.raises(awstoken.TokenExpiredError, match=r"expired at .* \(5s before"):
+    with pytest.raises(awstoken.TokenExpiredError, match=r"expired at .*, 5s before"):
         rotator.refresh()
     rotator.step()  # not due yet: the failure set a retry time
     clock.now += 40  # past retry (30 s) plus the largest jitter
