@@ -128,3 +128,13 @@ def test_libraries_log_at_warning_unless_asked() -> None:
         for handler in saved[0]:
             root.addHandler(handler)
         root.setLevel(saved[1])
+
+
+def test_serve_warns_once_per_insecure_setting(tmp_path: Path, upstream: Upstream) -> None:
+    endpoint = free_port()
+    err = serve_once(tmp_path, upstream, server=f'verify_tls = false\ntoken_listen = '
+                                                f'"127.0.0.1:{endpoint}"')
+    warnings = [line for line in err.splitlines() if " WARNING " in line]
+    assert len(warnings) == 2, warnings
+    assert "server.verify_tls = false" in warnings[0]
+    assert f"server.token_listen: 127.0.0.1:{endpoint} is TCP without" in warnings[1]
