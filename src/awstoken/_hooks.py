@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -18,11 +19,12 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from . import _mask
 from ._errors import HookError, HookTimeout
 from ._sources import Fetched, kill_group
 from ._spawn import popen
@@ -177,16 +179,24 @@ class CommandHook(_CountedHook):
 
     The token (``content="raw"``, the default, or ``"value"``, the header value) is written
     to the command's stdin followed by one newline; it is never put in the command line or
-    the environment, where other processes could read it. The environment is awstoken's own
-    plus ``AWSTOKEN_NAME``, ``AWSTOKEN_GENERATION`` and ``AWSTOKEN_EXPIRES_AT`` (epoch
-    seconds, empty when unknown). Standard output is discarded; the first line of standard
-    error (with the token masked) goes into the error when the command fails. Past
-    ``timeout`` seconds the command's whole process group is killed.
+    the environment, where other processes could read it. The environment is minimal, not
+    awstoken's own (which may hold inbound credentials, the token endpoint's secret, the
+    Redis password): ``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``LANG``, ``LC_*``, ``TZ`` and
+    ``TMPDIR`` where set, the variables named in ``pass_env``, and ``AWSTOKEN_NAME``,
+    ``AWSTOKEN_GENERATION`` and ``AWSTOKEN_EXPIRES_AT`` (epoch seconds, empty when unknown).
+    Standard output is discarded; the first line of standard error (with the token masked)
+    goes into the error when the command fails. Past ``timeout`` seconds the command's whole
+    process group is killed.
     """
 
     def __init__(self, argv: Sequence[str], *, timeout: float = DEFAULT_HOOK_TIMEOUT,
-                 content: Content = "raw") -> None:
+                 content: Content = "raw", pass_env: Sequence[str] = ()) -> None:
         super().__init__(content)
+        if isinstance(pass_env, str) or not all(
+                isinstance(n, str) and _ENV_NAME.fullmatch(n) for n in pass_env):
+            raise HookError(f"on-rotate command: pass_env must be a list of environment "
+                            f"variable names, not {pass_env!r}")
+        self.pass_env = tuple(pass_env)
         if isinstance(argv, str | bytes):
             raise HookError(f"on-rotate command must be an argv list, not a string: {argv!r} "
                             "(use ['sh', '-c', '...'] for a shell command)")
@@ -211,8 +221,9 @@ class CommandHook(_CountedHook):
 
     def _run(self, name: str, fetched: Fetched, token: Token) -> None:
         payload = self._payload(fetched, token)
-        env = {**os.environ, "AWSTOKEN_NAME": name, "AWSTOKEN_GENERATION": str(token.generation),
-               "AWSTOKEN_EXPIRES_AT": "" if token.expires_at is None else f"{token.expires_at:.0f}"}
+        env = hook_environment(os.environ, self.pass_env)
+        env.update(AWSTOKEN_NAME=name, AWSTOKEN_GENERATION=str(token.generation),
+                   AWSTOKEN_EXPIRES_AT="" if token.expires_at is None else f"{token.expires_at:.0f}")
         what = f"token {name!r}: {self.describe()}"
         try:
             proc = popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -229,9 +240,23 @@ class CommandHook(_CountedHook):
             kill_group(proc)
             raise
         if proc.returncode != 0:
-            detail = _first_line(err, (fetched.token, token.value or ""))
+            detail = _mask.first_line(err, (fetched.token, token.value))
             raise HookError(f"{what} exited with status {_status(proc.returncode)}{detail}")
         log.debug("awstoken: %s ran", what)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: What a hook gets of awstoken's environment by default: enough to find programs, write
+#: temporary files and format text; no credentials.
+_BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+
+
+def hook_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of a hook: the few basics of ``environ`` plus ``pass_env``."""
+    env = {k: v for k, v in environ.items()
+           if k in _BASE_ENV or k.startswith("LC_") or k in pass_env}
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 def _status(returncode: int) -> str:
@@ -239,18 +264,6 @@ def _status(returncode: int) -> str:
         with contextlib.suppress(ValueError):
             return f"{returncode} (killed by {signal.Signals(-returncode).name})"
     return str(returncode)
-
-
-def _first_line(stderr: bytes, secrets: tuple[str, ...]) -> str:
-    """The first non-empty line of ``stderr``, with anything token-like masked."""
-    masks = {s for secret in secrets if secret for s in (secret, *secret.split()) if len(s) >= 8}
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        line = line.strip()
-        if line:
-            for secret in sorted(masks, key=len, reverse=True):
-                line = line.replace(secret, "***")
-            return ": " + (line if len(line) <= 200 else line[:197] + "...")
-    return ""
 
 
 def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
@@ -263,5 +276,6 @@ def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
     if token.sink is not None:
         hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode))
     if token.on_rotate is not None:
-        hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout))
+        hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout,
+                                 pass_env=token.hook_env))
     return hooks

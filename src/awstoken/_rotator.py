@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import _mask
 from ._errors import AwstokenError, TokenExpiredError
 from ._sources import Fetched, Source
 from ._token import Token
@@ -144,6 +145,7 @@ class Rotator:
         self.refreshes = 0  # successful refreshes run by this process
         self.failures = 0  # failed refreshes run by this process
         self._lease: Lease | None = None
+        self._last_raw: str | None = None  # the raw token of this process's last fetch
         self._init_threading()
         _live.add(self)
 
@@ -272,13 +274,17 @@ class Rotator:
     def _refresh(self, record: Token | None, *, raise_errors: bool,
                  as_leader: bool = False) -> Token | None:
         started = self.clock()
+        # A failing source may quote the current token in its error (a command's stderr):
+        # mask it (the value, its raw token, the Basic password) wherever the error goes.
+        known = (record.value if record is not None else None, self._last_raw)
         try:
-            fetched, value = self.fetch()
+            with _mask.masking(known):
+                fetched, value = self.fetch()
         except Exception as exc:
             if as_leader and self._deposed():
                 return record
             self.failures += 1
-            message = _describe(self.name, exc)
+            message = _mask.mask(_describe(self.name, exc), known)
             base = record if record is not None else Token(value=None)
             failed = base.with_failure(message, self.clock(), process_id())
             log.warning("awstoken: %s (failure %d in a row; %s)", message, failed.failures,
@@ -292,6 +298,7 @@ class Rotator:
             return failed
         if as_leader and self._deposed():
             return record
+        self._last_raw = fetched.token
         now = self.clock()
         token = Token(value=value, expires_at=fetched.expires_at, refreshed_at=now,
                       generation=(record.generation if record is not None else 0) + 1,

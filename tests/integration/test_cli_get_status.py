@@ -73,3 +73,27 @@ def test_status_shows_state_without_values(tmp_path: Path) -> None:
     storage.write("pypi", awstoken.Token("y", refreshed_at=now, generation=1))
     assert run("status", "-c", str(cfg)).returncode == 0
     storage.close()
+
+
+def test_status_escapes_control_characters_read_from_storage(tmp_path: Path) -> None:
+    # Whoever can write the storage writes the error and leader texts: an escape sequence
+    # (clear screen, cursor up) or a newline must not reach the terminal raw.
+    cfg = config(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    now = time.time()
+    planted = {"value": "Basic c2VjcmV0", "expires_at": now + 600, "refreshed_at": now,
+               "generation": 2, "leader": "evil\x1b[2J\x1b[H:1",
+               "error": "boom\nTOKEN  STATE  GEN\necr    ok     9\x1b[1A\x9b2K\u202e", "failures": 1,
+               "error_at": now}
+    (store / "ecr.json").write_text(json.dumps(planted))
+    for extra in ([], ["--json"]):
+        out = run("status", "-c", str(cfg), *extra)
+        assert "\x1b" not in out.stdout and "\x9b" not in out.stdout
+        assert "\u202e" not in out.stdout
+        if not extra:
+            assert len(out.stdout.splitlines()) == 3, out.stdout  # header, ecr, pypi
+            assert "evil\\x1b[2J" in out.stdout and "boom\\x0aTOKEN" in out.stdout
+        else:
+            rows = json.loads(out.stdout)["tokens"]
+            assert rows[0]["error"] == planted["error"] and rows[0]["leader"] == planted["leader"]
