@@ -87,7 +87,8 @@ class Schedule:
     def retry_delay(self, failures: int, record: Token | None, now: float,
                     rand: Callable[[], float]) -> float:
         """How long to wait after the ``failures``-th failure in a row."""
-        delay: float = min(self.retry_cap, self.retry * 2.0 ** max(failures - 1, 0))
+        # The exponent is capped: 2.0 ** 1024 overflows (a long outage, or a stored count).
+        delay: float = min(self.retry_cap, self.retry * 2.0 ** min(max(failures - 1, 0), 64))
         delay = min(self.retry_cap, delay * (1 + self.jitter * rand()))
         if record is not None and record.value is not None and record.expires_at is not None:
             left = record.expires_at - now
@@ -146,6 +147,7 @@ class Rotator:
         self.failures = 0  # failed refreshes run by this process
         self._lease: Lease | None = None
         self._last_raw: str | None = None  # the raw token of this process's last fetch
+        self._last_attempt = 0.0  # when this process last ran the source (clock time)
         self._init_threading()
         _live.add(self)
 
@@ -252,6 +254,11 @@ class Rotator:
         if not requested:
             return False
         last = 0.0 if record is None else max(record.refreshed_at, record.error_at or 0.0)
+        if last > now:
+            # A stored time in the future (a planted record, a writer whose clock runs
+            # ahead) must not stop refusals from forcing a refresh: rate-limit on this
+            # process's own last attempt instead.
+            last = self._last_attempt
         return requested > last and now - last >= self.schedule.min_refresh_gap
 
     # -- refreshing ------------------------------------------------------------------------
@@ -273,7 +280,7 @@ class Rotator:
 
     def _refresh(self, record: Token | None, *, raise_errors: bool,
                  as_leader: bool = False) -> Token | None:
-        started = self.clock()
+        started = self._last_attempt = self.clock()
         # A failing source may quote the current token in its error (a command's stderr):
         # mask it (the value, its raw token, the Basic password) wherever the error goes.
         known = (record.value if record is not None else None, self._last_raw)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .._errors import StorageError
 from .._token import Token
-from ._base import BaseStorage, Clock, check_name
+from ._base import BaseStorage, Clock, check_name, log
 
 _Signature = tuple[int, int, int, int] | None
 
@@ -79,6 +79,8 @@ class FileStorage(BaseStorage):
         self.path = Path(path) if path is not None else default_directory()
         self._signatures: dict[str, _Signature] = {}
         self._leases: list[_FileLease] = []
+        self.invalid_records = 0  # records read that failed validation (treated as absent)
+        self._invalid_logged: dict[str, str] = {}
         self._ensure_directory(private=path is None)
 
     def __repr__(self) -> str:
@@ -126,7 +128,16 @@ class FileStorage(BaseStorage):
         except OSError as exc:
             raise StorageError(f"token {name!r}: cannot read {path}: {exc.strerror}") from None
         self._signatures[name] = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
-        return Token.from_json(data, where=f"token {name!r} in {path}")
+        try:
+            return Token.from_json(data, where=f"token {name!r} in {path}", now=self.clock())
+        except StorageError as exc:
+            # Whoever could write the file wrote it: a bad record is treated as absent (the
+            # leader fetches a fresh one over it), counted, and said once per distinct error.
+            self.invalid_records += 1
+            if self._invalid_logged.get(name) != str(exc):
+                self._invalid_logged[name] = str(exc)
+                log.warning("awstoken: %s; ignoring it (a fresh token will replace it)", exc)
+            return None
 
     def _store(self, name: str, token: Token) -> None:
         try:
