@@ -15,7 +15,6 @@ import re
 import shlex
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from . import _mask
+from . import _fs, _mask
 from ._errors import HookError, HookTimeout
 from ._sources import Fetched, kill_group
 from ._spawn import popen
@@ -120,7 +119,9 @@ class FileSink(_CountedHook):
     token (``content="raw"``), with no trailing newline. It is written to a temporary file in
     the same directory, flushed to disk, given ``mode`` (default 0600) and renamed over
     ``path``: readers see the old content or the new, never a mix. Missing parent
-    directories are created with mode 0700.
+    directories are created with mode 0700. A directory another user controls (it or an
+    ancestor owned by someone other than root or us, or writable by group or others unless
+    sticky) and a ``path`` that is a symlink are refused, never written through.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, content: Content = "value",
@@ -142,6 +143,8 @@ class FileSink(_CountedHook):
         data = self._payload(fetched, token).encode("utf-8")
         try:
             write_atomic(self.path, data, self.mode)
+        except _fs.UnsafePath as exc:
+            raise HookError(f"token {name!r}: {self.describe()}: refused: {exc}") from None
         except OSError as exc:
             raise HookError(f"token {name!r}: {self.describe()}: cannot write: "
                             f"{exc.strerror or type(exc).__name__}") from None
@@ -149,29 +152,12 @@ class FileSink(_CountedHook):
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file, fsync, chmod, rename)."""
-    directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp made it 0600: the content is never more exposed than ``mode`` allows.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable, so a crash never brings the old file back.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Replace ``path`` with ``data`` atomically (temp file, fsync, chmod, rename).
+
+    Only in a directory no other user controls, never through a symlink: raises
+    :class:`awstoken._fs.UnsafePath` (an ``OSError``) naming the path and the problem.
+    """
+    _fs.write_atomic(path, data, mode)
 
 
 class CommandHook(_CountedHook):
