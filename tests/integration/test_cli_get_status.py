@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import awstoken
-
-CLI = [sys.executable, "-m", "awstoken._cli"]
+from tests.fixtures.cli import run_cli
 
 
 def config(tmp_path: Path) -> Path:
@@ -23,7 +21,7 @@ def config(tmp_path: Path) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    return run_cli(*args, timeout=60)
 
 
 def test_get_prints_the_stored_value_or_says_why_not(tmp_path: Path) -> None:

@@ -15,14 +15,17 @@ from pathlib import Path
 import pytest
 
 import awstoken
+from tests.fixtures import processes
 
 WORKER = Path(__file__).with_name("rotate_worker.py")
 
 
 def start_workers(n: int, directory: Path, interval: float, command: str,
                   out: Path, *extra: str) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen([sys.executable, str(WORKER), str(directory), str(interval),
-                              command, str(out), *extra]) for _ in range(n)]
+    # Their output (logs) goes to a file the leak guard reads; ``out`` holds what they read.
+    return [processes.start_logged([sys.executable, str(WORKER), str(directory), str(interval),
+                                    command, str(out), *extra], out.with_name("workers.log"))
+            for _ in range(n)]
 
 
 @pytest.fixture
@@ -142,6 +145,7 @@ def test_a_refusal_forces_a_refresh_past_a_planted_future_dated_record(
     counter = tmp_path / "runs"
     store = tmp_path / "store"
     command = f"echo $$ >> {counter}; echo tok-$(wc -l < {counter})-0123456789"
+    processes.issue("Bearer tok-1-0123456789", "Bearer tok-2-0123456789")
     procs += start_workers(1, store, 3600.0, command, tmp_path / "reads", "1.0")
     _wait(lambda: len(runs(counter)) == 1 and (store / "shared.json").exists(), 30,
           "first refresh")

@@ -11,7 +11,6 @@ import base64
 import json
 import secrets
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from awstoken._errors import AwstokenError
 from awstoken._rotator import Rotator
 from awstoken._sources import Command
 from awstoken._transforms import basic_auth
-from tests.fixtures.cli import awstoken_cli
+from tests.fixtures.cli import run_cli
 
 # First run: print the token. Later runs: fail, quoting on stderr what $MODE says.
 SCRIPT = r"""
@@ -70,8 +69,7 @@ def test_a_failing_command_quoting_the_live_token_is_masked(tmp_path: Path, mode
     config.write_text(f"[storage]\ntype = 'file'\npath = '{tmp_path / 'store'}'\n"
                       "[tokens.ecr]\ncommand = 'true'\n")
     for extra in ([], ["--json"]):
-        status = subprocess.run([*awstoken_cli(), "status", "-c", str(config), *extra],
-                                capture_output=True, text=True, timeout=60)
+        status = run_cli("status", "-c", str(config), *extra, timeout=60)
         assert "exited with status 1" in status.stdout, status.stderr
         if extra:
             assert json.loads(status.stdout)["tokens"][0]["error"] == record.error
