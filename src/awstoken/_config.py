@@ -318,7 +318,8 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: Keys every token accepts, whatever its source.
 TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout",
-                                "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout")
+                                "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout",
+                                "hook_env")
 
 _ACCOUNT = re.compile(r"\d{12}")
 _ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
@@ -364,7 +365,15 @@ def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSett
         sink_mode=table.get("sink_mode", _private_mode, _MODE_EXPECTED),
         on_rotate=table.get("on_rotate", _argv, "a non-empty list of strings (an argv, run "
                             "without a shell; the token arrives on stdin)"),
-        hook_timeout=table.duration("hook_timeout")))
+        hook_timeout=table.duration("hook_timeout"),
+        hook_env=table.get("hook_env", _env_names, "a list of environment variable names")))
+
+
+def _env_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in value):
+        raise ValueError("")
+    return tuple(value)
 
 
 _MODE_EXPECTED = ('permissions like "0600" or "0640" (a string of octal digits, or 0o640), '

@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from . import _fs, _mask
 from ._errors import HookError, HookTimeout
 from ._sources import Fetched, kill_group
 from ._spawn import popen
@@ -118,7 +119,9 @@ class FileSink(_CountedHook):
     token (``content="raw"``), with no trailing newline. It is written to a temporary file in
     the same directory, flushed to disk, given ``mode`` (default 0600) and renamed over
     ``path``: readers see the old content or the new, never a mix. Missing parent
-    directories are created with mode 0700.
+    directories are created with mode 0700. A directory another user controls (it or an
+    ancestor owned by someone other than root or us, or writable by group or others unless
+    sticky) and a ``path`` that is a symlink are refused, never written through.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, content: Content = "value",
@@ -140,6 +143,8 @@ class FileSink(_CountedHook):
         data = self._payload(fetched, token).encode("utf-8")
         try:
             write_atomic(self.path, data, self.mode)
+        except _fs.UnsafePath as exc:
+            raise HookError(f"token {name!r}: {self.describe()}: refused: {exc}") from None
         except OSError as exc:
             raise HookError(f"token {name!r}: {self.describe()}: cannot write: "
                             f"{exc.strerror or type(exc).__name__}") from None
@@ -147,29 +152,12 @@ class FileSink(_CountedHook):
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file, fsync, chmod, rename)."""
-    directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp made it 0600: the content is never more exposed than ``mode`` allows.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable, so a crash never brings the old file back.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Replace ``path`` with ``data`` atomically (temp file, fsync, chmod, rename).
+
+    Only in a directory no other user controls, never through a symlink: raises
+    :class:`awstoken._fs.UnsafePath` (an ``OSError``) naming the path and the problem.
+    """
+    _fs.write_atomic(path, data, mode)
 
 
 class CommandHook(_CountedHook):
@@ -177,16 +165,24 @@ class CommandHook(_CountedHook):
 
     The token (``content="raw"``, the default, or ``"value"``, the header value) is written
     to the command's stdin followed by one newline; it is never put in the command line or
-    the environment, where other processes could read it. The environment is awstoken's own
-    plus ``AWSTOKEN_NAME``, ``AWSTOKEN_GENERATION`` and ``AWSTOKEN_EXPIRES_AT`` (epoch
-    seconds, empty when unknown). Standard output is discarded; the first line of standard
-    error (with the token masked) goes into the error when the command fails. Past
-    ``timeout`` seconds the command's whole process group is killed.
+    the environment, where other processes could read it. The environment is minimal, not
+    awstoken's own (which may hold inbound credentials, the token endpoint's secret, the
+    Redis password): ``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``LANG``, ``LC_*``, ``TZ`` and
+    ``TMPDIR`` where set, the variables named in ``pass_env``, and ``AWSTOKEN_NAME``,
+    ``AWSTOKEN_GENERATION`` and ``AWSTOKEN_EXPIRES_AT`` (epoch seconds, empty when unknown).
+    Standard output is discarded; the first line of standard error (with the token masked)
+    goes into the error when the command fails. Past ``timeout`` seconds the command's whole
+    process group is killed.
     """
 
     def __init__(self, argv: Sequence[str], *, timeout: float = DEFAULT_HOOK_TIMEOUT,
-                 content: Content = "raw") -> None:
+                 content: Content = "raw", pass_env: Sequence[str] = ()) -> None:
         super().__init__(content)
+        if isinstance(pass_env, str) or not all(
+                isinstance(n, str) and _ENV_NAME.fullmatch(n) for n in pass_env):
+            raise HookError(f"on-rotate command: pass_env must be a list of environment "
+                            f"variable names, not {pass_env!r}")
+        self.pass_env = tuple(pass_env)
         if isinstance(argv, str | bytes):
             raise HookError(f"on-rotate command must be an argv list, not a string: {argv!r} "
                             "(use ['sh', '-c', '...'] for a shell command)")
@@ -211,8 +207,9 @@ class CommandHook(_CountedHook):
 
     def _run(self, name: str, fetched: Fetched, token: Token) -> None:
         payload = self._payload(fetched, token)
-        env = {**os.environ, "AWSTOKEN_NAME": name, "AWSTOKEN_GENERATION": str(token.generation),
-               "AWSTOKEN_EXPIRES_AT": "" if token.expires_at is None else f"{token.expires_at:.0f}"}
+        env = hook_environment(os.environ, self.pass_env)
+        env.update(AWSTOKEN_NAME=name, AWSTOKEN_GENERATION=str(token.generation),
+                   AWSTOKEN_EXPIRES_AT="" if token.expires_at is None else f"{token.expires_at:.0f}")
         what = f"token {name!r}: {self.describe()}"
         try:
             proc = popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -229,9 +226,23 @@ class CommandHook(_CountedHook):
             kill_group(proc)
             raise
         if proc.returncode != 0:
-            detail = _first_line(err, (fetched.token, token.value or ""))
+            detail = _mask.first_line(err, (fetched.token, token.value))
             raise HookError(f"{what} exited with status {_status(proc.returncode)}{detail}")
         log.debug("awstoken: %s ran", what)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: What a hook gets of awstoken's environment by default: enough to find programs, write
+#: temporary files and format text; no credentials.
+_BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+
+
+def hook_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of a hook: the few basics of ``environ`` plus ``pass_env``."""
+    env = {k: v for k, v in environ.items()
+           if k in _BASE_ENV or k.startswith("LC_") or k in pass_env}
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 def _status(returncode: int) -> str:
@@ -239,18 +250,6 @@ def _status(returncode: int) -> str:
         with contextlib.suppress(ValueError):
             return f"{returncode} (killed by {signal.Signals(-returncode).name})"
     return str(returncode)
-
-
-def _first_line(stderr: bytes, secrets: tuple[str, ...]) -> str:
-    """The first non-empty line of ``stderr``, with anything token-like masked."""
-    masks = {s for secret in secrets if secret for s in (secret, *secret.split()) if len(s) >= 8}
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        line = line.strip()
-        if line:
-            for secret in sorted(masks, key=len, reverse=True):
-                line = line.replace(secret, "***")
-            return ": " + (line if len(line) <= 200 else line[:197] + "...")
-    return ""
 
 
 def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
@@ -263,5 +262,6 @@ def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
     if token.sink is not None:
         hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode))
     if token.on_rotate is not None:
-        hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout))
+        hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout,
+                                 pass_env=token.hook_env))
     return hooks

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from . import _mask
 from ._errors import AwstokenError, TokenExpiredError
 from ._sources import Fetched, Source
 from ._token import Token
@@ -86,7 +87,8 @@ class Schedule:
     def retry_delay(self, failures: int, record: Token | None, now: float,
                     rand: Callable[[], float]) -> float:
         """How long to wait after the ``failures``-th failure in a row."""
-        delay: float = min(self.retry_cap, self.retry * 2.0 ** max(failures - 1, 0))
+        # The exponent is capped: 2.0 ** 1024 overflows (a long outage, or a stored count).
+        delay: float = min(self.retry_cap, self.retry * 2.0 ** min(max(failures - 1, 0), 64))
         delay = min(self.retry_cap, delay * (1 + self.jitter * rand()))
         if record is not None and record.value is not None and record.expires_at is not None:
             left = record.expires_at - now
@@ -144,6 +146,8 @@ class Rotator:
         self.refreshes = 0  # successful refreshes run by this process
         self.failures = 0  # failed refreshes run by this process
         self._lease: Lease | None = None
+        self._last_raw: str | None = None  # the raw token of this process's last fetch
+        self._last_attempt = 0.0  # when this process last ran the source (clock time)
         self._init_threading()
         _live.add(self)
 
@@ -250,6 +254,11 @@ class Rotator:
         if not requested:
             return False
         last = 0.0 if record is None else max(record.refreshed_at, record.error_at or 0.0)
+        if last > now:
+            # A stored time in the future (a planted record, a writer whose clock runs
+            # ahead) must not stop refusals from forcing a refresh: rate-limit on this
+            # process's own last attempt instead.
+            last = self._last_attempt
         return requested > last and now - last >= self.schedule.min_refresh_gap
 
     # -- refreshing ------------------------------------------------------------------------
@@ -271,14 +280,18 @@ class Rotator:
 
     def _refresh(self, record: Token | None, *, raise_errors: bool,
                  as_leader: bool = False) -> Token | None:
-        started = self.clock()
+        started = self._last_attempt = self.clock()
+        # A failing source may quote the current token in its error (a command's stderr):
+        # mask it (the value, its raw token, the Basic password) wherever the error goes.
+        known = (record.value if record is not None else None, self._last_raw)
         try:
-            fetched, value = self.fetch()
+            with _mask.masking(known):
+                fetched, value = self.fetch()
         except Exception as exc:
             if as_leader and self._deposed():
                 return record
             self.failures += 1
-            message = _describe(self.name, exc)
+            message = _mask.mask(_describe(self.name, exc), known)
             base = record if record is not None else Token(value=None)
             failed = base.with_failure(message, self.clock(), process_id())
             log.warning("awstoken: %s (failure %d in a row; %s)", message, failed.failures,
@@ -292,6 +305,7 @@ class Rotator:
             return failed
         if as_leader and self._deposed():
             return record
+        self._last_raw = fetched.token
         now = self.clock()
         token = Token(value=value, expires_at=fetched.expires_at, refreshed_at=now,
                       generation=(record.generation if record is not None else 0) + 1,

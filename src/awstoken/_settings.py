@@ -51,6 +51,7 @@ class TokenSettings:
     sink_mode: int = 0o600  # the sink file's permissions (0640: a reader group, e.g. nginx's)
     on_rotate: tuple[str, ...] | None = None  # argv run after each rotation, token on stdin
     hook_timeout: float = 30.0
+    hook_env: tuple[str, ...] = ()  # variables of awstoken's environment the hook also gets
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from . import _jsonout
+from . import _jsonout, _mask
 from ._errors import CommandError, CommandTimeout, ConfigError
 from ._spawn import popen
 
@@ -202,9 +202,12 @@ class Command:
             with _running_lock:
                 _running.discard(proc)
         if proc.returncode != 0:
+            # stderr may quote the token: the one it printed on stdout before failing, or
+            # the current one (masked through the rotator's _mask.masking context).
+            printed = out.decode("utf-8", "replace").strip()
             raise CommandError(
                 f"command {self.display!r} exited with status {_status(proc.returncode)}"
-                f"{_first_line(err)}", returncode=proc.returncode)
+                f"{_mask.first_line(err, (printed,))}", returncode=proc.returncode)
         try:
             return out.decode("utf-8").strip()
         except UnicodeDecodeError as exc:
@@ -239,14 +242,6 @@ def _status(returncode: int) -> str:
         except ValueError:
             return str(returncode)
     return str(returncode)
-
-
-def _first_line(stderr: bytes) -> str:
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        line = line.strip()
-        if line:
-            return ": " + (line if len(line) <= 200 else line[:197] + "...")
-    return ""
 
 
 def as_source(source: Source | str | Sequence[str] | Callable[[], str | Fetched], *,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ._errors import StorageError
+from ._errors import StorageError, TokenValueError
+from ._transforms import validate_value
 
 _FIELDS = ("value", "expires_at", "refreshed_at", "generation", "error", "error_at", "failures",
            "leader", "hook_failures", "hook_error")
@@ -58,15 +61,82 @@ class Token:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes | str, where: str) -> Token:
-        """Parse a stored record; ``where`` names it in the error."""
+    def from_json(cls, data: bytes | str, where: str, *, now: float | None = None) -> Token:
+        """Parse and check a stored record; ``where`` names it in the error.
+
+        A record is input like any other: whoever can write the storage writes it. Every
+        field is checked (see :func:`check_record`) against ``now`` (default: the time now);
+        a record that fails raises :class:`StorageError` naming the field, never its value.
+        """
         try:
             raw: Any = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise StorageError(f"{where}: not a valid token record ({exc.__class__.__name__})") from None
         if not isinstance(raw, dict):
             raise StorageError(f"{where}: not a valid token record (expected an object)")
+        fields = {k: raw[k] for k in _FIELDS if k in raw}
+        if "value" not in fields:
+            raise StorageError(f"{where}: not a valid token record (no value field)")
         try:
-            return cls(**{k: raw[k] for k in _FIELDS if k in raw})
-        except TypeError:
-            raise StorageError(f"{where}: not a valid token record (bad fields)") from None
+            return check_record(cls(**fields), time.time() if now is None else now)
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"{where}: not a valid token record ({exc})") from None
+
+
+#: The longest a stored token may stay valid, counted from now and from its refresh: no
+#: source issues longer-lived tokens (ECR and CodeArtifact 12 h, STS at most 36 h). A longer
+#: expiry is distrusted: it could pin a planted token for a whole fleet.
+MAX_LIFETIME = 7 * 24 * 3600.0
+#: How far in the future a stored time may lie (clocks of hosts sharing a storage differ).
+MAX_CLOCK_SKEW = 300.0
+#: Longest error text and leader name kept in a record.
+MAX_ERROR = 4096
+MAX_LEADER = 512
+_MAX_COUNT = 2**63 - 1
+
+
+def check_record(token: Token, now: float) -> Token:
+    """Return ``token`` if every field is well-formed and plausible at ``now``.
+
+    Raise ValueError (naming the field, never the value) otherwise: the value passes the
+    header rules of a fresh token, times are finite numbers, counters non-negative integers,
+    texts bounded strings; no time lies beyond ``now`` plus :data:`MAX_CLOCK_SKEW`, and no
+    expiry beyond :data:`MAX_LIFETIME` after ``now`` or after the refresh.
+    """
+    if token.value is not None:
+        try:
+            validate_value(token.value, "value")
+        except TokenValueError as exc:
+            raise ValueError(str(exc)) from None
+    _time(token.refreshed_at, "refreshed_at", now)
+    _time(token.error_at, "error_at", now, optional=True)
+    if _time(token.expires_at, "expires_at", now, optional=True, future=True):
+        assert token.expires_at is not None
+        horizon = now + MAX_LIFETIME
+        if token.refreshed_at:
+            horizon = min(horizon, token.refreshed_at + MAX_LIFETIME)
+        if token.expires_at > horizon:
+            raise ValueError(f"expires_at lies more than {MAX_LIFETIME / 86400:g} days after "
+                             "the refresh or now, longer than any source issues")
+    for name in ("generation", "failures"):
+        count = getattr(token, name)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_COUNT:
+            raise ValueError(f"{name} must be a non-negative integer")
+    for name, limit in (("error", MAX_ERROR), ("leader", MAX_LEADER)):
+        text = getattr(token, name)
+        if text is not None and (not isinstance(text, str) or len(text) > limit):
+            raise ValueError(f"{name} must be a string of at most {limit} characters")
+    return token
+
+
+def _time(value: object, name: str, now: float, *, optional: bool = False,
+          future: bool = False) -> bool:
+    """Check one time field; True when it holds a time."""
+    if value is None and optional:
+        return False
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a finite, non-negative number of epoch seconds")
+    if not future and value > now + MAX_CLOCK_SKEW:
+        raise ValueError(f"{name} lies {value - now:.0f}s in the future")
+    return True

@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.aws_standins import StandIn
-from tests.fixtures.cli import awstoken_cli
+from tests.fixtures.cli import run_cli
 
 pytestmark = pytest.mark.peer("moto")
 
 
 def fetch(config: Path, name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*awstoken_cli(), "fetch", "-c", str(config), name], env=env,
-                          capture_output=True, text=True, timeout=120, check=False,
-                          stdin=subprocess.DEVNULL)
+    return run_cli("fetch", "-c", str(config), name, env=env, timeout=120)
 
 
 @pytest.fixture

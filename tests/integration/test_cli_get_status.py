@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import awstoken
-
-CLI = [sys.executable, "-m", "awstoken._cli"]
+from tests.fixtures.cli import run_cli
 
 
 def config(tmp_path: Path) -> Path:
@@ -23,7 +21,7 @@ def config(tmp_path: Path) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    return run_cli(*args, timeout=60)
 
 
 def test_get_prints_the_stored_value_or_says_why_not(tmp_path: Path) -> None:
@@ -73,3 +71,27 @@ def test_status_shows_state_without_values(tmp_path: Path) -> None:
     storage.write("pypi", awstoken.Token("y", refreshed_at=now, generation=1))
     assert run("status", "-c", str(cfg)).returncode == 0
     storage.close()
+
+
+def test_status_escapes_control_characters_read_from_storage(tmp_path: Path) -> None:
+    # Whoever can write the storage writes the error and leader texts: an escape sequence
+    # (clear screen, cursor up) or a newline must not reach the terminal raw.
+    cfg = config(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    now = time.time()
+    planted = {"value": "Basic c2VjcmV0", "expires_at": now + 600, "refreshed_at": now,
+               "generation": 2, "leader": "evil\x1b[2J\x1b[H:1",
+               "error": "boom\nTOKEN  STATE  GEN\necr    ok     9\x1b[1A\x9b2K\u202e", "failures": 1,
+               "error_at": now}
+    (store / "ecr.json").write_text(json.dumps(planted))
+    for extra in ([], ["--json"]):
+        out = run("status", "-c", str(cfg), *extra)
+        assert "\x1b" not in out.stdout and "\x9b" not in out.stdout
+        assert "\u202e" not in out.stdout
+        if not extra:
+            assert len(out.stdout.splitlines()) == 3, out.stdout  # header, ecr, pypi
+            assert "evil\\x1b[2J" in out.stdout and "boom\\x0aTOKEN" in out.stdout
+        else:
+            rows = json.loads(out.stdout)["tokens"]
+            assert rows[0]["error"] == planted["error"] and rows[0]["leader"] == planted["leader"]

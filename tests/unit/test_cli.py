@@ -9,7 +9,7 @@ import pytest
 
 from awstoken import __version__
 from awstoken._cli import commands, main
-from tests.fixtures.cli import awstoken_cli
+from tests.fixtures import cli
 
 GOOD = """
 [storage]
@@ -42,8 +42,7 @@ comand = "x"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*awstoken_cli(), *args], capture_output=True, text=True, timeout=60,
-                          check=False, env=env, stdin=subprocess.DEVNULL)
+    return cli.run_cli(*args, env=env, timeout=60)
 
 
 @pytest.fixture

@@ -332,6 +332,10 @@ BAD: list[tuple[str, str, str, str]] = [
      "a non-empty list of strings"),
     ("hook-timeout", "[tokens.ecr]\ncommand = 'x'\nhook_timeout = '0s'\n",
      "tokens.ecr.hook_timeout", "expected a positive duration"),
+    ("hook-env-string", "[tokens.ecr]\ncommand = 'x'\nhook_env = 'DOCKER_CONFIG'\n",
+     "tokens.ecr.hook_env", "a list of environment variable names"),
+    ("hook-env-bad-name", "[tokens.ecr]\ncommand = 'x'\nhook_env = ['A=B']\n",
+     "tokens.ecr.hook_env", "a list of environment variable names"),
     ("sink-mode-world-readable", "[tokens.ecr]\ncommand = 'x'\nsink = '/tmp/t'\n"
      "sink_mode = '0644'\n", "tokens.ecr.sink_mode", "0644 gives other users access to a token"),
     ("sink-mode-not-octal", "[tokens.ecr]\ncommand = 'x'\nsink = '/tmp/t'\nsink_mode = '0980'\n",
@@ -505,9 +509,11 @@ def test_sink_and_hook_keys_load_and_run(tmp_path: Path) -> None:
     text = ("[storage]\ntype = 'memory'\n"
             "[tokens.ecr]\ncommand = 'echo raw-token'\nformat = 'Basic {token}'\n"
             "sink = 'ecr.header'\nsink_content = 'value'\n"
-            f"on_rotate = ['sh', '-c', 'cat > {hook_out}']\nhook_timeout = '5s'\n")
+            f"on_rotate = ['sh', '-c', 'cat > {hook_out}']\nhook_timeout = '5s'\n"
+            "hook_env = ['DOCKER_CONFIG']\n")
     settings = load(write(tmp_path, text))
     token = settings.tokens["ecr"]
+    assert token.hook_env == ("DOCKER_CONFIG",)
     assert token.sink == str(tmp_path / "ecr.header")  # relative to the config file
     assert token.on_rotate == ("sh", "-c", f"cat > {hook_out}")
     assert token.hook_timeout == 5

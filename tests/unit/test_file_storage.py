@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 from pathlib import Path
@@ -48,10 +49,12 @@ def test_a_missing_token_reads_as_none(tmp_path: Path) -> None:
     assert storage.read("nothing") is None
 
 
-def test_a_corrupt_record_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_corrupt_record_is_a_clear_error_and_read_as_absent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "ecr.json").write_text("{not json")
-    with pytest.raises(awstoken.StorageError, match=r"token 'ecr' in .*ecr.json: not a valid"):
-        FileStorage(tmp_path).read("ecr")
+    with caplog.at_level("WARNING", logger="awstoken"):
+        assert FileStorage(tmp_path).read("ecr") is None
+    assert re.search(r"token 'ecr' in .*ecr.json: not a valid token record", caplog.text)
 
 
 def test_leases_are_exclusive_and_freed_on_release(tmp_path: Path) -> None:

@@ -285,15 +285,37 @@ def test_hooks_do_not_run_after_a_failed_refresh(tmp_path: Path) -> None:
     assert sink.stats.runs == 0 and not (tmp_path / "sink").exists()
 
 
-def test_the_environment_of_awstoken_is_passed_on(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hook_gets_a_minimal_environment_without_awstoken_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What awstoken's own environment may hold: inbound bearer tokens, the token endpoint's
+    # secret, the Redis password. None of it reaches a hook unless named in pass_env.
+    monkeypatch.setenv("AWSTOKEN_BEARER_TOKENS", "inbound-bearer-secret-1")
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-password-secret-2")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
     out = tmp_path / "env"
-    hook = CommandHook(["sh", "-c", f'echo "$DOCKER_CONFIG" > {out}'])
+    hook = CommandHook(["sh", "-c", f"env > {out}"])
     rotator([hook]).refresh()
-    assert out.read_text().strip() == str(tmp_path)
+    seen = dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+    assert "inbound-bearer-secret-1" not in out.read_text()
+    assert "redis-password-secret-2" not in out.read_text()
+    assert "DOCKER_CONFIG" not in seen
+    assert seen["PATH"] == os.environ["PATH"] and seen["LC_ALL"] == "C.UTF-8"
+    assert seen["AWSTOKEN_NAME"] == "ca"
     assert os.environ.get("AWSTOKEN_NAME") is None  # set for the hook only
 
+
+def test_pass_env_hands_named_variables_to_the_hook(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setenv("REDIS_PASSWORD", "redis-password-secret-2")
+    out = tmp_path / "env"
+    hook = CommandHook(["sh", "-c", f'echo "$DOCKER_CONFIG/$REDIS_PASSWORD" > {out}'],
+                       pass_env=["DOCKER_CONFIG"])
+    rotator([hook]).refresh()
+    assert out.read_text().strip() == f"{tmp_path}/"
+    with pytest.raises(HookError, match="pass_env"):
+        CommandHook(["true"], pass_env=["NOT-A-NAME"])
 
 
 def test_hooks_from_settings(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import time
+import unicodedata
 from typing import Any
 
 from .._build import build_storage
@@ -159,6 +160,24 @@ def _next(row: dict[str, Any]) -> str:
     return "now" if row["next_refresh_in_seconds"] <= 0 else _span(row["next_refresh_in_seconds"])
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters escaped (``\\x1b``, ``\\n``, ``\\u202e``).
+
+    Text read from storage (errors, leader names) was written by whoever could write there:
+    raw, an escape sequence could clear the terminal or a newline forge a line of output.
+    """
+    return "".join(_escape(ch) if unicodedata.category(ch) in _UNPRINTABLE else ch
+                   for ch in text)
+
+
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"))
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ("TOKEN", "STATE", "GEN", "AGE", "EXPIRES IN", "NEXT REFRESH", "LEADER", "FAILURES",
             "HOOK FAILURES", "LAST ERROR")
@@ -169,8 +188,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         if row["hook_error"]:
             error = (f"{row['error']}; " if row["error"] else "") + f"hook: {row['hook_error']}"
         lines.append((row["name"], state, str(row["generation"]), _span(row["age_seconds"]),
-                      _span(row["expires_in_seconds"]), _next(row), _leader(row),
-                      str(row["failures"]), str(row["hook_failures"]), error))
+                      _span(row["expires_in_seconds"]), _next(row), printable(_leader(row)),
+                      str(row["failures"]), str(row["hook_failures"]), printable(error)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))
                      + "  " + line[-1] for line in lines)
@@ -189,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         storage.close()
     if args.json:
+        # ensure_ascii (the default, kept on purpose) escapes every control character.
         json.dump({"config": settings.path, "storage": settings.storage.type, "time": now,
-                   "tokens": rows}, sys.stdout, indent=2)
+                   "tokens": rows}, sys.stdout, indent=2, ensure_ascii=True)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(_table(rows) + "\n")

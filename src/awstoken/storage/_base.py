@@ -136,11 +136,24 @@ class BaseStorage(ABC):
         value = self._values.get(name)
         if value is not None:
             return value
-        record = self._cached_record(name)
+        try:
+            record = self._cached_record(name)
+        except AwstokenError as exc:
+            # The hot path never raises for storage trouble (a directory this process cannot
+            # read, Redis away): no token, and one log line per distinct error.
+            self._read_failed(name, exc)
+            return None
         # The same margin as the hot dict: a value this close to expiry is not handed out.
         if record is not None and record.usable(self.clock() + self.margin):
             return record.value
         return None
+
+    def _read_failed(self, name: str, exc: AwstokenError) -> None:
+        with self._lock:
+            if self._revalidate_errors.get(name) == str(exc):
+                return
+            self._revalidate_errors[name] = str(exc)
+        log.warning("awstoken: cannot read token %r: %s", name, exc)
 
     def read(self, name: str) -> Token | None:
         with self._lock:

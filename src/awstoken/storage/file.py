@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from .._errors import StorageError
+from .._fs import Directory, UnsafePath
 from .._token import Token
-from ._base import BaseStorage, Clock, check_name
+from ._base import BaseStorage, Clock, check_name, log
 
 _Signature = tuple[int, int, int, int] | None
 
@@ -36,8 +37,9 @@ class _FileLease:
     replaced as soon as another process tries to acquire it.
     """
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self._path = path
+    def __init__(self, directory: Directory, name: str, fd: int) -> None:
+        self._directory = directory  # held: the lock file is looked up in the same directory
+        self._name = name
         self._fd: int | None = fd
 
     def held(self) -> bool:
@@ -46,7 +48,8 @@ class _FileLease:
         # If the directory was removed or the lock file replaced, another process could lock
         # a new file: this lease is then worthless, so give it up.
         try:
-            same = os.path.samestat(os.fstat(self._fd), os.stat(self._path))
+            current = self._directory.stat(self._name)
+            same = current is not None and os.path.samestat(os.fstat(self._fd), current)
         except OSError:
             same = False
         if not same:
@@ -71,135 +74,173 @@ class FileStorage(BaseStorage):
     directory created with mode 0700. Leadership is an ``fcntl.flock`` on ``<name>.lock``.
     Readers cache values in memory and revalidate with one ``stat`` per token every
     ``poll`` seconds, so a new token reaches every process within ``poll`` seconds.
+
+    Only a directory that no other user controls is used: it must be owned by this user and
+    not writable by group or others, and so must every ancestor (or be owned by root; sticky
+    directories like ``/tmp`` are fine). It is held open from the start and every file is
+    opened relative to it without following symlinks, and checked (a regular file of ours):
+    a directory renamed away and replaced does not move this process. Records are validated
+    when read (:meth:`awstoken.Token.from_json`); a bad one is treated as absent.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, poll: float = 1.0,
                  margin: float = 1.0, clock: Clock = time.time) -> None:
         super().__init__(poll=poll, margin=margin, clock=clock)
         self.path = Path(path) if path is not None else default_directory()
+        self._private = path is None
         self._signatures: dict[str, _Signature] = {}
         self._leases: list[_FileLease] = []
-        self._ensure_directory(private=path is None)
+        self.invalid_records = 0  # records read that failed validation (treated as absent)
+        self._invalid_logged: dict[str, str] = {}
+        self._dir = self._open_directory()
 
     def __repr__(self) -> str:
         return f"FileStorage({str(self.path)!r})"
 
-    def _ensure_directory(self, *, private: bool = False) -> None:
+    def _open_directory(self) -> Directory:
         try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = self.path.lstat()
+            return Directory(self.path, create=True, private=self._private)
+        except UnsafePath as exc:
+            # The default lives in a shared temporary directory: say how to use another.
+            hint = ("; set AWSTOKEN_DIR or pass a path to use another directory"
+                    if self._private else "")
+            raise StorageError(f"storage directory {exc}{hint}") from None
         except OSError as exc:
             raise StorageError(f"storage directory {self.path}: {exc.strerror}") from None
-        if not stat.S_ISDIR(info.st_mode):
-            raise StorageError(f"storage directory {self.path}: not a directory")
-        # The default lives in a shared temporary directory: refuse one planted by another
-        # user, which could read or replace our tokens.
-        if private and (info.st_uid != os.getuid() or info.st_mode & 0o077):
-            raise StorageError(
-                f"storage directory {self.path}: must be owned by uid {os.getuid()} with mode "
-                "0700; set AWSTOKEN_DIR or pass a path to use another directory")
 
-    def _file(self, name: str) -> Path:
-        return self.path / f"{check_name(name)}.json"
+    def _directory(self, *, create: bool = False) -> Directory | None:
+        """The held directory; once it was removed, the one at the path, checked again.
+
+        None when it was removed and nothing is at the path yet (and not ``create``).
+        """
+        if not self._dir.gone():
+            return self._dir
+        if not create and not os.path.lexists(self.path):
+            return None
+        self._dir = self._open_directory()
+        return self._dir
+
+    def _file(self, name: str) -> str:
+        return f"{check_name(name)}.json"
 
     def _signature(self, name: str) -> _Signature:
         try:
-            st = os.stat(self._file(name))
-        except FileNotFoundError:
-            return None
+            directory = self._directory()
+            st = directory.stat(self._file(name)) if directory is not None else None
         except OSError as exc:
-            raise StorageError(f"token {name!r}: cannot stat {self._file(name)}: {exc.strerror}") from None
-        return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
+            raise StorageError(f"token {name!r}: cannot stat {self.path / self._file(name)}: "
+                               f"{exc.strerror}") from None
+        return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
 
     def _stale(self, name: str) -> bool:
         return self._signature(name) != self._signatures.get(name, ())
 
     def _load(self, name: str) -> Token | None:
-        path = self._file(name)
+        path = self.path / self._file(name)
         try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                data = fh.read()
-        except FileNotFoundError:
-            self._signatures[name] = None
+            directory = self._directory()
+            found = directory.read(self._file(name)) if directory is not None else None
+        except UnsafePath as exc:
+            self._signatures[name] = self._signature(name)
+            self._invalid(name, f"token {name!r} in {exc}")
             return None
         except OSError as exc:
             raise StorageError(f"token {name!r}: cannot read {path}: {exc.strerror}") from None
+        if found is None:
+            self._signatures[name] = None
+            return None
+        data, st = found
         self._signatures[name] = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
-        return Token.from_json(data, where=f"token {name!r} in {path}")
+        try:
+            return Token.from_json(data, where=f"token {name!r} in {path}", now=self.clock())
+        except StorageError as exc:
+            self._invalid(name, str(exc))
+            return None
+
+    def _invalid(self, name: str, error: str) -> None:
+        # Whoever could write the file wrote it: a bad record is treated as absent (the
+        # leader fetches a fresh one over it), counted, and said once per distinct error.
+        self.invalid_records += 1
+        if self._invalid_logged.get(name) != error:
+            self._invalid_logged[name] = error
+            log.warning("awstoken: %s; ignoring it (a fresh token will replace it)", error)
 
     def _store(self, name: str, token: Token) -> None:
         try:
-            self._write_file(self._file(name), token.to_json())
-        except FileNotFoundError:
-            # The directory was removed under us: make it again, then retry once.
-            self._ensure_directory()
-            self._write_file(self._file(name), token.to_json())
-
-    def _write_file(self, path: Path, data: bytes) -> None:
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.name}.", suffix=".tmp")
-        except FileNotFoundError:
-            raise
+            directory = self._directory(create=True)
+            assert directory is not None
+            st = directory.write(self._file(name), token.to_json(), replace_links=True)
+        except StorageError as exc:
+            raise StorageError(f"cannot write {self.path / self._file(name)}: {exc}") from None
+        except UnsafePath as exc:
+            raise StorageError(f"cannot write {exc}") from None
         except OSError as exc:
-            raise StorageError(f"cannot write {path}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as fh:  # mkstemp already made it 0600
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise StorageError(f"cannot write {path}: {exc.strerror}") from None
-        st = os.stat(path)
-        self._signatures[path.stem] = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
+            raise StorageError(f"cannot write {self.path / self._file(name)}: "
+                               f"{exc.strerror}") from None
+        self._signatures[name] = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
 
     def acquire(self, name: str) -> _FileLease | None:
-        path = self.path / f"{check_name(name)}.lock"
+        lock = f"{check_name(name)}.lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            directory = self._directory(create=True)
+            assert directory is not None
+            fd = directory.open_lock(lock)
+        except UnsafePath as exc:
+            raise StorageError(f"token {name!r}: refusing the lock file {exc}") from None
         except FileNotFoundError:
-            self._ensure_directory()
-            return None
+            return None  # removed under us: the next step opens the directory again
         except OSError as exc:
-            raise StorageError(f"token {name!r}: cannot open lock file {path}: {exc.strerror}") from None
+            raise StorageError(f"token {name!r}: cannot open lock file {self.path / lock}: "
+                               f"{exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 return None
-            raise StorageError(f"token {name!r}: cannot lock {path}: {exc.strerror}") from None
-        self._remove_stale_temporaries(name)
-        lease = _FileLease(path, fd)
+            raise StorageError(f"token {name!r}: cannot lock {self.path / lock}: "
+                               f"{exc.strerror}") from None
+        self._remove_stale_temporaries(directory, name)
+        lease = _FileLease(directory, lock, fd)
         # Remember live leases so a forked child can drop its copies (see _after_fork_in_child).
         self._leases = [held for held in self._leases if held._fd is not None] + [lease]
         return lease
 
-    def _remove_stale_temporaries(self, name: str) -> None:
-        # A writer killed between mkstemp and rename leaves a temporary file behind; the new
-        # leader sweeps those that are clearly abandoned.
+    @staticmethod
+    def _remove_stale_temporaries(directory: Directory, name: str) -> None:
+        # A writer killed between creating its temporary and the rename leaves it behind;
+        # the new leader sweeps those that are clearly abandoned.
         cutoff = time.time() - 60
-        for tmp in self.path.glob(f".{name}.json.*.tmp"):
-            with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
+        prefix = f".{name}.json."
+        with contextlib.suppress(OSError):
+            for entry in directory.names():
+                if entry.startswith(prefix) and entry.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        st = directory.stat(entry)
+                        if st is not None and st.st_mtime < cutoff:
+                            directory.unlink(entry)
 
     def request_refresh(self, name: str) -> None:
-        path = self.path / f"{check_name(name)}.refresh"
+        target = f"{check_name(name)}.refresh"
         try:
-            path.touch(mode=0o600)
-            os.utime(path)
+            directory = self._directory(create=True)
+            assert directory is not None
+            directory.touch(target)
+        except UnsafePath as exc:
+            raise StorageError(f"token {name!r}: cannot request a refresh: {exc}") from None
         except OSError as exc:
             raise StorageError(f"token {name!r}: cannot request a refresh: {exc.strerror}") from None
 
     def refresh_requested(self, name: str) -> float:
         try:
-            return os.stat(self.path / f"{check_name(name)}.refresh").st_mtime
+            directory = self._directory()
+            st = directory.stat(f"{check_name(name)}.refresh") if directory else None
         except OSError:
             return 0.0
+        # Only a regular file of ours counts: anything else was not made by request_refresh.
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return 0.0
+        return st.st_mtime
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()

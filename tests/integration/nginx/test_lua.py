@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.nginx import (
     EXAMPLES,
@@ -57,6 +58,7 @@ token_listen = "unix:{short_dir / 'token.sock'}"
 def awstoken_process(awstoken_config: tuple[Path, int]) -> Iterator[subprocess.Popen[str]]:
     """Started by the test (``start()``), stopped here."""
     procs: list[subprocess.Popen[str]] = []
+    processes.issue(RAW_TOKEN)
 
     def start() -> subprocess.Popen[str]:
         config, admin = awstoken_config
@@ -77,6 +79,7 @@ def awstoken_process(awstoken_config: tuple[Path, int]) -> Iterator[subprocess.P
                 proc.kill()
                 proc.wait()
         _, err = proc.communicate(timeout=30)
+        processes.expose("awstoken serve", err)
         assert RAW_TOKEN not in err
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
@@ -35,6 +36,7 @@ prefix = "/"
 upstream = "{upstream.url}"
 token = "ecr"
 """)
+    processes.issue("Bearer cli-secret-value")
     proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -50,6 +52,7 @@ token = "ecr"
     finally:
         if proc.poll() is None:
             proc.kill()
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
+        processes.expose("awstoken serve", out + err)
     assert '"GET /v2/" 200' in err
     assert "cli-secret-value" not in err

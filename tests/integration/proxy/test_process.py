@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.fixtures import processes
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
 
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def serving(upstream: Upstream, tmp_path: Path,
             workers: int) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
     port, admin = free_port(), free_port()
+    processes.issue("Bearer from-command")  # serve_main's token
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.proxy.serve_main", upstream.url, str(port),
          str(admin), str(tmp_path / "tokens"), str(workers)],
@@ -38,7 +40,8 @@ def serving(upstream: Upstream, tmp_path: Path,
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
+        processes.expose("serve_main", (out or "") + (err or ""))
 
 
 def test_sigterm_finishes_in_flight_requests(upstream: Upstream, tmp_path: Path) -> None:
@@ -53,6 +56,7 @@ def test_sigterm_finishes_in_flight_requests(upstream: Upstream, tmp_path: Path)
         assert len(replies[0].body) == 300_000_000
         assert proc.wait(30) == 0
         _, err = proc.communicate()
+        processes.expose("serve_main", err)
         assert "SIGTERM received, shutting down" in err
         assert "from-command" not in err
 

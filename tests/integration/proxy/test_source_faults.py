@@ -35,7 +35,12 @@ out = sys.stdout.buffer
 if mode == "ok":
     lifetime = float(open(os.path.join(state, "lifetime")).read())
     token = "tok-" + os.urandom(16).hex()
+    open(os.path.join(state, "last"), "w").write(token)
     out.write(json.dumps({"token": token, "expires": time.time() + lifetime}).encode())
+elif mode == "quote":
+    last = open(os.path.join(state, "last")).read()
+    sys.stderr.write(f"denied: the registry refused Bearer {last}\n")
+    sys.exit(3)
 elif mode == "exit":
     sys.stderr.write("An error occurred (AccessDenied): not allowed\n")
     sys.exit(3)
@@ -59,6 +64,8 @@ elif mode == "nonutf8":
 #: mode -> what the log line (and the stored error) says.
 FAILURES = {
     "exit": r"exited with status 3: An error occurred \(AccessDenied\)",
+    # stderr quoting the live token: masked in the log, /readyz and the record (issue 10)
+    "quote": r"exited with status 3: denied: the registry refused \*\*\*",
     "hang": r"ran past its timeout of 1s and was killed",
     "garbage": r"printed output that is not JSON",
     "empty": r"printed nothing",
@@ -154,6 +161,10 @@ def test_a_failing_source_keeps_the_old_token_and_says_why(
         assert "keeping the previous token" in message
         assert record.exc_info is None
         assert good.split()[1] not in message
+    ready = call(proxy.admin_url, "GET", "/readyz").body.decode()
+    assert good.split()[1] not in ready
+    if mode == "quote":
+        assert "refused ***" in ready, ready
     if mode == "hang":
         script_pid, child_pid = map(int, (flaky.state / "pids").read_text().split())
         # The command's whole process group is gone and nothing is left unreaped.

@@ -16,6 +16,7 @@ import pytest
 from awstoken import ConfigError, Fetched, Keeper, MemoryStorage
 from awstoken._settings import RouteSettings, ServerSettings, Settings, TokenSettings
 from awstoken.proxy import ProxyServer
+from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.nginx import request, running_server, wait_until
 from tests.fixtures.ports import free_port, wait_for_port
@@ -183,6 +184,7 @@ workers = 2
 admin_listen = "127.0.0.1:{admin}"
 token_listen = "unix:{sock}"
 """)
+    processes.issue("Basic cli-secret-value")
     proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -196,7 +198,8 @@ token_listen = "unix:{sock}"
     finally:
         if proc.poll() is None:
             proc.kill()
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
+        processes.expose("awstoken serve", out + err)
     assert f"token endpoint listening on unix:{sock}" in err
     assert "proxy listening" not in err  # no routes: no proxy listener
     assert "cli-secret-value" not in err
@@ -228,6 +231,7 @@ prefix = "/"
 upstream = "{upstream.url}"
 token = "ecr"
 """)
+    processes.issue("Bearer worker-token")
     proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -246,6 +250,7 @@ token = "ecr"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
+        processes.expose("awstoken serve", out + err)
     assert err.count(f"token endpoint listening on unix:{sock}") == 1  # the parent only
     assert not sock.exists()
