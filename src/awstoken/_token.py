@@ -9,7 +9,7 @@ from typing import Any
 from ._errors import StorageError
 
 _FIELDS = ("value", "expires_at", "refreshed_at", "generation", "error", "error_at", "failures",
-           "leader")
+           "leader", "fence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +18,9 @@ class Token:
 
     ``value`` is the final header value (after the transform). Times are Unix epoch seconds.
     ``error``/``error_at``/``failures`` describe the last failed refresh (never secret text);
-    ``leader`` names the process (``host:pid``) that wrote the record.
+    ``leader`` names the process (``host:pid``) that wrote the record; ``fence`` is the
+    fencing number of the lease it was written under (0 where storage has none), so that a
+    record from an older lease never replaces one from a newer lease.
     """
 
     value: str | None
@@ -29,6 +31,7 @@ class Token:
     error_at: float | None = None
     failures: int = 0
     leader: str | None = None
+    fence: int = 0
 
     def expired(self, now: float) -> bool:
         """True when the token has an expiry and ``now`` is at or past it."""

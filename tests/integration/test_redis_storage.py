@@ -139,8 +139,14 @@ def test_lease_is_exclusive_and_released_only_by_its_owner(
     lease.release()
     assert raw.get("awstoken:lease:t") == b"intruder"  # compare-and-delete left it alone
     raw.delete("awstoken:lease:t")
-    again = b.acquire("t")
-    assert again is not None
+    # The key vanished before its time: b takes it but waits until the intruder's lease
+    # would have run out (it may still believe it leads), then leads with the next fence.
+    assert b.acquire("t") is None
+    assert b.leader("t") is not None
+    taken: list[Any] = []
+    wait_until(lambda: taken.append(b.acquire("t")) or taken[-1] is not None, timeout=8)
+    again = taken[-1]
+    assert again.fence == lease.fence + 1
     assert b.leader("t") == again.owner
     again.release()
     assert raw.exists("awstoken:lease:t") == 0
@@ -347,9 +353,9 @@ FORK_SCRIPT = """
 import os, sys, time
 from awstoken import RedisStorage, Token
 storage = RedisStorage(sys.argv[1], lease=5)
-storage.write("t", Token(value="Bearer parent", refreshed_at=time.time(), generation=1))
 lease = storage.acquire("t")
 assert lease is not None
+storage.write("t", Token(value="Bearer parent", refreshed_at=time.time(), generation=1))
 pid = os.fork()
 if pid == 0:
     # The child: a follower with its own connections and threads.

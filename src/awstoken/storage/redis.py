@@ -37,7 +37,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -45,62 +46,101 @@ from .._errors import AwstokenError, StorageError
 from .._token import Token
 from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
 
-# Writes a record unless Redis holds a newer generation (then returns that record), and
-# announces it. KEYS: record. ARGV: record, generation, ttl ms (0: none), channel, name.
+# Server time in milliseconds (Redis 5+ replicates script effects, so TIME is allowed).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Writes a record, fenced. KEYS: record, lease. ARGV: record, fence, generation, ttl ms (0:
+# none), channel, name, owner ('' when the writer holds no lease).
+# The writer leads if the lease holds its owner id right now. A record already there wins if
+# it is newer: a higher fence (a later lease wrote it), or the same fence and a higher
+# generation; and, unless the writer leads, also when it is the same (a record kept while
+# Redis was away goes back only over an older one). A record that does not decode is
+# replaced. The message announcing the record carries it, so followers need no GET.
+# Returns {written (0/1), leads (0/1), record there when refused}.
 _STORE = """
+local leads = 0
+if ARGV[7] ~= '' and redis.call('GET', KEYS[2]) == ARGV[7] then leads = 1 end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' and type(rec.generation) == 'number'
-      and rec.generation > tonumber(ARGV[2]) then
-    return cur
+  if ok and type(rec) == 'table' then
+    local cf = tonumber(rec.fence) or 0
+    local cg = tonumber(rec.generation) or 0
+    local f = tonumber(ARGV[2])
+    local g = tonumber(ARGV[3])
+    if cf > f or (cf == f and cg > g) or (leads == 0 and cf == f and cg == g) then
+      return {0, leads, cur}
+    end
   end
 end
-if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 else
   redis.call('SET', KEYS[1], ARGV[1])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return false
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\n' .. ARGV[1])
+return {1, leads}
 """
 
-# Writes a record back only if there is none (after Redis lost its data); returns the record
-# that is there otherwise. Same KEYS and ARGV as _STORE.
-_RESTORE = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  return cur
+# Takes a free lease and gives it the next fencing number. KEYS: lease, fence, record.
+# ARGV: owner, lease ms. The fence hash keeps the last number (n) and until when its holder
+# may still believe it leads (until, server ms). Returns {0, pttl} when somebody holds the
+# lease; else {1, fence, wait ms, record exists}, where wait is how long the previous holder
+# may still believe it leads, or -1 when that is unknown (the history was lost with the
+# data: FLUSHALL, an empty restart); a lost history restarts the numbers from the server
+# clock in ms, above every number handed out before.
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('PTTL', KEYS[1])}
 end
-if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+""" + _NOW + """
+local last = tonumber(redis.call('HGET', KEYS[2], 'n'))
+local fence = now
+local wait = -1
+if last then
+  fence = math.max(last + 1, 1)
+  local untl = tonumber(redis.call('HGET', KEYS[2], 'until')) or 0
+  wait = math.max(untl - now, 0)
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return false
+redis.call('HSET', KEYS[2], 'n', string.format('%d', fence),
+           'until', string.format('%d', now + tonumber(ARGV[2])))
+return {1, fence, wait, redis.call('EXISTS', KEYS[3])}
 """
 
-# Renews a lease if it is still ours. A lease key that vanished (Redis restarted empty) is
-# taken again: nobody else can hold it, and the owner's local deadline has not passed.
-# KEYS: lease. ARGV: owner, lease ms. Returns 1 when renewed, 0 when somebody else holds it.
+# Renews a lease if it is still ours. KEYS: lease, fence. ARGV: owner, lease ms, channel,
+# name. Returns 1 when renewed. A lease that vanished is never taken back (a follower may
+# have taken it and be waiting for us to stop): we stop, say so in the history, and tell
+# the followers that it is free.
 _RENEW = """
 local cur = redis.call('GET', KEYS[1])
+""" + _NOW + """
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[2], 'until', string.format('%d', now + tonumber(ARGV[2])))
   return 1
 end
 if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  if not redis.call('HGET', KEYS[2], 'n') then
+    redis.call('HSET', KEYS[2], 'n', string.format('%d', now))
+  end
+  redis.call('HSET', KEYS[2], 'until', string.format('%d', now))
+  redis.call('PUBLISH', ARGV[3], '!' .. ARGV[4])
 end
 return 0
 """
 
-# Deletes a lease only if it is still ours. KEYS: lease. ARGV: owner.
+# Deletes a lease only if it is still ours, and tells the followers it is free.
+# KEYS: lease, fence. ARGV: owner, channel, name.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+""" + _NOW + """
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'until', string.format('%d', now))
+  redis.call('PUBLISH', ARGV[2], '!' .. ARGV[3])
+  return 1
 end
 return 0
 """
@@ -154,6 +194,37 @@ def _lease_clock() -> float:
     return time.monotonic()
 
 
+#: A record larger than this is malformed (an ECR header is about 4 KB).
+_MAX_RECORD = 64 * 1024
+
+
+def _order(record: Token) -> tuple[int, int]:
+    """Records compare by the lease that wrote them, then by generation."""
+    return (record.fence, record.generation)
+
+
+def _check_record(record: Token, now: float, where: str) -> None:
+    """Raise StorageError unless ``record`` has the types the cache and the rotator use."""
+    try:
+        numbers = (record.refreshed_at, record.expires_at, record.error_at)
+        if any(isinstance(x, bool) or not isinstance(x, int | float) for x in numbers
+               if x is not None) or not math.isfinite(record.refreshed_at):
+            raise TypeError
+        for count in (record.generation, record.fence, record.failures):
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError
+        for text in (record.value, record.error, record.leader):
+            if text is not None and not isinstance(text, str):
+                raise TypeError
+        if record.value is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
+                                            for c in record.value):
+            raise ValueError
+        record.usable(now)
+    except (TypeError, ValueError, OverflowError):
+        raise StorageError(f"{where}: not a valid token record (bad field types or "
+                           "values)") from None
+
+
 def _positive(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StorageError(f"RedisStorage: {what} must be a positive number of seconds, "
@@ -162,20 +233,30 @@ def _positive(value: float, what: str) -> float:
 
 
 class _RedisLease:
-    """Leadership of one token name; ``held()`` never touches the network."""
+    """Leadership of one token name; ``held()`` never touches the network.
 
-    def __init__(self, storage: RedisStorage, name: str, owner: str, deadline: float) -> None:
+    ``fence`` is the lease's fencing number: every record written under it carries it, and
+    Redis refuses a record from an older lease over one from a newer lease.
+    """
+
+    def __init__(self, storage: RedisStorage, name: str, owner: str, deadline: float,
+                 fence: int, ready_at: float) -> None:
         self._storage = storage
         self.name = name
         self.owner = owner
+        self.fence = fence
         self.deadline = deadline  # on _lease_clock; moved forward by each renewal
+        # Until then (on _lease_clock) the previous holder may still believe it leads: the
+        # lease is kept and renewed, but not handed to the rotator.
+        self.ready_at = ready_at
         self._lost = False
         # Serialises renewal and release: a renewal still in flight after release() could
-        # otherwise take a vanished key back for a process that no longer leads.
+        # otherwise act for a process that no longer leads.
         self.io = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<RedisLease {self.name!r} owner={self.owner!r} held={self.held()}>"
+        return (f"<RedisLease {self.name!r} owner={self.owner!r} fence={self.fence} "
+                f"held={self.held()}>")
 
     def held(self) -> bool:
         if self._lost:
@@ -217,7 +298,9 @@ class RedisStorage(BaseStorage):
     ``redis.Redis.from_url`` unchanged (``ssl_ca_certs``, ``ssl_certfile``, ...).
 
     :attr:`outages` counts the times Redis became unreachable, :attr:`errors` the failed
-    operations, and :attr:`connected` says whether it is reachable now (for metrics).
+    operations, :attr:`bad_records` the malformed records read (each treated as absent),
+    :attr:`restarts` the background threads restarted after an unexpected error, and
+    :attr:`connected` says whether it is reachable now (for metrics and ``/readyz``).
     """
 
     def __init__(
@@ -255,12 +338,19 @@ class RedisStorage(BaseStorage):
         self._client = self._connect(url, password=password, username=username,
                                      options=dict(redis_options or {}))
         self._scripts = {name: self._client.register_script(src) for name, src in
-                         (("store", _STORE), ("restore", _RESTORE), ("renew", _RENEW),
+                         (("store", _STORE), ("acquire", _ACQUIRE), ("renew", _RENEW),
                           ("release", _RELEASE))}
         self._channel = f"{prefix}events"
         self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
         self._unsaved: set[str] = set()  # written here, not yet in Redis
         self._leases: dict[int, _RedisLease] = {}
+        self._pending: dict[str, _RedisLease] = {}  # taken, waiting for the previous leader
+        self._free_at: dict[str, float] = {}  # a follower's next look at a lease (_lease_clock)
+        self._wakers: dict[str, list[Callable[[], None]]] = {}
+        self._bad: dict[str, bytes] = {}  # the malformed record last seen, per name
+        self._logged: dict[str, str] = {}
+        self.bad_records = 0
+        self.restarts = 0
         super().__init__(poll=_positive(poll, "poll"), margin=margin, clock=clock)
         self._init_network_threads()
 
@@ -372,6 +462,22 @@ class RedisStorage(BaseStorage):
     # -- watcher thread: pub/sub, reconnection, catching up --------------------------------
 
     def _watch(self) -> None:
+        # Bad data or a bug must not end the watcher for good: whatever escapes one round is
+        # logged (once per kind), counted in ``restarts``, and the loop starts over on a
+        # fresh connection.
+        while not self._stopping.is_set():
+            try:
+                self._watch_once()
+            except Exception as exc:
+                with self._state:
+                    self.restarts += 1
+                self._log_once("watcher", f"{type(exc).__name__}",
+                               "awstoken: Redis watcher restarted after an unexpected error",
+                               exc_info=True)
+                if self._stopping.wait(self._backoff(4)):
+                    return
+
+    def _watch_once(self) -> None:
         attempt = 0
         pubsub: Any = None
         try:
@@ -401,8 +507,6 @@ class RedisStorage(BaseStorage):
                     attempt = 1
                 elif message is not None and message.get("type") == "message":
                     self._on_event(message.get("data"))
-        except Exception:  # the watcher must never die silently
-            log.exception("awstoken: Redis watcher stopped by an unexpected error")
         finally:
             self._close_pubsub(pubsub)
 
@@ -423,24 +527,47 @@ class RedisStorage(BaseStorage):
                 pubsub.close()
 
     def _on_event(self, data: object) -> None:
+        """One message: ``!name`` (the lease is free), ``name\\nrecord`` (a new record),
+        or a bare ``name`` (an older writer: read the record)."""
+        if not isinstance(data, bytes):
+            return
+        head, newline, raw = data.partition(b"\n")
         try:
-            name = data.decode() if isinstance(data, bytes) else str(data)
+            name = head.decode("ascii")
         except UnicodeDecodeError:
+            return
+        if name.startswith("!"):
+            self._lease_free(name[1:])
             return
         with self._lock:
             watched = name in self._records
         if not watched:
             return
         try:
-            self._sync(name, self._call("reading a record", self._client.get,
-                                        self._key("token", name)))
+            if not newline:
+                raw = self._call("reading a record", self._client.get, self._key("token", name))
+            self._sync(name, raw)
         except AwstokenError as exc:
             log.debug("awstoken: token %r: could not reload after notification: %s", name, exc)
 
     def _catch_up(self) -> None:
-        """After (re)connecting: store what could not be stored, reload everything, renew."""
+        """After (re)connecting: store what could not be stored, reload everything, renew,
+        and let followers try the leases (a leader may have gone meanwhile)."""
         self._lease_wake.set()
         self._revalidate()
+        with self._state:
+            names = list(self._wakers)
+        for name in names:
+            self._lease_free(name)
+
+    def _log_once(self, key: str, kind: str, message: str, *args: object,
+                  exc_info: bool = False) -> None:
+        """Log ``message`` unless the same ``kind`` of trouble was just logged for ``key``."""
+        with self._state:
+            if self._logged.get(key) == kind:
+                return
+            self._logged[key] = kind
+        log.warning(message, *args, exc_info=exc_info)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -450,15 +577,48 @@ class RedisStorage(BaseStorage):
         return max(1, math.ceil((max(token.expires_at - self.clock(), 0.0)
                                  + self.expiry_grace) * 1000))
 
-    def _parse(self, name: str, raw: bytes) -> Token:
-        return Token.from_json(raw, where=f"token {name!r} in Redis at {self.url}")
+    def _parse(self, name: str, raw: bytes) -> Token | None:
+        """The record in ``raw``, or None (treated as absent) when it is malformed: logged
+        once, counted in ``bad_records``; the leader then fetches a fresh token over it."""
+        where = f"token {name!r} in Redis at {self.url}"
+        try:
+            if len(raw) > _MAX_RECORD:
+                raise StorageError(f"{where}: not a valid token record ({len(raw)} bytes)")
+            record = Token.from_json(raw, where=where)
+            _check_record(record, self.clock(), where)
+        except StorageError as exc:
+            with self._state:
+                first = self._bad.get(name) != raw
+                self._bad[name] = raw
+                if first:
+                    self.bad_records += 1
+            if first:
+                log.warning("awstoken: %s (treated as absent)", exc)
+            return None
+        with self._state:
+            self._bad.pop(name, None)
+        return record
 
-    def _script_write(self, script: str, name: str, token: Token, raw: bytes) -> bytes | None:
-        """Run the store or restore script; None when ``raw`` was written, else what is there."""
-        result: bytes | None = self._call(
-            "writing a record", self._scripts[script], keys=[self._key("token", name)],
-            args=[raw, token.generation, self._ttl_ms(token), self._channel, name])
-        return result
+    def _held_lease(self, name: str) -> _RedisLease | None:
+        with self._state:
+            leases = [lease for lease in self._leases.values() if lease.name == name]
+        return next((lease for lease in leases if lease.held()), None)
+
+    def _script_write(self, name: str, token: Token, raw: bytes) -> bytes | None:
+        """Run the fenced store script; None when ``raw`` was written, else what is there."""
+        lease = self._held_lease(name)
+        result = self._call(
+            "writing a record", self._scripts["store"],
+            keys=[self._key("token", name), self._key("lease", name)],
+            args=[raw, token.fence, token.generation, self._ttl_ms(token), self._channel, name,
+                  "" if lease is None else lease.owner])
+        written, leads = int(result[0]), int(result[1])
+        if lease is not None and not leads:
+            lease.lose("its lease is gone from Redis or held by another process")
+        if written:
+            return None
+        there: bytes = result[2]
+        return there
 
     def _load(self, name: str) -> Token | None:
         raw = self._call("reading a record", self._client.get, self._key("token", name))
@@ -467,8 +627,9 @@ class RedisStorage(BaseStorage):
     def _sync(self, name: str, raw: bytes | None) -> Token | None:
         """Bring the local record of ``name`` in line with ``raw`` (just read from Redis).
 
-        A record this process wrote but could not store goes to Redis first; a record missing
-        from Redis is written back if this process still holds a usable copy.
+        A record this process wrote but could not store goes to Redis if Redis holds nothing
+        newer (else it is dropped); a record missing from Redis (or malformed there) is
+        written back if this process still holds a usable copy.
         """
         with self._lock:
             local = self._records.get(name)
@@ -476,9 +637,10 @@ class RedisStorage(BaseStorage):
             known = self._raw.get(name, b"")
         if raw is not None and raw == known and not pending:
             return local
-        if local is not None and (pending or (raw is None and local.usable(self.clock()))):
+        record = None if raw is None else self._parse(name, raw)
+        if local is not None and (pending or (record is None and local.usable(self.clock()))):
             mine = local.to_json()
-            there = self._script_write("store" if pending else "restore", name, local, mine)
+            there = self._script_write(name, local, mine)
             with self._lock:
                 self._unsaved.discard(name)
             if there is None:
@@ -486,10 +648,14 @@ class RedisStorage(BaseStorage):
                     log.warning("awstoken: token %r was missing from Redis at %s; wrote back "
                                 "this process's copy (generation %d)", name, self.url,
                                 local.generation)
-                raw = mine
+                raw, record = mine, local
             else:
-                raw = there
-        record = None if raw is None else self._parse(name, raw)
+                if pending:
+                    log.warning("awstoken: token %r: dropped the record kept while Redis at "
+                                "%s was away: Redis holds a newer one", name, self.url)
+                raw, record = there, self._parse(name, there)
+        elif record is not None and local is not None and not pending and _order(record) < _order(local):
+            return local  # an answer overtaken by a newer record (pub/sub is faster than MGET)
         with self._lock:
             if self._raw.get(name, b"") != raw or name not in self._records:
                 self._raw[name] = raw
@@ -505,19 +671,32 @@ class RedisStorage(BaseStorage):
             return
         with self._lock:
             names = list(self._records)
-        if not names:
+        with self._state:
+            followed = list(self._wakers)
+        watched = {n for n in followed if self._held_lease(n) is None}
+        if not names and not watched:
             return
+        keys = [self._key("token", n) for n in names]
+        leases = sorted(watched)
         try:
             raws = self._call("revalidating records", self._client.mget,
-                              [self._key("token", n) for n in names])
+                              keys + [self._key("lease", n) for n in leases])
         except AwstokenError as exc:
             log.debug("awstoken: could not revalidate: %s", exc)
             return
-        for name, raw in zip(names, raws, strict=True):
+        for name, raw in zip(names, raws, strict=False):
             try:
                 self._sync(name, raw)
             except AwstokenError as exc:
-                log.warning("awstoken: could not revalidate token %r: %s", name, exc)
+                self._log_once(f"revalidate:{name}", str(exc),
+                               "awstoken: could not revalidate token %r: %s", name, exc)
+            except Exception as exc:  # bad data must not end the cache thread
+                self._log_once(f"revalidate:{name}", type(exc).__name__,
+                               "awstoken: token %r: unexpected error revalidating", name,
+                               exc_info=True)
+        for name, owner in zip(leases, raws[len(names):], strict=True):
+            if owner is None:  # vanished or expired without a word: a follower may lead
+                self._lease_free(name)
 
     def get(self, name: str) -> str | None:
         """The usable value of ``name``, or None. Only a name this process has never seen
@@ -561,16 +740,29 @@ class RedisStorage(BaseStorage):
 
     def write(self, name: str, token: Token) -> None:
         check_name(name)
+        token = self._stamp(name, token)
         with self._lock:
             # Memory first: if Redis is away, this process still serves the new token, and
-            # the watcher stores it when Redis is back.
+            # the watcher stores it when Redis is back (if nothing newer is there by then).
             self._remember(name, token)
             self._unsaved.add(name)
         self._store(name, token)
 
+    def _stamp(self, name: str, token: Token) -> Token:
+        """``token`` with the fence it is written under: the lease's if this process leads,
+        else that of the record it was made from (it then goes in only over an older one)."""
+        lease = self._held_lease(name)
+        if lease is not None:
+            fence = lease.fence
+        else:
+            with self._lock:
+                known = self._records.get(name)
+            fence = max(token.fence, known.fence if known is not None else 0)
+        return token if fence == token.fence else replace(token, fence=fence)
+
     def _store(self, name: str, token: Token) -> None:
         raw = token.to_json()
-        there = self._script_write("store", name, token, raw)
+        there = self._script_write(name, token, raw)
         with self._lock:
             if self._records.get(name) is token:
                 self._unsaved.discard(name)
@@ -579,7 +771,7 @@ class RedisStorage(BaseStorage):
                 if self._records.get(name) is token:
                     self._raw[name] = raw
             return
-        # Redis holds a newer generation (another leader was faster): adopt it.
+        # Redis holds a newer record (another leader was faster, or ours lapsed): adopt it.
         log.info("awstoken: token %r: Redis at %s already holds a newer record; using it",
                  name, self.url)
         self._sync(name, there)
@@ -587,26 +779,91 @@ class RedisStorage(BaseStorage):
     # -- leadership ------------------------------------------------------------------------
 
     def acquire(self, name: str) -> _RedisLease | None:
-        key = self._key("lease", name)
+        with self._state:
+            pending = self._pending.get(name)
+        if pending is not None:
+            return self._ready(pending)
         owner = f"{self._owner_prefix}{uuid.uuid4().hex[:16]}"
         sent = _lease_clock()
         try:
-            ok = self._call("acquiring a lease", self._client.set, key, owner, nx=True,
-                            px=math.ceil(self.lease * 1000))
+            result = self._call("acquiring a lease", self._scripts["acquire"],
+                                keys=[self._key("lease", name), self._key("fence", name),
+                                      self._key("token", name)],
+                                args=[owner, math.ceil(self.lease * 1000)])
         except AwstokenError as exc:
             if self.connected:  # an outage is logged once by _mark_down; anything else here
                 log.warning("awstoken: token %r: cannot take the lease: %s", name, exc)
             return None
-        if not ok:
+        if not int(result[0]):
+            # Somebody leads: look again when its lease would run out unless renewed (a
+            # release or a vanished lease is announced sooner, see _lease_free).
+            pttl = int(result[1])
+            with self._state:
+                self._free_at[name] = sent + (pttl / 1000 if pttl > 0 else 0.0)
             return None
-        lease = _RedisLease(self, name, owner, sent + self.lease - self.lease_margin)
+        fence, wait_ms, exists = (int(x) for x in result[1:4])
+        if wait_ms < 0:
+            # The history went with the data: whoever led before may believe it still does
+            # for up to a lease. A fresh deployment (no record anywhere) need not wait.
+            with self._lock:
+                known = self._records.get(name) is not None
+            wait_ms = math.ceil(self.lease * 1000) if (exists or known) else 0
+        lease = _RedisLease(self, name, owner, sent + self.lease - self.lease_margin, fence,
+                            sent + wait_ms / 1000)
         with self._state:
             self._leases[id(lease)] = lease
+            self._free_at.pop(name, None)
+            if wait_ms:
+                self._pending[name] = lease
             if self._lease_thread is None or not self._lease_thread.is_alive():
                 self._lease_thread = threading.Thread(
                     target=self._renew_leases, name="awstoken-redis-lease", daemon=True)
                 self._lease_thread.start()
+        if wait_ms:
+            log.info("awstoken: token %r: took the lease (fence %d); waiting %.1fs for the "
+                     "previous leader to stop", name, fence, wait_ms / 1000)
+            return None
         return lease
+
+    def _ready(self, lease: _RedisLease) -> _RedisLease | None:
+        """The waiting lease once its wait is over (None meanwhile or if it was lost)."""
+        if not lease.held():
+            with self._state:
+                self._pending.pop(lease.name, None)
+            return None
+        if _lease_clock() < lease.ready_at:
+            return None
+        with self._state:
+            self._pending.pop(lease.name, None)
+        return lease
+
+    def lease_wait(self, name: str, default: float) -> float:
+        """Seconds until this follower should try the lease of ``name`` again: when the lease
+        it saw would run out unless renewed (a release or a vanished lease wakes the waiters
+        registered with :meth:`on_lease_free` sooner), or ``default`` if unknown."""
+        now = _lease_clock()
+        with self._state:
+            pending = self._pending.get(name)
+            free_at = self._free_at.get(name)
+        if pending is not None:
+            return max(pending.ready_at - now, 0.0)
+        if free_at is None or not self.connected:
+            return default
+        return min(max(free_at - now, 0.01), self.lease)
+
+    def on_lease_free(self, name: str, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when the lease of ``name`` is released or found gone."""
+        with self._state:
+            callbacks = self._wakers.setdefault(check_name(name), [])
+            if wake not in callbacks:
+                callbacks.append(wake)
+
+    def _lease_free(self, name: str) -> None:
+        with self._state:
+            self._free_at.pop(name, None)
+            callbacks = list(self._wakers.get(name, ()))
+        for wake in callbacks:
+            wake()
 
     def leader(self, name: str) -> str | None:
         """The owner id (``host:pid:random``) of the lease of ``name``, or None."""
@@ -619,9 +876,15 @@ class RedisStorage(BaseStorage):
             with self._state:
                 leases = list(self._leases.values())
             for lease in leases:
-                with lease.io:
-                    if lease.held():
-                        self._renew(lease)
+                try:
+                    with lease.io:
+                        if lease.held():
+                            self._renew(lease)
+                except Exception:  # the lease thread must survive anything
+                    with self._state:
+                        self.restarts += 1
+                    log.exception("awstoken: token %r: unexpected error renewing the lease",
+                                  lease.name)
             self._lease_wake.wait(every)
             self._lease_wake.clear()
 
@@ -629,8 +892,9 @@ class RedisStorage(BaseStorage):
         sent = _lease_clock()
         try:
             ok = self._call("renewing a lease", self._scripts["renew"],
-                            keys=[self._key("lease", lease.name)],
-                            args=[lease.owner, math.ceil(self.lease * 1000)])
+                            keys=[self._key("lease", lease.name), self._key("fence", lease.name)],
+                            args=[lease.owner, math.ceil(self.lease * 1000), self._channel,
+                                  lease.name])
         except AwstokenError as exc:
             # held() turns False at the deadline unless a later renewal succeeds.
             if self.connected:
@@ -639,17 +903,20 @@ class RedisStorage(BaseStorage):
         if ok:
             lease.deadline = max(lease.deadline, sent + self.lease - self.lease_margin)
         else:
-            lease.lose("another process holds its lease")
+            lease.lose("its lease is gone from Redis or held by another process")
 
     def _forget_lease(self, lease: _RedisLease) -> None:
         with self._state:
             self._leases.pop(id(lease), None)
+            if self._pending.get(lease.name) is lease:
+                del self._pending[lease.name]
 
     def _release(self, lease: _RedisLease) -> None:
         self._forget_lease(lease)
         try:
             self._call("releasing a lease", self._scripts["release"],
-                       keys=[self._key("lease", lease.name)], args=[lease.owner])
+                       keys=[self._key("lease", lease.name), self._key("fence", lease.name)],
+                       args=[lease.owner, self._channel, lease.name])
         except AwstokenError as exc:
             log.debug("awstoken: token %r: lease not released (it will expire): %s",
                       lease.name, exc)
@@ -692,4 +959,5 @@ class RedisStorage(BaseStorage):
         # gives the child fresh pooled connections by itself.
         super()._after_fork_in_child()
         self._leases = {}
+        self._pending = {}
         self._init_network_threads()
