@@ -405,3 +405,127 @@ def test_a_renewal_in_flight_cannot_revive_a_released_lease(
     again = b.acquire("t")
     assert again is not None
     again.release()
+
+
+# -- records are input too (issue 10) ---------------------------------------------------------
+
+BAD_RECORDS = {
+    "expiry-as-string": b'{"value": "Bearer planted", "expires_at": "tomorrow", '
+                        b'"refreshed_at": 1, "generation": 50}',
+    "wrong-types": b'{"value": 42, "refreshed_at": "x", "generation": "7"}',
+    "control-chars": b'{"value": "Bearer pl\\u001b[2Jant\\u0000ed", "generation": 50}',
+    "one-mebibyte": b'{"value": "Bearer ' + b"A" * (1 << 20) + b'", "generation": 50}',
+    "not-json": b"\xff\xfe not a record",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_RECORDS))
+def test_a_malformed_record_never_kills_a_thread_and_is_replaced(
+        redis_server: RedisServer, make_storage: Factory, caplog: pytest.LogCaptureFixture,
+        kind: str) -> None:
+    runs: list[int] = []
+
+    def fetch() -> str:
+        runs.append(1)
+        return f"tok{len(runs)}"
+
+    leader_storage = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    follower = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    keeper = Keeper(leader_storage, interval=3600)
+    keeper.rotate("t", fetch, "Bearer {token}")
+    wait_until(lambda: follower.get("t") == "Bearer tok1")
+    raw = redis_server.client()
+    bad = BAD_RECORDS[kind]
+    for _ in range(3):
+        raw.set("awstoken:token:t", bad)
+        raw.publish("awstoken:events", b"t")  # the announcement of an older writer: GET
+        raw.publish("awstoken:events", b"t\n" + bad)  # the record in the message
+        time.sleep(0.4)
+    # Someone puts a valid record back (the last good copy, or a fresh fetch).
+    wait_until(lambda: Token.from_json(raw.get("awstoken:token:t"), where="test").value
+               in ("Bearer tok1", "Bearer tok2"), timeout=10)
+    for storage in (leader_storage, follower):
+        assert storage.get("t") in ("Bearer tok1", "Bearer tok2")
+        assert storage._watcher.is_alive()
+        assert storage._thread is not None and storage._thread.is_alive()
+        assert storage.bad_records >= 1
+    # And the storages keep working: a new token still reaches the follower.
+    keeper.rotators["t"].refresh()
+    wait_until(lambda: follower.get("t") == f"Bearer tok{len(runs)}")
+    warnings = [r for r in caplog.records if "not a valid token record" in r.getMessage()]
+    assert 1 <= len(warnings) <= 2, [r.getMessage()[:200] for r in warnings]  # once each
+    assert all(len(r.getMessage()) < 1000 for r in caplog.records)
+    assert not [r for r in caplog.records if "planted" in r.getMessage()]
+    raw.close()
+
+
+def test_a_watcher_that_fails_is_restarted_and_counted(
+        redis_server: RedisServer, make_storage: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = make_storage(redis_server.url)
+    reader = make_storage(redis_server.url, poll=3600)
+    writer.write("t", token("Bearer v1"))
+    assert reader.get("t") == "Bearer v1"
+    original = RedisStorage._on_event
+    failures = [RuntimeError("a bug in message handling")]
+
+    def broken(self: RedisStorage, data: object) -> None:
+        if failures and self is reader:
+            raise failures.pop()
+        original(self, data)
+
+    monkeypatch.setattr(RedisStorage, "_on_event", broken)
+    writer.write("t", token("Bearer v2", generation=2))
+    wait_until(lambda: reader.restarts == 1)
+    writer.write("t", token("Bearer v3", generation=3))
+    wait_until(lambda: reader.get("t") == "Bearer v3", timeout=5)
+    assert reader._watcher.is_alive()
+
+
+def _tls_pki(d: Path, server_name: str) -> None:
+    """A CA (with the extensions Python 3.13 requires) and a server certificate for
+    ``server_name`` only, made with openssl."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.crt", "-days", "2", "-subj", "/CN=awstoken test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+             "server.csr", "-subj", f"/CN={server_name}", cwd=d)
+    (d / "ext").write_text(f"subjectAltName=DNS:{server_name}\n"
+                           "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                           "extendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext", cwd=d)
+
+
+def test_rediss_refuses_an_impostor_certified_for_another_name(
+        tmp_path: Path, redis_server: RedisServer, make_storage: Factory) -> None:
+    """An impostor on the Redis address with a certificate from a trusted CA, but for
+    another host name: the client must refuse before sending the password."""
+    require_binary("openssl")
+    d = tmp_path / "tls"
+    d.mkdir()
+    _tls_pki(d, "impostor.example")
+    port = free_port()
+    server = RedisServer(redis_server.binary, d, port=port, extra=[
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", "server.crt",
+        "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+        "--tls-auth-clients", "no"])
+    server.scheme = "rediss"
+    # The fixture's own client skips the name check, to see the server up.
+    server.client_options = {"ssl_ca_certs": str(d / "ca.crt"), "ssl_check_hostname": False}
+    server.start()
+    try:
+        url = f"rediss://127.0.0.1:{port}/0"
+        storage = make_storage(url, redis_options={"ssl_ca_certs": str(d / "ca.crt")})
+        # Set explicitly: redis-py 5.x (which pyproject allows) does not check by default.
+        kwargs = storage._client.connection_pool.connection_kwargs
+        assert kwargs.get("ssl_check_hostname") is True
+        with pytest.raises(StorageError) as caught:
+            storage.read("t")
+        assert "127.0.0.1" in str(caught.value)
+        # The name check is what refused it: the same CA without the check connects.
+        lax = make_storage(url, redis_options={"ssl_ca_certs": str(d / "ca.crt"),
+                                               "ssl_check_hostname": False})
+        assert lax.read("t") is None
+    finally:
+        server.stop()

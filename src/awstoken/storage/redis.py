@@ -29,6 +29,7 @@ still holds a usable copy (``SET NX``, so nothing newer is ever overwritten).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -40,7 +41,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .._errors import AwstokenError, StorageError
 from .._token import Token
@@ -53,7 +54,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # Writes a record, fenced. KEYS: record, lease. ARGV: record, fence, generation, ttl ms (0:
-# none), channel, name, owner ('' when the writer holds no lease).
+# none), channel, name, owner ('' when the writer holds no lease), SHA-1 of a record known
+# to be malformed ('' if none; that exact record is replaced whatever it claims).
 # The writer leads if the lease holds its owner id right now. A record already there wins if
 # it is newer: a higher fence (a later lease wrote it), or the same fence and a higher
 # generation; and, unless the writer leads, also when it is the same (a record kept while
@@ -64,6 +66,7 @@ _STORE = """
 local leads = 0
 if ARGV[7] ~= '' and redis.call('GET', KEYS[2]) == ARGV[7] then leads = 1 end
 local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[8] ~= '' and redis.sha1hex(cur) == ARGV[8] then cur = false end
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' then
@@ -151,38 +154,72 @@ _REQUEST_TTL_MS = 24 * 3600 * 1000
 _SECRET_QUERY = re.compile(r"pass|secret|auth|token|key", re.IGNORECASE)
 
 
+def _split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``(scheme://, userinfo or None, rest)``. The userinfo runs to the *last* ``@`` before
+    the host: a password may hold ``/``, ``?``, ``#`` or ``@``, which urllib's parser takes
+    for the end of the authority, so that it would print the password as host or path."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", None, url
+    at = rest.rfind("@")
+    if at < 0:
+        return scheme + sep, None, rest
+    return scheme + sep, rest[:at], rest[at + 1:]
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (and any secret-looking query value) replaced by ``***``.
 
     A user name without a password is hidden too: some clients put the password there.
+    Every message that names a Redis URL goes through this one function.
     """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    head, userinfo, rest = _split_userinfo(url)
+    if not head:
         return "<invalid URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+    netloc = ""
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@" if colon and not re.search(r"[/?#@]", user) else "***@"
+    try:
+        parts = urlsplit(head + rest)
+    except ValueError:
+        return f"{head}{netloc}<invalid URL>"
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs],
                           safe="*/")
     # Built by hand: urlunsplit turns unix:///path into unix:/path.
-    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-            + (f"#{parts.fragment}" if parts.fragment else ""))
+    return (f"{parts.scheme}://{netloc}{parts.netloc}{parts.path}"
+            + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def _url_secrets(url: str) -> list[str]:
-    try:
-        parts = urlsplit(url)
-        found = [parts.password or "", parts.username or ""]
-        found += [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.search(k)]
-    except ValueError:
-        return []
-    return [s for s in found if len(s) >= 3]
+    """Secret text of ``url`` to scrub from foreign messages: the userinfo, its password,
+    the pieces a URL parser would make of them, and secret-looking query values."""
+    _, userinfo, rest = _split_userinfo(url)
+    found: list[str] = []
+    if userinfo is not None:
+        password = userinfo.partition(":")[2]
+        found += [userinfo, password, unquote(password), *re.split(r"[/?#@:]", userinfo)]
+        if re.search(r"[/?#@]", userinfo):
+            # What a URL parser makes of it: the password split into host, path, fragment.
+            with contextlib.suppress(ValueError):
+                parts = urlsplit(url)
+                found += [parts.netloc, parts.path, parts.query, parts.fragment]
+    with contextlib.suppress(ValueError):
+        found += [v for k, v in parse_qsl(urlsplit("x://" + rest).query)
+                  if _SECRET_QUERY.search(k)]
+    # Longest first: a piece never leaves the rest of a longer secret behind.
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
+
+
+def redact_text(text: str, url: str, password: str | None = None) -> str:
+    """``text`` (an error from a client library) without the secrets of ``url``/``password``."""
+    for secret in sorted({*_url_secrets(url), *([password] if password else [])}, key=len,
+                         reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _lease_clock() -> float:
@@ -322,7 +359,8 @@ class RedisStorage(BaseStorage):
     ) -> None:
         if not isinstance(url, str) or not url:
             raise StorageError("RedisStorage: the url must be a non-empty string")
-        self._secrets = [s for s in (password, *_url_secrets(url)) if s]
+        self._secrets = sorted({s for s in (password, *_url_secrets(url)) if s}, key=len,
+                               reverse=True)
         self.url = redact_url(url)
         self.prefix = prefix
         self.lease = _positive(lease, "lease")
@@ -375,6 +413,10 @@ class RedisStorage(BaseStorage):
             # Our own reconnection logic backs off; redis-py must not retry (and block) too.
             "retry": Retry(NoBackoff(), 0), "client_name": "awstoken",
         }
+        if url.startswith("rediss://"):
+            # redis-py 5.x does not check the server's host name unless told to: an impostor
+            # with any certificate from a trusted CA would get the password and the tokens.
+            settings["ssl_check_hostname"] = True
         if password is not None:
             settings["password"] = password
         if username is not None:
@@ -587,17 +629,23 @@ class RedisStorage(BaseStorage):
             record = Token.from_json(raw, where=where)
             _check_record(record, self.clock(), where)
         except StorageError as exc:
+            sha = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
             with self._state:
                 first = self._bad.get(name) != raw
                 self._bad[name] = raw
                 if first:
                     self.bad_records += 1
-            if first:
-                log.warning("awstoken: %s (treated as absent)", exc)
+            # Once per distinct bad record, however often it is read or planted again.
+            self._log_once(f"bad:{name}", sha, "awstoken: %s (treated as absent)", exc)
             return None
         with self._state:
             self._bad.pop(name, None)
         return record
+
+    def _bad_sha(self, name: str) -> str:
+        with self._state:
+            bad = self._bad.get(name)
+        return "" if bad is None else hashlib.sha1(bad, usedforsecurity=False).hexdigest()
 
     def _held_lease(self, name: str) -> _RedisLease | None:
         with self._state:
@@ -611,7 +659,7 @@ class RedisStorage(BaseStorage):
             "writing a record", self._scripts["store"],
             keys=[self._key("token", name), self._key("lease", name)],
             args=[raw, token.fence, token.generation, self._ttl_ms(token), self._channel, name,
-                  "" if lease is None else lease.owner])
+                  "" if lease is None else lease.owner, self._bad_sha(name)])
         written, leads = int(result[0]), int(result[1])
         if lease is not None and not leads:
             lease.lose("its lease is gone from Redis or held by another process")
