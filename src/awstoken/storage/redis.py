@@ -4,26 +4,36 @@ Layout under ``prefix`` (default ``awstoken:``)::
 
     <prefix>token:<name>     the record (JSON), expiring with the token (plus ``expiry_grace``)
     <prefix>lease:<name>     leadership: the owner id (``host:pid:random``), expiring after ``lease``
+    <prefix>fence:<name>     lease history: the last fencing number (n) and until when its
+                             holder may believe it leads (until, server ms)
     <prefix>refresh:<name>   the latest refresh request (epoch seconds)
-    <prefix>events           pub/sub channel: the name of every record just written
+    <prefix>events           pub/sub: ``name\\nrecord`` for each record written, ``!name``
+                             when a lease is released or found gone
 
 Reads never wait on the network on the hot path: every process keeps the usable values in the
 ``values`` dict of :class:`~awstoken.storage.BaseStorage`. A watcher thread listens on the
-events channel and reloads a record as soon as a writer announces it (about a millisecond);
-the cache thread also revalidates every known record with one ``MGET`` every ``poll`` seconds,
-which catches anything a dropped subscription missed.
+events channel and takes each new record from the message itself (about a millisecond); the
+cache thread also revalidates every known record (and the leases this process follows) with
+one ``MGET`` every ``poll`` seconds, which catches anything a dropped subscription missed.
 
-Leadership is a lease: ``SET NX PX`` with a unique owner id, renewed by a thread of the owner
-(compare-and-``PEXPIRE`` in one Lua script) and released only by its owner (compare-and-``DEL``).
-The owner keeps a local deadline on a clock that does not stop while the host sleeps: ``lease -
-lease_margin`` after it *sent* the last successful acquire or renewal, so ``held()`` turns False
-before Redis can let anybody else in, whether the owner hangs, loses Redis or is frozen.
+Leadership is a lease: ``SET NX PX`` with a unique owner id and a fencing number, renewed by
+a thread of the owner (compare-and-``PEXPIRE`` in one Lua script) and released only by its
+owner (compare-and-``DEL``). The owner keeps a local deadline on a clock that does not stop
+while the host sleeps: ``lease - lease_margin`` after it *sent* the last successful acquire
+or renewal, so ``held()`` turns False before Redis can let anybody else in, whether the
+owner hangs, loses Redis or is frozen. Safety does not rest on that timing alone:
+
+- every write runs in a Lua script that checks the lease and compares fencing numbers, so a
+  record written under an older lease never replaces one written under a newer lease;
+- a lease that vanished (FLUSHALL, an empty restart) is never taken back by its old owner,
+  and whoever takes it with the history lost waits one lease before leading;
+- a follower tries the lease when it would run out unless renewed, or when told it is free.
 
 When Redis is unavailable, every process keeps serving its cached values until they expire,
 counts the outage (:attr:`RedisStorage.outages`), logs it once, and reconnects with capped
-exponential backoff and jitter. On reconnection it writes back records it could not store, and
-a record missing from Redis (a restart that lost the data) is written back by any process that
-still holds a usable copy (``SET NX``, so nothing newer is ever overwritten).
+exponential backoff and jitter. On reconnection it writes back a record it could not store
+only if Redis holds nothing newer (else drops it), and a record missing from Redis (or
+malformed there) is written back by any process that still holds a usable copy.
 """
 
 from __future__ import annotations
