@@ -396,7 +396,7 @@ def test_a_renewal_in_flight_cannot_revive_a_released_lease(
         return real_call(what, func, *args, **kwargs)
 
     monkeypatch.setattr(a, "_call", slow_renewal)
-    a._lease_wake.set()  # renew now
+    a._leadership.wake.set()  # renew now
     assert renewing.wait(5)
     raw.delete("awstoken:lease:t")
     lease.release()  # waits for the renewal, then deletes what it took back
@@ -529,3 +529,32 @@ def test_rediss_refuses_an_impostor_certified_for_another_name(
         assert lax.read("t") is None
     finally:
         server.stop()
+
+
+def test_lease_deadlines_and_waits_follow_the_injected_clock(
+        redis_server: RedisServer, make_storage: Factory) -> None:
+    """The lease's local deadline and the wait after lost history run on ``lease_clock``:
+    no sleeping for a lease length."""
+    now = [1000.0]
+    a = make_storage(redis_server.url, lease=15, lease_clock=lambda: now[0])
+    lease = a.acquire("t")
+    assert lease is not None and lease.held()
+    now[0] += 15 - 3 - 0.01  # just before lease - lease_margin (15 / 5)
+    assert lease.held()
+    now[0] += 0.02
+    assert not lease.held()
+    # Redis loses its data while b holds a record: the next leader waits one lease.
+    b = make_storage(redis_server.url, lease=15, lease_clock=lambda: now[0])
+    b.write("t", token("Bearer v1"))
+    redis_server.client().flushall()
+    assert b.acquire("t") is None
+    assert b.lease_wait("t", 1.0) == pytest.approx(15.0)
+    pending = b._leadership._pending["t"]
+    now[0] += 10
+    b._leadership.renew(pending)  # what the renewal thread does every lease / 4
+    assert b.acquire("t") is None
+    now[0] += 4.9
+    assert b.acquire("t") is None
+    now[0] += 0.2
+    taken = b.acquire("t")
+    assert taken is pending and taken.held()

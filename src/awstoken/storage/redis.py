@@ -43,289 +43,29 @@ import hashlib
 import math
 import os
 import random
-import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .._errors import AwstokenError, StorageError
 from .._token import Token
 from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
-
-# Server time in milliseconds (Redis 5+ replicates script effects, so TIME is allowed).
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# Writes a record, fenced. KEYS: record, lease. ARGV: record, fence, generation, ttl ms (0:
-# none), channel, name, owner ('' when the writer holds no lease), SHA-1 of a record known
-# to be malformed ('' if none; that exact record is replaced whatever it claims).
-# The writer leads if the lease holds its owner id right now. A record already there wins if
-# it is newer: a higher fence (a later lease wrote it), or the same fence and a higher
-# generation; and, unless the writer leads, also when it is the same (a record kept while
-# Redis was away goes back only over an older one). A record that does not decode is
-# replaced. The message announcing the record carries it, so followers need no GET.
-# Returns {written (0/1), leads (0/1), record there when refused}.
-_STORE = """
-local leads = 0
-if ARGV[7] ~= '' and redis.call('GET', KEYS[2]) == ARGV[7] then leads = 1 end
-local cur = redis.call('GET', KEYS[1])
-if cur and ARGV[8] ~= '' and redis.sha1hex(cur) == ARGV[8] then cur = false end
-if cur then
-  local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' then
-    local cf = tonumber(rec.fence) or 0
-    local cg = tonumber(rec.generation) or 0
-    local f = tonumber(ARGV[2])
-    local g = tonumber(ARGV[3])
-    if cf > f or (cf == f and cg > g) or (leads == 0 and cf == f and cg == g) then
-      return {0, leads, cur}
-    end
-  end
-end
-if ARGV[4] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\n' .. ARGV[1])
-return {1, leads}
-"""
-
-# Takes a free lease and gives it the next fencing number. KEYS: lease, fence, record.
-# ARGV: owner, lease ms. The fence hash keeps the last number (n) and until when its holder
-# may still believe it leads (until, server ms). Returns {0, pttl} when somebody holds the
-# lease; else {1, fence, wait ms, record exists}, where wait is how long the previous holder
-# may still believe it leads, or -1 when that is unknown (the history was lost with the
-# data: FLUSHALL, an empty restart); a lost history restarts the numbers from the server
-# clock in ms, above every number handed out before.
-_ACQUIRE = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0, redis.call('PTTL', KEYS[1])}
-end
-""" + _NOW + """
-local last = tonumber(redis.call('HGET', KEYS[2], 'n'))
-local fence = now
-local wait = -1
-if last then
-  fence = math.max(last + 1, 1)
-  local untl = tonumber(redis.call('HGET', KEYS[2], 'until')) or 0
-  wait = math.max(untl - now, 0)
-end
-redis.call('HSET', KEYS[2], 'n', string.format('%d', fence),
-           'until', string.format('%d', now + tonumber(ARGV[2])))
-return {1, fence, wait, redis.call('EXISTS', KEYS[3])}
-"""
-
-# Renews a lease if it is still ours. KEYS: lease, fence. ARGV: owner, lease ms, channel,
-# name. Returns 1 when renewed. A lease that vanished is never taken back (a follower may
-# have taken it and be waiting for us to stop): we stop, say so in the history, and tell
-# the followers that it is free.
-_RENEW = """
-local cur = redis.call('GET', KEYS[1])
-""" + _NOW + """
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('HSET', KEYS[2], 'until', string.format('%d', now + tonumber(ARGV[2])))
-  return 1
-end
-if not cur then
-  if not redis.call('HGET', KEYS[2], 'n') then
-    redis.call('HSET', KEYS[2], 'n', string.format('%d', now))
-  end
-  redis.call('HSET', KEYS[2], 'until', string.format('%d', now))
-  redis.call('PUBLISH', ARGV[3], '!' .. ARGV[4])
-end
-return 0
-"""
-
-# Deletes a lease only if it is still ours, and tells the followers it is free.
-# KEYS: lease, fence. ARGV: owner, channel, name.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-""" + _NOW + """
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'until', string.format('%d', now))
-  redis.call('PUBLISH', ARGV[2], '!' .. ARGV[3])
-  return 1
-end
-return 0
-"""
+from ._redis_lease import Leadership, RedisLease
+from ._redis_lease import lease_clock as _lease_clock
+from ._redis_records import _MAX_RECORD, _STORE, _check_record, _order
+from ._redis_url import _url_secrets, redact_url
 
 #: How long a refresh request is kept (it only matters until the next refresh).
 _REQUEST_TTL_MS = 24 * 3600 * 1000
-
-_SECRET_QUERY = re.compile(r"pass|secret|auth|token|key", re.IGNORECASE)
-
-
-def _split_userinfo(url: str) -> tuple[str, str | None, str]:
-    """``(scheme://, userinfo or None, rest)``. The userinfo runs to the *last* ``@`` before
-    the host: a password may hold ``/``, ``?``, ``#`` or ``@``, which urllib's parser takes
-    for the end of the authority, so that it would print the password as host or path."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "", None, url
-    at = rest.rfind("@")
-    if at < 0:
-        return scheme + sep, None, rest
-    return scheme + sep, rest[:at], rest[at + 1:]
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (and any secret-looking query value) replaced by ``***``.
-
-    A user name without a password is hidden too: some clients put the password there.
-    Every message that names a Redis URL goes through this one function.
-    """
-    head, userinfo, rest = _split_userinfo(url)
-    if not head:
-        return "<invalid URL>"
-    netloc = ""
-    if userinfo is not None:
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:***@" if colon and not re.search(r"[/?#@]", user) else "***@"
-    try:
-        parts = urlsplit(head + rest)
-    except ValueError:
-        return f"{head}{netloc}<invalid URL>"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs],
-                          safe="*/")
-    # Built by hand: urlunsplit turns unix:///path into unix:/path.
-    return (f"{parts.scheme}://{netloc}{parts.netloc}{parts.path}"
-            + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else ""))
-
-
-def _url_secrets(url: str) -> list[str]:
-    """Secret text of ``url`` to scrub from foreign messages: the userinfo, its password,
-    the pieces a URL parser would make of them, and secret-looking query values."""
-    _, userinfo, rest = _split_userinfo(url)
-    found: list[str] = []
-    if userinfo is not None:
-        password = userinfo.partition(":")[2]
-        found += [userinfo, password, unquote(password), *re.split(r"[/?#@:]", userinfo)]
-        if re.search(r"[/?#@]", userinfo):
-            # What a URL parser makes of it: the password split into host, path, fragment.
-            with contextlib.suppress(ValueError):
-                parts = urlsplit(url)
-                found += [parts.netloc, parts.path, parts.query, parts.fragment]
-    with contextlib.suppress(ValueError):
-        found += [v for k, v in parse_qsl(urlsplit("x://" + rest).query)
-                  if _SECRET_QUERY.search(k)]
-    # Longest first: a piece never leaves the rest of a longer secret behind.
-    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
-
-
-def redact_text(text: str, url: str, password: str | None = None) -> str:
-    """``text`` (an error from a client library) without the secrets of ``url``/``password``."""
-    for secret in sorted({*_url_secrets(url), *([password] if password else [])}, key=len,
-                         reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _lease_clock() -> float:
-    # CLOCK_BOOTTIME keeps counting while the host is suspended, like the wall clock Redis
-    # expires keys with; CLOCK_MONOTONIC would let a resumed host believe it still leads.
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if boottime is not None:
-        return time.clock_gettime(boottime)
-    return time.monotonic()
-
-
-#: A record larger than this is malformed (an ECR header is about 4 KB).
-_MAX_RECORD = 64 * 1024
-
-
-def _order(record: Token) -> tuple[int, int]:
-    """Records compare by the lease that wrote them, then by generation."""
-    return (record.fence, record.generation)
-
-
-def _check_record(record: Token, now: float, where: str) -> None:
-    """Raise StorageError unless ``record`` has the types the cache and the rotator use."""
-    try:
-        numbers = (record.refreshed_at, record.expires_at, record.error_at)
-        if any(isinstance(x, bool) or not isinstance(x, int | float) for x in numbers
-               if x is not None) or not math.isfinite(record.refreshed_at):
-            raise TypeError
-        for count in (record.generation, record.fence, record.failures):
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise TypeError
-        for text in (record.value, record.error, record.leader):
-            if text is not None and not isinstance(text, str):
-                raise TypeError
-        if record.value is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
-                                            for c in record.value):
-            raise ValueError
-        record.usable(now)
-    except (TypeError, ValueError, OverflowError):
-        raise StorageError(f"{where}: not a valid token record (bad field types or "
-                           "values)") from None
-
 
 def _positive(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StorageError(f"RedisStorage: {what} must be a positive number of seconds, "
                            f"not {value!r}")
     return float(value)
-
-
-class _RedisLease:
-    """Leadership of one token name; ``held()`` never touches the network.
-
-    ``fence`` is the lease's fencing number: every record written under it carries it, and
-    Redis refuses a record from an older lease over one from a newer lease.
-    """
-
-    def __init__(self, storage: RedisStorage, name: str, owner: str, deadline: float,
-                 fence: int, ready_at: float) -> None:
-        self._storage = storage
-        self.name = name
-        self.owner = owner
-        self.fence = fence
-        self.deadline = deadline  # on _lease_clock; moved forward by each renewal
-        # Until then (on _lease_clock) the previous holder may still believe it leads: the
-        # lease is kept and renewed, but not handed to the rotator.
-        self.ready_at = ready_at
-        self._lost = False
-        # Serialises renewal and release: a renewal still in flight after release() could
-        # otherwise act for a process that no longer leads.
-        self.io = threading.Lock()
-
-    def __repr__(self) -> str:
-        return (f"<RedisLease {self.name!r} owner={self.owner!r} fence={self.fence} "
-                f"held={self.held()}>")
-
-    def held(self) -> bool:
-        if self._lost:
-            return False
-        if _lease_clock() >= self.deadline:
-            self.lose("its lease could not be renewed in time")
-            return False
-        return True
-
-    def lose(self, why: str) -> None:
-        """Stop leading (once), saying why."""
-        if not self._lost:
-            self._lost = True
-            log.warning("awstoken: token %r: this process stops leading: %s", self.name, why)
-        self._storage._forget_lease(self)
-
-    def release(self) -> None:
-        with self.io:
-            if self._lost:
-                return
-            self._lost = True
-            self._storage._release(self)
 
 
 class RedisStorage(BaseStorage):
@@ -342,7 +82,10 @@ class RedisStorage(BaseStorage):
     bounds every network call made by background threads. ``max_backoff`` caps the delay
     between reconnection attempts. Records expire in Redis ``expiry_grace`` seconds after
     the token does, so the last error stays visible for status. ``redis_options`` go to
-    ``redis.Redis.from_url`` unchanged (``ssl_ca_certs``, ``ssl_certfile``, ...).
+    ``redis.Redis.from_url`` unchanged (``ssl_ca_certs``, ``ssl_certfile``, ...; for
+    ``rediss://`` the server's host name is checked unless ``ssl_check_hostname`` is given).
+    ``lease_clock`` (seconds, monotonic, counting through suspend) times the lease's local
+    deadline; tests inject one to move time without sleeping.
 
     :attr:`outages` counts the times Redis became unreachable, :attr:`errors` the failed
     operations, :attr:`bad_records` the malformed records read (each treated as absent),
@@ -366,6 +109,7 @@ class RedisStorage(BaseStorage):
         expiry_grace: float = 60.0,
         redis_options: Mapping[str, Any] | None = None,
         clock: Clock = time.time,
+        lease_clock: Clock | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise StorageError("RedisStorage: the url must be a non-empty string")
@@ -385,16 +129,17 @@ class RedisStorage(BaseStorage):
         self.errors = 0
         self._client = self._connect(url, password=password, username=username,
                                      options=dict(redis_options or {}))
-        self._scripts = {name: self._client.register_script(src) for name, src in
-                         (("store", _STORE), ("acquire", _ACQUIRE), ("renew", _RENEW),
-                          ("release", _RELEASE))}
+        self._store_script = self._client.register_script(_STORE)
         self._channel = f"{prefix}events"
         self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
         self._unsaved: set[str] = set()  # written here, not yet in Redis
-        self._leases: dict[int, _RedisLease] = {}
-        self._pending: dict[str, _RedisLease] = {}  # taken, waiting for the previous leader
-        self._free_at: dict[str, float] = {}  # a follower's next look at a lease (_lease_clock)
-        self._wakers: dict[str, list[Callable[[], None]]] = {}
+        self._leadership = Leadership(
+            client=self._client, key=self._key, channel=self._channel,
+            call=lambda *args, **kwargs: self._call(*args, **kwargs),  # patchable in tests
+            lease=self.lease, margin=self.lease_margin,
+            owner_prefix=f"{socket.gethostname()}:{os.getpid()}:",
+            connected=lambda: self.connected, knows=self._knows, crashed=self._count_restart,
+            clock=lease_clock or _lease_clock)
         self._bad: dict[str, bytes] = {}  # the malformed record last seen, per name
         self._logged: dict[str, str] = {}
         self.bad_records = 0
@@ -443,9 +188,6 @@ class RedisStorage(BaseStorage):
         self._down_since: float | None = None
         self._stopping = threading.Event()
         self._reconnect = threading.Event()
-        self._lease_wake = threading.Event()
-        self._lease_thread: threading.Thread | None = None
-        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
         self._watcher = threading.Thread(target=self._watch, name="awstoken-redis-watch",
                                          daemon=True)
         self._watcher.start()
@@ -589,7 +331,7 @@ class RedisStorage(BaseStorage):
         except UnicodeDecodeError:
             return
         if name.startswith("!"):
-            self._lease_free(name[1:])
+            self._leadership.free(name[1:])
             return
         with self._lock:
             watched = name in self._records
@@ -605,12 +347,10 @@ class RedisStorage(BaseStorage):
     def _catch_up(self) -> None:
         """After (re)connecting: store what could not be stored, reload everything, renew,
         and let followers try the leases (a leader may have gone meanwhile)."""
-        self._lease_wake.set()
+        self._leadership.wake.set()
         self._revalidate()
-        with self._state:
-            names = list(self._wakers)
-        for name in names:
-            self._lease_free(name)
+        for name in self._leadership.followed():
+            self._leadership.free(name)
 
     def _log_once(self, key: str, kind: str, message: str, *args: object,
                   exc_info: bool = False) -> None:
@@ -657,16 +397,18 @@ class RedisStorage(BaseStorage):
             bad = self._bad.get(name)
         return "" if bad is None else hashlib.sha1(bad, usedforsecurity=False).hexdigest()
 
-    def _held_lease(self, name: str) -> _RedisLease | None:
-        with self._state:
-            leases = [lease for lease in self._leases.values() if lease.name == name]
-        return next((lease for lease in leases if lease.held()), None)
+    def _held_lease(self, name: str) -> RedisLease | None:
+        return self._leadership.held(name)
+
+    def _knows(self, name: str) -> bool:
+        with self._lock:
+            return self._records.get(name) is not None
 
     def _script_write(self, name: str, token: Token, raw: bytes) -> bytes | None:
         """Run the fenced store script; None when ``raw`` was written, else what is there."""
         lease = self._held_lease(name)
         result = self._call(
-            "writing a record", self._scripts["store"],
+            "writing a record", self._store_script,
             keys=[self._key("token", name), self._key("lease", name)],
             args=[raw, token.fence, token.generation, self._ttl_ms(token), self._channel, name,
                   "" if lease is None else lease.owner, self._bad_sha(name)])
@@ -729,9 +471,7 @@ class RedisStorage(BaseStorage):
             return
         with self._lock:
             names = list(self._records)
-        with self._state:
-            followed = list(self._wakers)
-        watched = {n for n in followed if self._held_lease(n) is None}
+        watched = {n for n in self._leadership.followed() if self._held_lease(n) is None}
         if not names and not watched:
             return
         keys = [self._key("token", n) for n in names]
@@ -754,7 +494,7 @@ class RedisStorage(BaseStorage):
                                exc_info=True)
         for name, owner in zip(leases, raws[len(names):], strict=True):
             if owner is None:  # vanished or expired without a word: a follower may lead
-                self._lease_free(name)
+                self._leadership.free(name)
 
     def get(self, name: str) -> str | None:
         """The usable value of ``name``, or None. Only a name this process has never seen
@@ -834,150 +574,29 @@ class RedisStorage(BaseStorage):
                  name, self.url)
         self._sync(name, there)
 
-    # -- leadership ------------------------------------------------------------------------
+    # -- leadership (see _redis_lease) ----------------------------------------------------
 
-    def acquire(self, name: str) -> _RedisLease | None:
-        with self._state:
-            pending = self._pending.get(name)
-        if pending is not None:
-            return self._ready(pending)
-        owner = f"{self._owner_prefix}{uuid.uuid4().hex[:16]}"
-        sent = _lease_clock()
-        try:
-            result = self._call("acquiring a lease", self._scripts["acquire"],
-                                keys=[self._key("lease", name), self._key("fence", name),
-                                      self._key("token", name)],
-                                args=[owner, math.ceil(self.lease * 1000)])
-        except AwstokenError as exc:
-            if self.connected:  # an outage is logged once by _mark_down; anything else here
-                log.warning("awstoken: token %r: cannot take the lease: %s", name, exc)
-            return None
-        if not int(result[0]):
-            # Somebody leads: look again when its lease would run out unless renewed (a
-            # release or a vanished lease is announced sooner, see _lease_free).
-            pttl = int(result[1])
-            with self._state:
-                self._free_at[name] = sent + (pttl / 1000 if pttl > 0 else 0.0)
-            return None
-        fence, wait_ms, exists = (int(x) for x in result[1:4])
-        if wait_ms < 0:
-            # The history went with the data: whoever led before may believe it still does
-            # for up to a lease. A fresh deployment (no record anywhere) need not wait.
-            with self._lock:
-                known = self._records.get(name) is not None
-            wait_ms = math.ceil(self.lease * 1000) if (exists or known) else 0
-        lease = _RedisLease(self, name, owner, sent + self.lease - self.lease_margin, fence,
-                            sent + wait_ms / 1000)
-        with self._state:
-            self._leases[id(lease)] = lease
-            self._free_at.pop(name, None)
-            if wait_ms:
-                self._pending[name] = lease
-            if self._lease_thread is None or not self._lease_thread.is_alive():
-                self._lease_thread = threading.Thread(
-                    target=self._renew_leases, name="awstoken-redis-lease", daemon=True)
-                self._lease_thread.start()
-        if wait_ms:
-            log.info("awstoken: token %r: took the lease (fence %d); waiting %.1fs for the "
-                     "previous leader to stop", name, fence, wait_ms / 1000)
-            return None
-        return lease
-
-    def _ready(self, lease: _RedisLease) -> _RedisLease | None:
-        """The waiting lease once its wait is over (None meanwhile or if it was lost)."""
-        if not lease.held():
-            with self._state:
-                self._pending.pop(lease.name, None)
-            return None
-        if _lease_clock() < lease.ready_at:
-            return None
-        with self._state:
-            self._pending.pop(lease.name, None)
-        return lease
+    def acquire(self, name: str) -> RedisLease | None:
+        return self._leadership.acquire(check_name(name))
 
     def lease_wait(self, name: str, default: float) -> float:
         """Seconds until this follower should try the lease of ``name`` again: when the lease
         it saw would run out unless renewed (a release or a vanished lease wakes the waiters
         registered with :meth:`on_lease_free` sooner), or ``default`` if unknown."""
-        now = _lease_clock()
-        with self._state:
-            pending = self._pending.get(name)
-            free_at = self._free_at.get(name)
-        if pending is not None:
-            return max(pending.ready_at - now, 0.0)
-        if free_at is None or not self.connected:
-            return default
-        return min(max(free_at - now, 0.01), self.lease)
+        return self._leadership.wait(name, default)
 
     def on_lease_free(self, name: str, wake: Callable[[], None]) -> None:
         """Call ``wake`` when the lease of ``name`` is released or found gone."""
-        with self._state:
-            callbacks = self._wakers.setdefault(check_name(name), [])
-            if wake not in callbacks:
-                callbacks.append(wake)
-
-    def _lease_free(self, name: str) -> None:
-        with self._state:
-            self._free_at.pop(name, None)
-            callbacks = list(self._wakers.get(name, ()))
-        for wake in callbacks:
-            wake()
+        self._leadership.on_free(check_name(name), wake)
 
     def leader(self, name: str) -> str | None:
         """The owner id (``host:pid:random``) of the lease of ``name``, or None."""
         raw = self._call("reading a lease", self._client.get, self._key("lease", name))
         return None if raw is None else bytes(raw).decode(errors="replace")
 
-    def _renew_leases(self) -> None:
-        every = self.lease / 4
-        while not self._stopping.is_set():
-            with self._state:
-                leases = list(self._leases.values())
-            for lease in leases:
-                try:
-                    with lease.io:
-                        if lease.held():
-                            self._renew(lease)
-                except Exception:  # the lease thread must survive anything
-                    with self._state:
-                        self.restarts += 1
-                    log.exception("awstoken: token %r: unexpected error renewing the lease",
-                                  lease.name)
-            self._lease_wake.wait(every)
-            self._lease_wake.clear()
-
-    def _renew(self, lease: _RedisLease) -> None:
-        sent = _lease_clock()
-        try:
-            ok = self._call("renewing a lease", self._scripts["renew"],
-                            keys=[self._key("lease", lease.name), self._key("fence", lease.name)],
-                            args=[lease.owner, math.ceil(self.lease * 1000), self._channel,
-                                  lease.name])
-        except AwstokenError as exc:
-            # held() turns False at the deadline unless a later renewal succeeds.
-            if self.connected:
-                log.warning("awstoken: token %r: cannot renew the lease: %s", lease.name, exc)
-            return
-        if ok:
-            lease.deadline = max(lease.deadline, sent + self.lease - self.lease_margin)
-        else:
-            lease.lose("its lease is gone from Redis or held by another process")
-
-    def _forget_lease(self, lease: _RedisLease) -> None:
+    def _count_restart(self) -> None:
         with self._state:
-            self._leases.pop(id(lease), None)
-            if self._pending.get(lease.name) is lease:
-                del self._pending[lease.name]
-
-    def _release(self, lease: _RedisLease) -> None:
-        self._forget_lease(lease)
-        try:
-            self._call("releasing a lease", self._scripts["release"],
-                       keys=[self._key("lease", lease.name), self._key("fence", lease.name)],
-                       args=[lease.owner, self._channel, lease.name])
-        except AwstokenError as exc:
-            log.debug("awstoken: token %r: lease not released (it will expire): %s",
-                      lease.name, exc)
+            self.restarts += 1
 
     # -- refresh requests ------------------------------------------------------------------
 
@@ -1000,15 +619,10 @@ class RedisStorage(BaseStorage):
 
     def close(self) -> None:
         self._stopping.set()
-        self._lease_wake.set()
-        with self._state:
-            leases = list(self._leases.values())
-        for lease in leases:
-            lease.release()
+        self._leadership.close()
         super().close()
-        for thread in (self._watcher, self._lease_thread):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=5)
+        if self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
         with contextlib.suppress(Exception):
             self._client.close()
 
@@ -1016,6 +630,6 @@ class RedisStorage(BaseStorage):
         # The parent's leases, threads and pub/sub connection stay the parent's; redis-py
         # gives the child fresh pooled connections by itself.
         super()._after_fork_in_child()
-        self._leases = {}
-        self._pending = {}
+        self._leadership.forked()
+        self._leadership.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
         self._init_network_threads()
