@@ -558,3 +558,32 @@ def test_lease_deadlines_and_waits_follow_the_injected_clock(
     now[0] += 0.2
     taken = b.acquire("t")
     assert taken is pending and taken.held()
+
+
+def test_a_record_planted_with_a_forged_fence_is_replaced_by_the_next_refresh(
+        redis_server: RedisServer, make_storage: Factory) -> None:
+    """Fences order records only if they were handed out: a record claiming a fence above
+    every lease so far (planted by whoever can write to Redis) must not pin the fleet."""
+    runs: list[int] = []
+
+    def fetch() -> str:
+        runs.append(1)
+        return f"tok{len(runs)}"
+
+    leader_storage = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    follower = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    keeper = Keeper(leader_storage, interval=3600)
+    rotator = keeper.rotate("t", fetch, "Bearer {token}")
+    wait_until(lambda: follower.get("t") == "Bearer tok1")
+    raw = redis_server.client()
+    planted = Token(value="Bearer planted", expires_at=time.time() + 3600, refreshed_at=1.0,
+                    generation=7, fence=10**15)
+    raw.set("awstoken:token:t", planted.to_json())
+    raw.publish("awstoken:events", b"t\n" + planted.to_json())
+    rotator.wake()  # the planted record is due (refreshed long ago): the leader refreshes
+    wait_until(lambda: follower.get("t") not in (None, "Bearer tok1", "Bearer planted"),
+               timeout=10)
+    stored = Token.from_json(raw.get("awstoken:token:t"), where="test")
+    assert stored.value == follower.get("t") == leader_storage.get("t")
+    assert stored.fence < 10**15 and stored.generation == 8
+    raw.close()

@@ -7,14 +7,15 @@ import math
 from .._errors import StorageError
 from .._token import Token
 
-# Writes a record, fenced. KEYS: record, lease. ARGV: record, fence, generation, ttl ms (0:
+# Writes a record, fenced. KEYS: record, lease, fence history. ARGV: record, fence, generation, ttl ms (0:
 # none), channel, name, owner ('' when the writer holds no lease), SHA-1 of a record known
 # to be malformed ('' if none; that exact record is replaced whatever it claims).
 # The writer leads if the lease holds its owner id right now. A record already there wins if
 # it is newer: a higher fence (a later lease wrote it), or the same fence and a higher
 # generation; and, unless the writer leads, also when it is the same (a record kept while
-# Redis was away goes back only over an older one). A record that does not decode is
-# replaced. The message announcing the record carries it, so followers need no GET.
+# Redis was away goes back only over an older one). A record that does not decode, or
+# claims a fence above any handed out (planted), is replaced. The message announcing the
+# record carries it, so followers need no GET.
 # Returns {written (0/1), leads (0/1), record there when refused}.
 _STORE = """
 local leads = 0
@@ -28,6 +29,10 @@ if cur then
     local cg = tonumber(rec.generation) or 0
     local f = tonumber(ARGV[2])
     local g = tonumber(ARGV[3])
+    local n = tonumber(redis.call('HGET', KEYS[3], 'n'))
+    if n and cf > n then
+      cf, cg = -1, -1
+    end
     if cf > f or (cf == f and cg > g) or (leads == 0 and cf == f and cg == g) then
       return {0, leads, cur}
     end
@@ -44,11 +49,6 @@ return {1, leads}
 
 #: A record larger than this is malformed (an ECR header is about 4 KB).
 _MAX_RECORD = 64 * 1024
-
-
-def _order(record: Token) -> tuple[int, int]:
-    """Records compare by the lease that wrote them, then by generation."""
-    return (record.fence, record.generation)
 
 
 def _check_record(record: Token, now: float, where: str) -> None:

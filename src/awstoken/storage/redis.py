@@ -55,7 +55,7 @@ from .._token import Token
 from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
 from ._redis_lease import Leadership, RedisLease
 from ._redis_lease import lease_clock as _lease_clock
-from ._redis_records import _MAX_RECORD, _STORE, _check_record, _order
+from ._redis_records import _MAX_RECORD, _STORE, _check_record
 from ._redis_url import _url_secrets, redact_url
 
 #: How long a refresh request is kept (it only matters until the next refresh).
@@ -140,6 +140,7 @@ class RedisStorage(BaseStorage):
             owner_prefix=f"{socket.gethostname()}:{os.getpid()}:",
             connected=lambda: self.connected, knows=self._knows, crashed=self._count_restart,
             clock=lease_clock or _lease_clock)
+        self._seq: dict[str, int] = {}  # record messages seen, per name
         self._bad: dict[str, bytes] = {}  # the malformed record last seen, per name
         self._logged: dict[str, str] = {}
         self.bad_records = 0
@@ -337,6 +338,8 @@ class RedisStorage(BaseStorage):
             watched = name in self._records
         if not watched:
             return
+        with self._lock:
+            self._seq[name] = self._seq.get(name, 0) + 1
         try:
             if not newline:
                 raw = self._call("reading a record", self._client.get, self._key("token", name))
@@ -409,7 +412,7 @@ class RedisStorage(BaseStorage):
         lease = self._held_lease(name)
         result = self._call(
             "writing a record", self._store_script,
-            keys=[self._key("token", name), self._key("lease", name)],
+            keys=[self._key("token", name), self._key("lease", name), self._key("fence", name)],
             args=[raw, token.fence, token.generation, self._ttl_ms(token), self._channel, name,
                   "" if lease is None else lease.owner, self._bad_sha(name)])
         written, leads = int(result[0]), int(result[1])
@@ -421,21 +424,26 @@ class RedisStorage(BaseStorage):
         return there
 
     def _load(self, name: str) -> Token | None:
+        seq = self._seq.get(name, 0)
         raw = self._call("reading a record", self._client.get, self._key("token", name))
-        return self._sync(name, raw)
+        return self._sync(name, raw, seq)
 
-    def _sync(self, name: str, raw: bytes | None) -> Token | None:
+    def _sync(self, name: str, raw: bytes | None, seq: int | None = None) -> Token | None:
         """Bring the local record of ``name`` in line with ``raw`` (just read from Redis).
 
         A record this process wrote but could not store goes to Redis if Redis holds nothing
         newer (else it is dropped); a record missing from Redis (or malformed there) is
-        written back if this process still holds a usable copy.
+        written back if this process still holds a usable copy. ``seq``: the number of
+        messages about ``name`` seen when ``raw`` was asked for; if one arrived since, it
+        is newer than ``raw`` (pub/sub overtakes a GET or MGET answer), and ``raw`` is
+        ignored.
         """
         with self._lock:
             local = self._records.get(name)
             pending = name in self._unsaved
             known = self._raw.get(name, b"")
-        if raw is not None and raw == known and not pending:
+            overtaken = seq is not None and self._seq.get(name, 0) != seq
+        if ((raw is not None and raw == known) or overtaken) and not pending:
             return local
         record = None if raw is None else self._parse(name, raw)
         if local is not None and (pending or (record is None and local.usable(self.clock()))):
@@ -454,8 +462,6 @@ class RedisStorage(BaseStorage):
                     log.warning("awstoken: token %r: dropped the record kept while Redis at "
                                 "%s was away: Redis holds a newer one", name, self.url)
                 raw, record = there, self._parse(name, there)
-        elif record is not None and local is not None and not pending and _order(record) < _order(local):
-            return local  # an answer overtaken by a newer record (pub/sub is faster than MGET)
         with self._lock:
             if self._raw.get(name, b"") != raw or name not in self._records:
                 self._raw[name] = raw
@@ -476,15 +482,17 @@ class RedisStorage(BaseStorage):
             return
         keys = [self._key("token", n) for n in names]
         leases = sorted(watched)
+        with self._lock:
+            seqs = [self._seq.get(n, 0) for n in names]
         try:
             raws = self._call("revalidating records", self._client.mget,
                               keys + [self._key("lease", n) for n in leases])
         except AwstokenError as exc:
             log.debug("awstoken: could not revalidate: %s", exc)
             return
-        for name, raw in zip(names, raws, strict=False):
+        for name, raw, seq in zip(names, raws, seqs, strict=False):
             try:
-                self._sync(name, raw)
+                self._sync(name, raw, seq)
             except AwstokenError as exc:
                 self._log_once(f"revalidate:{name}", str(exc),
                                "awstoken: could not revalidate token %r: %s", name, exc)
