@@ -39,8 +39,6 @@ malformed there) is written back by any process that still holds a usable copy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
 import os
 import random
 import socket
@@ -55,7 +53,7 @@ from .._token import Token
 from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
 from ._redis_lease import Leadership, RedisLease
 from ._redis_lease import lease_clock as _lease_clock
-from ._redis_records import _MAX_RECORD, _STORE, _check_record
+from ._redis_records import RecordIO
 from ._redis_url import _url_secrets, redact_url
 
 #: How long a refresh request is kept (it only matters until the next refresh).
@@ -129,7 +127,7 @@ class RedisStorage(BaseStorage):
         self.errors = 0
         self._client = self._connect(url, password=password, username=username,
                                      options=dict(redis_options or {}))
-        self._store_script = self._client.register_script(_STORE)
+
         self._channel = f"{prefix}events"
         self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
         self._unsaved: set[str] = set()  # written here, not yet in Redis
@@ -140,10 +138,13 @@ class RedisStorage(BaseStorage):
             owner_prefix=f"{socket.gethostname()}:{os.getpid()}:",
             connected=lambda: self.connected, knows=self._knows, crashed=self._count_restart,
             clock=lease_clock or _lease_clock)
+        self._io = RecordIO(
+            client=self._client, key=self._key, channel=self._channel, url=self.url,
+            call=lambda *args, **kwargs: self._call(*args, **kwargs),
+            expiry_grace=self.expiry_grace, clock=lambda: self.clock(), held=self._held_lease,
+            log_once=lambda *args, **kwargs: self._log_once(*args, **kwargs))
         self._seq: dict[str, int] = {}  # record messages seen, per name
-        self._bad: dict[str, bytes] = {}  # the malformed record last seen, per name
         self._logged: dict[str, str] = {}
-        self.bad_records = 0
         self.restarts = 0
         super().__init__(poll=_positive(poll, "poll"), margin=margin, clock=clock)
         self._init_network_threads()
@@ -192,6 +193,11 @@ class RedisStorage(BaseStorage):
         self._watcher = threading.Thread(target=self._watch, name="awstoken-redis-watch",
                                          daemon=True)
         self._watcher.start()
+
+    @property
+    def bad_records(self) -> int:
+        """Malformed records read (each treated as absent)."""
+        return self._io.bad_records
 
     @property
     def connected(self) -> bool:
@@ -341,9 +347,7 @@ class RedisStorage(BaseStorage):
         with self._lock:
             self._seq[name] = self._seq.get(name, 0) + 1
         try:
-            if not newline:
-                raw = self._call("reading a record", self._client.get, self._key("token", name))
-            self._sync(name, raw)
+            self._sync(name, raw if newline else self._io.get(name))
         except AwstokenError as exc:
             log.debug("awstoken: token %r: could not reload after notification: %s", name, exc)
 
@@ -366,40 +370,6 @@ class RedisStorage(BaseStorage):
 
     # -- records ---------------------------------------------------------------------------
 
-    def _ttl_ms(self, token: Token) -> int:
-        if token.expires_at is None:
-            return 0
-        return max(1, math.ceil((max(token.expires_at - self.clock(), 0.0)
-                                 + self.expiry_grace) * 1000))
-
-    def _parse(self, name: str, raw: bytes) -> Token | None:
-        """The record in ``raw``, or None (treated as absent) when it is malformed: logged
-        once, counted in ``bad_records``; the leader then fetches a fresh token over it."""
-        where = f"token {name!r} in Redis at {self.url}"
-        try:
-            if len(raw) > _MAX_RECORD:
-                raise StorageError(f"{where}: not a valid token record ({len(raw)} bytes)")
-            record = Token.from_json(raw, where=where)
-            _check_record(record, self.clock(), where)
-        except StorageError as exc:
-            sha = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
-            with self._state:
-                first = self._bad.get(name) != raw
-                self._bad[name] = raw
-                if first:
-                    self.bad_records += 1
-            # Once per distinct bad record, however often it is read or planted again.
-            self._log_once(f"bad:{name}", sha, "awstoken: %s (treated as absent)", exc)
-            return None
-        with self._state:
-            self._bad.pop(name, None)
-        return record
-
-    def _bad_sha(self, name: str) -> str:
-        with self._state:
-            bad = self._bad.get(name)
-        return "" if bad is None else hashlib.sha1(bad, usedforsecurity=False).hexdigest()
-
     def _held_lease(self, name: str) -> RedisLease | None:
         return self._leadership.held(name)
 
@@ -407,26 +377,9 @@ class RedisStorage(BaseStorage):
         with self._lock:
             return self._records.get(name) is not None
 
-    def _script_write(self, name: str, token: Token, raw: bytes) -> bytes | None:
-        """Run the fenced store script; None when ``raw`` was written, else what is there."""
-        lease = self._held_lease(name)
-        result = self._call(
-            "writing a record", self._store_script,
-            keys=[self._key("token", name), self._key("lease", name), self._key("fence", name)],
-            args=[raw, token.fence, token.generation, self._ttl_ms(token), self._channel, name,
-                  "" if lease is None else lease.owner, self._bad_sha(name)])
-        written, leads = int(result[0]), int(result[1])
-        if lease is not None and not leads:
-            lease.lose("its lease is gone from Redis or held by another process")
-        if written:
-            return None
-        there: bytes = result[2]
-        return there
-
     def _load(self, name: str) -> Token | None:
         seq = self._seq.get(name, 0)
-        raw = self._call("reading a record", self._client.get, self._key("token", name))
-        return self._sync(name, raw, seq)
+        return self._sync(name, self._io.get(name), seq)
 
     def _sync(self, name: str, raw: bytes | None, seq: int | None = None) -> Token | None:
         """Bring the local record of ``name`` in line with ``raw`` (just read from Redis).
@@ -445,10 +398,10 @@ class RedisStorage(BaseStorage):
             overtaken = seq is not None and self._seq.get(name, 0) != seq
         if ((raw is not None and raw == known) or overtaken) and not pending:
             return local
-        record = None if raw is None else self._parse(name, raw)
+        record = None if raw is None else self._io.parse(name, raw)
         if local is not None and (pending or (record is None and local.usable(self.clock()))):
             mine = local.to_json()
-            there = self._script_write(name, local, mine)
+            there = self._io.write(name, local, mine)
             with self._lock:
                 self._unsaved.discard(name)
             if there is None:
@@ -461,7 +414,7 @@ class RedisStorage(BaseStorage):
                 if pending:
                     log.warning("awstoken: token %r: dropped the record kept while Redis at "
                                 "%s was away: Redis holds a newer one", name, self.url)
-                raw, record = there, self._parse(name, there)
+                raw, record = there, self._io.parse(name, there)
         with self._lock:
             if self._raw.get(name, b"") != raw or name not in self._records:
                 self._raw[name] = raw
@@ -568,7 +521,7 @@ class RedisStorage(BaseStorage):
 
     def _store(self, name: str, token: Token) -> None:
         raw = token.to_json()
-        there = self._script_write(name, token, raw)
+        there = self._io.write(name, token, raw)
         with self._lock:
             if self._records.get(name) is token:
                 self._unsaved.discard(name)
