@@ -269,9 +269,11 @@ class Rotator:
     def _refresh_locked(self, record: Token | None) -> None:
         with self._refresh_lock:
             # Re-checked at the last moment: reading the record may have blocked (a silent
-            # network) past the lease's local deadline.
+            # network) past the lease's local deadline. A lease that can ask its storage
+            # (Redis: a renewal) does, so that a lease gone from the storage is noticed now.
             lease = self._lease
-            if lease is None or not lease.held():
+            confirm = getattr(lease, "confirm", None)
+            if lease is None or not (confirm() if confirm is not None else lease.held()):
                 log.warning("awstoken: token %r: leadership was lost before the refresh; not "
                             "running the source", self.name)
                 return

@@ -587,3 +587,27 @@ def test_a_record_planted_with_a_forged_fence_is_replaced_by_the_next_refresh(
     assert stored.value == follower.get("t") == leader_storage.get("t")
     assert stored.fence < 10**15 and stored.generation == 8
     raw.close()
+
+
+def test_a_leader_confirms_its_lease_just_before_running_the_source(
+        redis_server: RedisServer, make_storage: Factory) -> None:
+    """A lease key that vanishes (deleted, evicted; FLUSHALL sends no keyspace event either)
+    must not be learnt of only at the next periodic renewal, a quarter lease later, with
+    source runs meanwhile."""
+    raw = redis_server.client()
+    runs: list[bool] = []  # per run: did this process hold the lease in Redis right then?
+    storage = make_storage(redis_server.url, lease=15.0)
+
+    def fetch() -> str:
+        owner = raw.get("awstoken:lease:t")
+        runs.append(owner is not None and owner.decode().startswith(
+            storage._leadership.owner_prefix))
+        return f"tok{len(runs)}"
+
+    keeper = Keeper(storage, interval=0.5)
+    keeper.rotate("t", fetch, "Bearer {token}")
+    wait_until(lambda: len(runs) >= 2)
+    raw.delete("awstoken:lease:t")
+    time.sleep(2.0)  # four refreshes due; the next periodic renewal is up to 3.75 s away
+    assert all(runs), f"{runs.count(False)} source runs without the lease in Redis"
+    raw.close()

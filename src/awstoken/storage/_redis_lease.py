@@ -131,6 +131,18 @@ class RedisLease:
             return False
         return True
 
+    def confirm(self) -> bool:
+        """Renew now (one round trip) and say whether this process still leads.
+
+        The last check before running the source: a lease key that vanished (deleted,
+        evicted, FLUSHALL, which sends no keyspace event) is noticed at once, not at the
+        next periodic renewal. If Redis does not answer, the local deadline decides.
+        """
+        with self.io:
+            if self.held():
+                self._keeper.renew(self)
+        return self.held()
+
     def lose(self, why: str) -> None:
         """Stop leading (once), saying why."""
         if not self._lost:
