@@ -611,3 +611,29 @@ def test_a_leader_confirms_its_lease_just_before_running_the_source(
     time.sleep(2.0)  # four refreshes due; the next periodic renewal is up to 3.75 s away
     assert all(runs), f"{runs.count(False)} source runs without the lease in Redis"
     raw.close()
+
+
+def test_a_source_run_never_outlives_the_lease(
+        redis_tcp: RedisServer, fault_relay: Any, make_storage: Factory, tmp_path: Path) -> None:
+    """A leader whose Redis goes silent mid-run kills the command's process group once its
+    lease's local deadline passes: before Redis could let another process lead."""
+    from tests.fixtures.faults import process_alive
+
+    relay = fault_relay(redis_tcp.port)
+    storage = make_storage(relay.url, lease=2.0, timeout=0.5)
+    pidfile, endfile = tmp_path / "pid", tmp_path / "end"
+    command = f"echo $$ > {pidfile}; sleep 8; echo done > {endfile}; echo tok"
+    keeper = Keeper(storage, interval=3600, timeout=30)
+    keeper.rotate("t", command)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())
+    pid = int(pidfile.read_text())
+    raw = redis_tcp.client()
+    relay.freeze()
+    frozen_at = time.monotonic()
+    wait_until(lambda: not process_alive(pid), timeout=6)
+    killed_after = time.monotonic() - frozen_at
+    assert raw.pttl("awstoken:lease:t") > 0, "the run outlived the lease in Redis"
+    assert killed_after < 2.0
+    assert not endfile.exists()
+    relay.heal()
+    raw.close()
