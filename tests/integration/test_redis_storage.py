@@ -527,6 +527,9 @@ def test_rediss_refuses_an_impostor_certified_for_another_name(
         lax = make_storage(url, redis_options={"ssl_ca_certs": str(d / "ca.crt"),
                                                "ssl_check_hostname": False})
         assert lax.read("t") is None
+        # An operator who turned verification off (trusted config) is not overridden.
+        unverified = make_storage(url, redis_options={"ssl_cert_reqs": "none"})
+        assert unverified.read("t") is None
     finally:
         server.stop()
 

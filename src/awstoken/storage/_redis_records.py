@@ -104,6 +104,10 @@ class RecordIO:
         self._bad: dict[str, bytes] = {}  # the malformed record last seen, per name
         self.bad_records = 0
 
+    def forked(self) -> None:
+        """In a child after fork: the lock may have been held by a thread left behind."""
+        self._lock = threading.Lock()
+
     def ttl_ms(self, token: Token) -> int:
         """How long Redis keeps the record: the token's life plus the grace (0: no expiry)."""
         if token.expires_at is None:

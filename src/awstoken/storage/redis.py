@@ -170,9 +170,11 @@ class RedisStorage(BaseStorage):
             # Our own reconnection logic backs off; redis-py must not retry (and block) too.
             "retry": Retry(NoBackoff(), 0), "client_name": "awstoken",
         }
-        if url.startswith("rediss://"):
+        no_verify = str(options.get("ssl_cert_reqs", "")).lower() in ("none", "0")
+        if url.lower().startswith("rediss://") and not no_verify:
             # redis-py 5.x does not check the server's host name unless told to: an impostor
             # with any certificate from a trusted CA would get the password and the tokens.
+            # (Given ssl_check_hostname in redis_options or the URL still wins.)
             settings["ssl_check_hostname"] = True
         if password is not None:
             settings["password"] = password
@@ -592,5 +594,6 @@ class RedisStorage(BaseStorage):
         # gives the child fresh pooled connections by itself.
         super()._after_fork_in_child()
         self._leadership.forked()
+        self._io.forked()
         self._leadership.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
         self._init_network_threads()
