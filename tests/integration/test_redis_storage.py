@@ -446,7 +446,7 @@ def test_a_malformed_record_never_kills_a_thread_and_is_replaced(
                in ("Bearer tok1", "Bearer tok2"), timeout=10)
     for storage in (leader_storage, follower):
         assert storage.get("t") in ("Bearer tok1", "Bearer tok2")
-        assert storage._watcher.is_alive()
+        assert storage._link.watcher is not None and storage._link.watcher.is_alive()
         assert storage._thread is not None and storage._thread.is_alive()
         assert storage.bad_records >= 1
     # And the storages keep working: a new token still reaches the follower.
@@ -478,7 +478,7 @@ def test_a_watcher_that_fails_is_restarted_and_counted(
     wait_until(lambda: reader.restarts == 1)
     writer.write("t", token("Bearer v3", generation=3))
     wait_until(lambda: reader.get("t") == "Bearer v3", timeout=5)
-    assert reader._watcher.is_alive()
+    assert reader._link.watcher is not None and reader._link.watcher.is_alive()
 
 
 def _tls_pki(d: Path, server_name: str) -> None:

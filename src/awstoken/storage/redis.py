@@ -34,13 +34,16 @@ counts the outage (:attr:`RedisStorage.outages`), logs it once, and reconnects w
 exponential backoff and jitter. On reconnection it writes back a record it could not store
 only if Redis holds nothing newer (else drops it), and a record missing from Redis (or
 malformed there) is written back by any process that still holds a usable copy.
+
+Where each part lives: this module is the cache and its sync with Redis; ``_redis_lease``
+the leases; ``_redis_records`` the fenced store script and the checks on what is read;
+``_redis_link`` the connection, outage bookkeeping and pub/sub watcher; ``_redis_url`` the
+redaction of URLs in messages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import socket
 import threading
 import time
@@ -53,8 +56,11 @@ from .._token import Token
 from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
 from ._redis_lease import Leadership, RedisLease
 from ._redis_lease import lease_clock as _lease_clock
+from ._redis_link import RedisLink
 from ._redis_records import RecordIO
-from ._redis_url import _url_secrets, redact_url
+from ._redis_url import redact_url
+
+__all__ = ["RedisStorage", "redact_url"]
 
 #: How long a refresh request is kept (it only matters until the next refresh).
 _REQUEST_TTL_MS = 24 * 3600 * 1000
@@ -111,9 +117,6 @@ class RedisStorage(BaseStorage):
     ) -> None:
         if not isinstance(url, str) or not url:
             raise StorageError("RedisStorage: the url must be a non-empty string")
-        self._secrets = sorted({s for s in (password, *_url_secrets(url)) if s}, key=len,
-                               reverse=True)
-        self.url = redact_url(url)
         self.prefix = prefix
         self.lease = _positive(lease, "lease")
         self.lease_margin = self.lease / 5 if lease_margin is None else float(lease_margin)
@@ -123,12 +126,14 @@ class RedisStorage(BaseStorage):
         self.timeout = _positive(timeout, "timeout")
         self.max_backoff = _positive(max_backoff, "max_backoff")
         self.expiry_grace = max(float(expiry_grace), 0.0)
-        self.outages = 0
-        self.errors = 0
-        self._client = self._connect(url, password=password, username=username,
-                                     options=dict(redis_options or {}))
-
         self._channel = f"{prefix}events"
+        self._link = RedisLink(url, password=password, username=username,
+                               options=dict(redis_options or {}), timeout=self.timeout,
+                               max_backoff=self.max_backoff, channel=self._channel,
+                               on_message=lambda data: self._on_event(data),
+                               on_connected=self._catch_up, crashed=self._watcher_crashed)
+        self.url = self._link.url
+        self._client = self._link.client
         self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
         self._unsaved: set[str] = set()  # written here, not yet in Redis
         self._leadership = Leadership(
@@ -145,189 +150,49 @@ class RedisStorage(BaseStorage):
             log_once=lambda *args, **kwargs: self._log_once(*args, **kwargs))
         self._seq: dict[str, int] = {}  # record messages seen, per name
         self._logged: dict[str, str] = {}
+        self._state = threading.Lock()
         self.restarts = 0
         super().__init__(poll=_positive(poll, "poll"), margin=margin, clock=clock)
-        self._init_network_threads()
+        self._link.start()
 
     def __repr__(self) -> str:
         return f"RedisStorage({self.url!r}, prefix={self.prefix!r})"
 
-    # -- connection and outage bookkeeping -------------------------------------------------
+    # -- connection (see _redis_link) -------------------------------------------------------
 
-    def _connect(self, url: str, *, password: str | None, username: str | None,
-                 options: dict[str, Any]) -> Any:
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError:
-            raise StorageError("RedisStorage needs redis-py: pip install 'awstoken[redis]'") from None
-        self._redis = redis
-        self._net_errors: tuple[type[BaseException], ...] = (
-            redis.ConnectionError, redis.TimeoutError, OSError)
-        settings: dict[str, Any] = {
-            "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-            # Our own reconnection logic backs off; redis-py must not retry (and block) too.
-            "retry": Retry(NoBackoff(), 0), "client_name": "awstoken",
-        }
-        no_verify = str(options.get("ssl_cert_reqs", "")).lower() in ("none", "0")
-        if url.lower().startswith("rediss://") and not no_verify:
-            # redis-py 5.x does not check the server's host name unless told to: an impostor
-            # with any certificate from a trusted CA would get the password and the tokens.
-            # (Given ssl_check_hostname in redis_options or the URL still wins.)
-            settings["ssl_check_hostname"] = True
-        if password is not None:
-            settings["password"] = password
-        if username is not None:
-            settings["username"] = username
-        settings.update(options)
-        try:
-            return redis.Redis.from_url(url, **settings)
-        except (ValueError, TypeError) as exc:
-            raise StorageError(f"RedisStorage: invalid Redis URL {self.url!r}: "
-                               f"{self._scrub(str(exc))}") from None
+    @property
+    def connected(self) -> bool:
+        """False while Redis is known to be unreachable."""
+        return self._link.connected
 
-    def _init_network_threads(self) -> None:
-        self._state = threading.Lock()
-        self._down_since: float | None = None
-        self._stopping = threading.Event()
-        self._reconnect = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="awstoken-redis-watch",
-                                         daemon=True)
-        self._watcher.start()
+    @property
+    def outages(self) -> int:
+        """Times Redis became unreachable."""
+        return self._link.outages
+
+    @property
+    def errors(self) -> int:
+        """Failed operations."""
+        return self._link.errors
 
     @property
     def bad_records(self) -> int:
         """Malformed records read (each treated as absent)."""
         return self._io.bad_records
 
-    @property
-    def connected(self) -> bool:
-        """False while Redis is known to be unreachable."""
-        return self._down_since is None
-
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{check_name(name)}"
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _describe(self, exc: BaseException) -> str:
-        text = self._scrub(str(exc)).strip()
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-    def _unavailable(self) -> StorageError:
-        since = self._down_since
-        left = "" if since is None else f" for {time.monotonic() - since:.1f}s"
-        return StorageError(f"Redis at {self.url} is unavailable{left}; reconnecting")
-
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one Redis operation; translate its failures into StorageError (no secrets)."""
-        if self._down_since is not None:
-            raise self._unavailable()
-        try:
-            return func(*args, **kwargs)
-        except self._net_errors as exc:
-            self._mark_down(exc)
-            raise StorageError(f"Redis at {self.url}: {what}: {self._describe(exc)}") from None
-        except self._redis.RedisError as exc:
-            with self._state:
-                self.errors += 1
-            raise StorageError(f"Redis at {self.url}: {what}: {self._describe(exc)}") from None
+        return self._link.call(what, func, *args, **kwargs)
 
-    def _mark_down(self, exc: BaseException) -> None:
-        with self._state:
-            self.errors += 1
-            first = self._down_since is None
-            if first:
-                self._down_since = time.monotonic()
-                self.outages += 1
-        if first:
-            log.warning("awstoken: Redis at %s is unavailable (%s); serving cached tokens until "
-                        "they expire, reconnecting", self.url, self._describe(exc))
-        self._reconnect.set()
+    def _watcher_crashed(self, exc: BaseException) -> None:
+        self._count_restart()
+        self._log_once("watcher", type(exc).__name__,
+                       "awstoken: Redis watcher restarted after an unexpected error",
+                       exc_info=True)
 
-    def _mark_up(self) -> None:
-        with self._state:
-            since, self._down_since = self._down_since, None
-        if since is not None:
-            log.warning("awstoken: Redis at %s is reachable again after %.1fs", self.url,
-                        time.monotonic() - since)
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter over a capped exponential: a fleet that lost Redis together does not
-        # come back in lock step.
-        cap = min(self.max_backoff, 0.05 * 2.0 ** min(attempt, 16))
-        return cap / 2 + random.random() * cap / 2
-
-    # -- watcher thread: pub/sub, reconnection, catching up --------------------------------
-
-    def _watch(self) -> None:
-        # Bad data or a bug must not end the watcher for good: whatever escapes one round is
-        # logged (once per kind), counted in ``restarts``, and the loop starts over on a
-        # fresh connection.
-        while not self._stopping.is_set():
-            try:
-                self._watch_once()
-            except Exception as exc:
-                with self._state:
-                    self.restarts += 1
-                self._log_once("watcher", f"{type(exc).__name__}",
-                               "awstoken: Redis watcher restarted after an unexpected error",
-                               exc_info=True)
-                if self._stopping.wait(self._backoff(4)):
-                    return
-
-    def _watch_once(self) -> None:
-        attempt = 0
-        pubsub: Any = None
-        try:
-            while not self._stopping.is_set():
-                if pubsub is None:
-                    if attempt and self._stopping.wait(self._backoff(attempt)):
-                        return
-                    try:
-                        pubsub = self._subscribe()
-                    except self._net_errors as exc:
-                        self._mark_down(exc)
-                        attempt += 1
-                        continue
-                    attempt = 0
-                    self._reconnect.clear()
-                    self._mark_up()
-                    self._catch_up()
-                try:
-                    message = pubsub.get_message(timeout=0.25)
-                except self._net_errors as exc:
-                    message = None
-                    self._mark_down(exc)
-                if self._reconnect.is_set():
-                    # Somebody saw Redis fail: probe again with a fresh connection.
-                    self._close_pubsub(pubsub)
-                    pubsub = None
-                    attempt = 1
-                elif message is not None and message.get("type") == "message":
-                    self._on_event(message.get("data"))
-        finally:
-            self._close_pubsub(pubsub)
-
-    def _subscribe(self) -> Any:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        try:
-            # Connects (and authenticates) now: a refused or rejected connection raises here.
-            pubsub.subscribe(self._channel)
-        except BaseException:
-            self._close_pubsub(pubsub)
-            raise
-        return pubsub
-
-    @staticmethod
-    def _close_pubsub(pubsub: Any) -> None:
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                pubsub.close()
+    # -- pub/sub messages and catching up --------------------------------------------------
 
     def _on_event(self, data: object) -> None:
         """One message: ``!name`` (the lease is free), ``name\\nrecord`` (a new record),
@@ -428,7 +293,7 @@ class RedisStorage(BaseStorage):
         return False
 
     def _revalidate(self) -> None:
-        if self._down_since is not None:
+        if not self.connected:
             return
         with self._lock:
             names = list(self._records)
@@ -581,13 +446,11 @@ class RedisStorage(BaseStorage):
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._stopping.set()
+        self._link.stopping.set()
         self._leadership.close()
         super().close()
-        if self._watcher is not threading.current_thread():
-            self._watcher.join(timeout=5)
-        with contextlib.suppress(Exception):
-            self._client.close()
+        self._link.stop()
+        self._link.close()
 
     def _after_fork_in_child(self) -> None:
         # The parent's leases, threads and pub/sub connection stay the parent's; redis-py
@@ -596,4 +459,6 @@ class RedisStorage(BaseStorage):
         self._leadership.forked()
         self._io.forked()
         self._leadership.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
-        self._init_network_threads()
+        self._state = threading.Lock()
+        self._link.forked()
+        self._link.start()
