@@ -8,6 +8,15 @@
    own config, listen and admin ports, as on separate hosts).
 
     .venv/bin/python bench/bench_redis.py [--processes 1,2,4,8] [--serve 1,3,6] [--seconds 6]
+
+4. Fleet cost (``--cost 12,24,48``): N library processes (default RedisStorage settings: lease
+   15 s, poll 5 s) each following 3 tokens. Idle (interval 1 h, after the first fetch) and
+   rotating (interval 1 s): Redis commands per second per process, from ``INFO stats``
+   ``total_commands_processed`` over the window, and propagation: for every record a process
+   did not write itself, the time from the writer's ``refreshed_at`` to the moment it entered
+   the process's cache (p50/p99 over all processes and rotations).
+
+    .venv/bin/python bench/bench_redis.py --cost 12,24,48 --cost-only [--cost-seconds 8]
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
 import signal
 import statistics
@@ -202,17 +212,108 @@ def bench_serve_fleet(url: str, tmp: Path, sizes: list[int], seconds: float) -> 
         client.close()
 
 
+COST_TOKENS = ("a", "b", "c")
+
+
+def cost_member(url: str, interval: float, ready: Path, out: Path, window: Path) -> None:
+    """One process of the fleet-cost benchmark (run with ``--member``): follows (or leads)
+    the tokens until ``window`` exists, then writes the propagation delays it saw there."""
+    from awstoken._rotator import process_id
+
+    me = process_id()
+    seen: list[tuple[float, float]] = []  # (when, delay)
+
+    class Timed(RedisStorage):
+        def _remember(self, name: str, record: Token | None) -> None:
+            before = self._records.get(name)
+            super()._remember(name, record)
+            if record is not None and record.leader != me and (
+                    before is None or before.generation != record.generation):
+                now = time.time()
+                seen.append((now, now - record.refreshed_at))
+
+    storage = Timed(url)
+    keeper = Keeper(storage, interval=interval, retry=0.5)
+    for name in COST_TOKENS:
+        keeper.rotate(name, "echo tok-$(date +%s%N)")
+        keeper.token(name)  # a reader of the token, as a proxy is
+    ready.write_text("1")
+    while not window.exists():
+        time.sleep(0.1)
+    time.sleep(0.2)
+    begin, end = (float(x) for x in window.read_text().split(","))
+    out.write_text(json.dumps([d for t, d in seen if begin <= t <= end]))
+    os._exit(0)  # no orderly release: the measurement is over
+
+
+def redis_commands(client: object) -> int:
+    return int(client.info("stats")["total_commands_processed"])  # type: ignore[attr-defined]
+
+
+def bench_cost(url: str, tmp: Path, sizes: list[int], seconds: float) -> None:
+    import redis
+
+    print("\n| processes | phase | Redis commands/s per process | propagation p50 ms "
+          "| p99 ms | records seen |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for n in sizes:
+        for phase, interval in (("idle", 3600.0), ("rotating", 1.0)):
+            client = redis.Redis.from_url(url)
+            client.flushall()
+            window = tmp / f"window-{n}-{phase}"
+            procs = []
+            for i in range(n):
+                ready, out = tmp / f"ready-{n}-{phase}-{i}", tmp / f"out-{n}-{phase}-{i}"
+                procs.append((subprocess.Popen(
+                    [sys.executable, __file__, "--member", url, str(interval), str(ready),
+                     str(out), str(window)], stdin=subprocess.DEVNULL), ready, out))
+            deadline = time.monotonic() + 120
+            while not all(r.exists() for _, r, _ in procs) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3.0)  # first fetches and subscriptions settle
+            begin = time.time()
+            before = redis_commands(client)
+            time.sleep(seconds)
+            after = redis_commands(client) - 1  # our own INFO
+            end = time.time()
+            window.write_text(f"{begin},{end}")
+            latencies: list[float] = []
+            for proc, _, out in procs:
+                proc.wait(timeout=60)
+                if out.exists():
+                    latencies += json.loads(out.read_text())
+            latencies.sort()
+            rate = (after - before) / (end - begin) / n
+            p50 = statistics.median(latencies) * 1e3 if latencies else float("nan")
+            p99 = (latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1e3
+                   if latencies else float("nan"))
+            print(f"| {n} | {phase} | {rate:.2f} | {p50:.2f} | {p99:.2f} "
+                  f"| {len(latencies)} |", flush=True)
+            client.close()
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--member":
+        url, interval, ready, out, window = sys.argv[2:7]
+        cost_member(url, float(interval), Path(ready), Path(out), Path(window))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", default="1,2,4,8")
     parser.add_argument("--serve", default="1,3,6", help="awstoken serve fleet sizes ('' to skip)")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--cost", default="", help="fleet-cost sizes, e.g. 12,24,48")
+    parser.add_argument("--cost-seconds", type=float, default=8.0)
+    parser.add_argument("--cost-only", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         redis_proc = start_redis(tmp)
         url = f"unix://{tmp / 'redis.sock'}"
         try:
+            if args.cost:
+                bench_cost(url, tmp, [int(x) for x in args.cost.split(",")], args.cost_seconds)
+            if args.cost_only:
+                return
             bench_reads(url)
             bench_propagation(url)
             bench_fleet(url, tmp, [int(x) for x in args.processes.split(",")], args.seconds)

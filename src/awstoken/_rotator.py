@@ -218,7 +218,8 @@ class Rotator:
         if not self.leader:
             self._lease = self.storage.acquire(self.name)
             if self._lease is None:
-                return poll  # a follower: the storage's cache brings the leader's tokens
+                # A follower: the storage's cache brings the leader's tokens.
+                return self._follower_wait(poll)
             log.info("awstoken: token %r: this process (%s) is now the leader", self.name,
                      process_id())
         now = self.clock()
@@ -276,7 +277,27 @@ class Rotator:
 
     def _refresh_locked(self, record: Token | None) -> None:
         with self._refresh_lock:
-            self._refresh(record, raise_errors=False, as_leader=True)
+            # Re-checked at the last moment: reading the record may have blocked (a silent
+            # network) past the lease's local deadline. A lease that can ask its storage
+            # (Redis: a renewal) does, so that a lease gone from the storage is noticed now.
+            lease = self._lease
+            confirm = getattr(lease, "confirm", None)
+            if lease is None or not (confirm() if confirm is not None else lease.held()):
+                log.warning("awstoken: token %r: leadership was lost before the refresh; not "
+                            "running the source", self.name)
+                return
+            with _LeaseWatch(lease, self.source, self.name):
+                self._refresh(record, raise_errors=False, as_leader=True)
+
+    def _follower_wait(self, poll: float) -> float:
+        # A storage that knows when the lease may be free (Redis: the lease's time to live,
+        # and a message when it is released or found gone) spares followers a try per poll.
+        notify = getattr(self.storage, "on_lease_free", None)
+        wait = getattr(self.storage, "lease_wait", None)
+        if notify is None or wait is None:
+            return poll
+        notify(self.name, self.wake)
+        return float(wait(self.name, poll))
 
     def _refresh(self, record: Token | None, *, raise_errors: bool,
                  as_leader: bool = False) -> Token | None:
@@ -360,6 +381,42 @@ class Rotator:
         self._init_threading()
         if was_running:
             self.start()
+
+
+class _LeaseWatch:
+    """While a leader runs the source: abandon the run (``source.cancel()``, which kills a
+    command's process group) as soon as the lease is lost or its local deadline passes, so
+    a run never outlives the lease. The storage renews the lease meanwhile."""
+
+    EVERY = 0.05
+
+    def __init__(self, lease: Lease, source: Source, name: str) -> None:
+        self.lease = lease
+        self.cancel = getattr(source, "cancel", None)
+        self.name = name
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _LeaseWatch:
+        if self.cancel is not None:
+            self.thread = threading.Thread(target=self._watch, daemon=True,
+                                           name=f"awstoken-lease-watch-{self.name}")
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def _watch(self) -> None:
+        while not self.done.wait(self.EVERY):
+            if not self.lease.held():
+                log.warning("awstoken: token %r: leadership lost while the source ran; "
+                            "abandoning the run", self.name)
+                assert self.cancel is not None
+                self.cancel()
+                return
 
 
 def fetch_value(name: str, source: Source, transform: Transform,

@@ -111,6 +111,7 @@ class Command:
         if timeout <= 0:
             raise CommandError(f"command timeout must be positive, not {timeout!r}")
         self.timeout = float(timeout)
+        self._mine: set[subprocess.Popen[bytes]] = set()  # runs in progress, for cancel()
         self._env = dict(env) if env is not None else None
         self._parse = parse
         self.token_path = token_path
@@ -176,6 +177,17 @@ class Command:
             raise CommandError(f"command {self.display!r}: {what} {path!r} is not in the "
                                f"JSON output: {exc}", returncode=0) from None
 
+    def cancel(self) -> None:
+        """Kill the process groups of this command's running runs (their ``run`` raises).
+
+        A leader that loses its lease mid-refresh abandons the run this way.
+        """
+        with _running_lock:
+            procs = list(self._mine)
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
     def run(self) -> str:
         """Run the command and return its stripped standard output."""
         shell = isinstance(self._argv, str)
@@ -188,6 +200,7 @@ class Command:
             raise CommandError(f"command {self.display!r} could not start: {exc.strerror}") from None
         with _running_lock:
             _running.add(proc)
+            self._mine.add(proc)
         try:
             out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -201,6 +214,7 @@ class Command:
         finally:
             with _running_lock:
                 _running.discard(proc)
+                self._mine.discard(proc)
         if proc.returncode != 0:
             # stderr may quote the token: the one it printed on stdout before failing, or
             # the current one (masked through the rotator's _mask.masking context).

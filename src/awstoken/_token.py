@@ -12,7 +12,7 @@ from ._errors import StorageError, TokenValueError
 from ._transforms import validate_value
 
 _FIELDS = ("value", "expires_at", "refreshed_at", "generation", "error", "error_at", "failures",
-           "leader", "hook_failures", "hook_error")
+           "leader", "hook_failures", "hook_error", "fence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,9 @@ class Token:
     ``error``/``error_at``/``failures`` describe the last failed refresh (never secret text);
     ``leader`` names the process (``host:pid``) that wrote the record. ``hook_failures``
     counts on-rotate hooks that failed in a row (0 after a rotation whose hooks all ran) and
-    ``hook_error`` is the latest one's error (never secret text).
+    ``hook_error`` is the latest one's error (never secret text). ``fence`` is the fencing
+    number of the lease it was written under (0 where storage has none), so that a record
+    from an older lease never replaces one from a newer lease.
     """
 
     value: str | None
@@ -36,6 +38,7 @@ class Token:
     leader: str | None = None
     hook_failures: int = 0
     hook_error: str | None = None
+    fence: int = 0
 
     def expired(self, now: float) -> bool:
         """True when the token has an expiry and ``now`` is at or past it."""
@@ -118,11 +121,11 @@ def check_record(token: Token, now: float) -> Token:
         if token.expires_at > horizon:
             raise ValueError(f"expires_at lies more than {MAX_LIFETIME / 86400:g} days after "
                              "the refresh or now, longer than any source issues")
-    for name in ("generation", "failures"):
+    for name in ("generation", "failures", "hook_failures", "fence"):
         count = getattr(token, name)
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_COUNT:
             raise ValueError(f"{name} must be a non-negative integer")
-    for name, limit in (("error", MAX_ERROR), ("leader", MAX_LEADER)):
+    for name, limit in (("error", MAX_ERROR), ("hook_error", MAX_ERROR), ("leader", MAX_LEADER)):
         text = getattr(token, name)
         if text is not None and (not isinstance(text, str) or len(text) > limit):
             raise ValueError(f"{name} must be a string of at most {limit} characters")

@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--status", type=Path, required=True)
     parser.add_argument("--ttl", type=float, default=0.0, help="token lifetime (0: no expiry)")
     parser.add_argument("--max-backoff", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args()
 
     stopping = False
@@ -41,7 +42,8 @@ def main() -> None:
     def parse(out: str) -> Fetched:
         return Fetched(out, time.time() + ttl if ttl else None)
 
-    storage = RedisStorage(args.url, lease=args.lease, max_backoff=args.max_backoff)
+    storage = RedisStorage(args.url, lease=args.lease, max_backoff=args.max_backoff,
+                           timeout=args.timeout)
     keeper = Keeper(storage, interval=args.interval, retry=0.5)
     rotator = keeper.rotate(args.name, Command(args.command, timeout=30, parse=parse))
     reads = nones = nones_after_first = 0

@@ -27,7 +27,7 @@ WORKER = Path(__file__).with_name("redis_worker.py")
 
 COMMAND = """#!/bin/sh
 echo "start $(date +%s.%N) $FLEET_WORKER" >> "$1"
-sleep 0.2
+sleep "${FLEET_RUN_SECONDS:-0.2}"
 token="tok-$(date +%s%N)-$$"
 echo "end $(date +%s.%N) $FLEET_WORKER $token" >> "$1"
 echo "$token"
@@ -55,16 +55,22 @@ class Fleet:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.status_files: dict[int, Path] = {}
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, *, url: str | None = None, run_seconds: float = 0.2,
+              **extra: float) -> list[int]:
+        """Start ``count`` workers (through ``url`` if given); return their pids."""
+        pids = []
         for i in range(len(self.procs), len(self.procs) + count):
             status = self.tmp / f"worker-{i}.json"
-            args = [sys.executable, str(WORKER), "--url", self.url, "--command", self.command,
-                    "--status", str(status)]
-            for key, value in self.options.items():
+            args = [sys.executable, str(WORKER), "--url", url or self.url, "--command",
+                    self.command, "--status", str(status)]
+            for key, value in {**self.options, **extra}.items():
                 args += [f"--{key.replace('_', '-')}", str(value)]
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+            env = {**os.environ, "FLEET_RUN_SECONDS": str(run_seconds)}
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, env=env)
             self.procs[proc.pid] = proc
             self.status_files[proc.pid] = status
+            pids.append(proc.pid)
+        return pids
 
     def status(self, pid: int) -> dict[str, Any]:
         try:
@@ -229,3 +235,91 @@ def test_redis_outage_and_empty_restart_under_load(
         assert status["outages"] == 1
         assert status["reads"] > 500
     print(f"token back in Redis {back_after:.2f}s after the restart")
+
+
+def assert_no_overlap(runs: list[Run]) -> None:
+    for before, after in itertools.pairwise(runs):
+        assert before.end is None or after.start >= before.end, (
+            f"the run by {after.worker} started while the run by {before.worker} was running")
+
+
+def test_flushall_while_rotating_gives_no_overlap_and_one_call_per_rotation(
+        redis_server: RedisServer, fleet: Callable[..., Fleet]) -> None:
+    """Issue 12, failure 1: after FLUSHALL a follower took the vanished lease while the old
+    leader kept leading until its next renewal: two refreshers."""
+    lease = 4.0
+    f = fleet(redis_server.url, interval=1.0, lease=lease)
+    f.start(3, run_seconds=0.4)
+    wait_until(lambda: all(f.status(pid).get("seen") for pid in f.procs), timeout=30)
+    client = redis_server.client()
+    for _ in range(4):
+        # FLUSHALL in the middle of a run, when the old leader is busiest.
+        count = len(f.runs())
+        wait_until(lambda n=count: len(f.runs()) > n, timeout=3 * lease + 10)
+        time.sleep(0.1)
+        client.flushall()
+        time.sleep(lease + 2.5)
+    client.close()
+    wait_until(lambda: len([r for r in f.runs() if r.end]) >= 2, timeout=10)
+    statuses = f.stop()
+    assert len(statuses) == 3
+    runs = f.runs()
+    assert_no_overlap(runs)
+    seen = {token for status in statuses.values() for token in status["seen"]}
+    finished = [r.token for r in runs if r.token is not None]
+    wasted = [t for t in finished if t not in seen]
+    assert not wasted, f"{len(wasted)} of {len(finished)} source calls made tokens nobody used"
+    for status in statuses.values():
+        assert status["nones_after_first"] == 0
+
+
+def _order(runs: list[Run]) -> dict[str, int]:
+    return {r.token: i for i, r in enumerate(runs) if r.token is not None}
+
+
+@pytest.mark.parametrize("fault", ["cut", "freeze"])
+@pytest.mark.parametrize("when", ["mid-refresh", "between-refreshes"])
+def test_a_leader_cut_off_never_runs_late_and_never_brings_back_an_older_token(
+        redis_tcp: RedisServer, fleet: Callable[..., Fleet], fault_relay: Any, fault: str,
+        when: str) -> None:
+    """Issue 12, failures 2 and 3: a leader behind a relay that fails hard (cut) or silently
+    (freeze) must not run the source after its lease deadline, and whatever it refreshed
+    while cut off must never replace the newer token its successor wrote."""
+    lease, interval = 2.0, 1.0
+    relay = fault_relay(redis_tcp.port)
+    f = fleet(redis_tcp.url, interval=interval, lease=lease)
+    # The leader: slow runs, and (silent failure) Redis calls that block for long.
+    leader = f.start(1, url=relay.url, run_seconds=0.8, timeout=1.5, max_backoff=0.2)[0]
+    wait_until(lambda: any(r.worker == leader and r.end for r in f.runs()), timeout=30)
+    followers = f.start(2, run_seconds=0.8)
+    wait_until(lambda: all(f.status(pid).get("seen") for pid in f.procs), timeout=30)
+    count = len(f.runs())
+    if when == "mid-refresh":
+        wait_until(lambda: len(f.runs()) > count, timeout=10)
+        time.sleep(0.1)
+    else:
+        wait_until(lambda: len(f.runs()) > count and f.runs()[-1].end, timeout=10)
+        time.sleep(0.05)
+    assert f.runs()[-1].worker == leader
+    failed_at = time.time()
+    getattr(relay, fault)()
+    # The successor takes over once the lease expires in Redis and refreshes; heal right
+    # after its first refresh, so that what the old leader kept has the same generation.
+    wait_until(lambda: any(r.worker != leader and r.end and r.start > failed_at
+                           for r in f.runs()), timeout=lease + 15)
+    relay.heal()
+    healed_at = time.time()
+    wait_until(lambda: f.status(leader).get("connected"), timeout=15)
+    time.sleep(2.0)  # what the old leader kept would be written back by now
+    statuses = f.stop()
+    assert len(statuses) == 3
+    runs = f.runs()
+    assert_no_overlap([r for r in runs if r.start < healed_at])
+    late = [r for r in runs if r.worker == leader and failed_at + lease <= r.start < healed_at]
+    assert not late, f"the cut-off leader ran the source {late[0].start - failed_at:.2f}s " \
+        f"after it lost Redis (lease {lease}s)"
+    order = _order(runs)
+    for pid in followers:
+        seen = [order[t] for t in statuses[pid]["seen"] if t in order]
+        assert seen == sorted(seen), f"worker {pid} went back to an older token"
+        assert statuses[pid]["nones_after_first"] == 0

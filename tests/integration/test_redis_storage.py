@@ -139,8 +139,14 @@ def test_lease_is_exclusive_and_released_only_by_its_owner(
     lease.release()
     assert raw.get("awstoken:lease:t") == b"intruder"  # compare-and-delete left it alone
     raw.delete("awstoken:lease:t")
-    again = b.acquire("t")
-    assert again is not None
+    # The key vanished before its time: b takes it but waits until the intruder's lease
+    # would have run out (it may still believe it leads), then leads with the next fence.
+    assert b.acquire("t") is None
+    assert b.leader("t") is not None
+    taken: list[Any] = []
+    wait_until(lambda: taken.append(b.acquire("t")) or taken[-1] is not None, timeout=8)
+    again = taken[-1]
+    assert again.fence == lease.fence + 1
     assert b.leader("t") == again.owner
     again.release()
     assert raw.exists("awstoken:lease:t") == 0
@@ -347,9 +353,9 @@ FORK_SCRIPT = """
 import os, sys, time
 from awstoken import RedisStorage, Token
 storage = RedisStorage(sys.argv[1], lease=5)
-storage.write("t", Token(value="Bearer parent", refreshed_at=time.time(), generation=1))
 lease = storage.acquire("t")
 assert lease is not None
+storage.write("t", Token(value="Bearer parent", refreshed_at=time.time(), generation=1))
 pid = os.fork()
 if pid == 0:
     # The child: a follower with its own connections and threads.
@@ -390,7 +396,7 @@ def test_a_renewal_in_flight_cannot_revive_a_released_lease(
         return real_call(what, func, *args, **kwargs)
 
     monkeypatch.setattr(a, "_call", slow_renewal)
-    a._lease_wake.set()  # renew now
+    a._leadership.wake.set()  # renew now
     assert renewing.wait(5)
     raw.delete("awstoken:lease:t")
     lease.release()  # waits for the renewal, then deletes what it took back
@@ -399,3 +405,238 @@ def test_a_renewal_in_flight_cannot_revive_a_released_lease(
     again = b.acquire("t")
     assert again is not None
     again.release()
+
+
+# -- records are input too (issue 10) ---------------------------------------------------------
+
+BAD_RECORDS = {
+    "expiry-as-string": b'{"value": "Bearer planted", "expires_at": "tomorrow", '
+                        b'"refreshed_at": 1, "generation": 50}',
+    "wrong-types": b'{"value": 42, "refreshed_at": "x", "generation": "7"}',
+    "control-chars": b'{"value": "Bearer pl\\u001b[2Jant\\u0000ed", "generation": 50}',
+    "one-mebibyte": b'{"value": "Bearer ' + b"A" * (1 << 20) + b'", "generation": 50}',
+    "not-json": b"\xff\xfe not a record",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_RECORDS))
+def test_a_malformed_record_never_kills_a_thread_and_is_replaced(
+        redis_server: RedisServer, make_storage: Factory, caplog: pytest.LogCaptureFixture,
+        kind: str) -> None:
+    runs: list[int] = []
+
+    def fetch() -> str:
+        runs.append(1)
+        return f"tok{len(runs)}"
+
+    leader_storage = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    follower = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    keeper = Keeper(leader_storage, interval=3600)
+    keeper.rotate("t", fetch, "Bearer {token}")
+    wait_until(lambda: follower.get("t") == "Bearer tok1")
+    raw = redis_server.client()
+    bad = BAD_RECORDS[kind]
+    for _ in range(3):
+        raw.set("awstoken:token:t", bad)
+        raw.publish("awstoken:events", b"t")  # the announcement of an older writer: GET
+        raw.publish("awstoken:events", b"t\n" + bad)  # the record in the message
+        time.sleep(0.4)
+    # Someone puts a valid record back (the last good copy, or a fresh fetch).
+    wait_until(lambda: Token.from_json(raw.get("awstoken:token:t"), where="test").value
+               in ("Bearer tok1", "Bearer tok2"), timeout=10)
+    for storage in (leader_storage, follower):
+        assert storage.get("t") in ("Bearer tok1", "Bearer tok2")
+        assert storage._link.watcher is not None and storage._link.watcher.is_alive()
+        assert storage._thread is not None and storage._thread.is_alive()
+        assert storage.bad_records >= 1
+    # And the storages keep working: a new token still reaches the follower.
+    keeper.rotators["t"].refresh()
+    wait_until(lambda: follower.get("t") == f"Bearer tok{len(runs)}")
+    warnings = [r for r in caplog.records if "not a valid token record" in r.getMessage()]
+    assert 1 <= len(warnings) <= 2, [r.getMessage()[:200] for r in warnings]  # once each
+    assert all(len(r.getMessage()) < 1000 for r in caplog.records)
+    assert not [r for r in caplog.records if "planted" in r.getMessage()]
+    raw.close()
+
+
+def test_a_watcher_that_fails_is_restarted_and_counted(
+        redis_server: RedisServer, make_storage: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = make_storage(redis_server.url)
+    reader = make_storage(redis_server.url, poll=3600)
+    writer.write("t", token("Bearer v1"))
+    assert reader.get("t") == "Bearer v1"
+    original = RedisStorage._on_event
+    failures = [RuntimeError("a bug in message handling")]
+
+    def broken(self: RedisStorage, data: object) -> None:
+        if failures and self is reader:
+            raise failures.pop()
+        original(self, data)
+
+    monkeypatch.setattr(RedisStorage, "_on_event", broken)
+    writer.write("t", token("Bearer v2", generation=2))
+    wait_until(lambda: reader.restarts == 1)
+    writer.write("t", token("Bearer v3", generation=3))
+    wait_until(lambda: reader.get("t") == "Bearer v3", timeout=5)
+    assert reader._link.watcher is not None and reader._link.watcher.is_alive()
+
+
+def _tls_pki(d: Path, server_name: str) -> None:
+    """A CA (with the extensions Python 3.13 requires) and a server certificate for
+    ``server_name`` only, made with openssl."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.crt", "-days", "2", "-subj", "/CN=awstoken test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+             "server.csr", "-subj", f"/CN={server_name}", cwd=d)
+    (d / "ext").write_text(f"subjectAltName=DNS:{server_name}\n"
+                           "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                           "extendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext", cwd=d)
+
+
+def test_rediss_refuses_an_impostor_certified_for_another_name(
+        tmp_path: Path, redis_server: RedisServer, make_storage: Factory) -> None:
+    """An impostor on the Redis address with a certificate from a trusted CA, but for
+    another host name: the client must refuse before sending the password."""
+    require_binary("openssl")
+    d = tmp_path / "tls"
+    d.mkdir()
+    _tls_pki(d, "impostor.example")
+    port = free_port()
+    server = RedisServer(redis_server.binary, d, port=port, extra=[
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", "server.crt",
+        "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+        "--tls-auth-clients", "no"])
+    server.scheme = "rediss"
+    # The fixture's own client skips the name check, to see the server up.
+    server.client_options = {"ssl_ca_certs": str(d / "ca.crt"), "ssl_check_hostname": False}
+    server.start()
+    try:
+        url = f"rediss://127.0.0.1:{port}/0"
+        storage = make_storage(url, redis_options={"ssl_ca_certs": str(d / "ca.crt")})
+        # Set explicitly: redis-py 5.x (which pyproject allows) does not check by default.
+        kwargs = storage._client.connection_pool.connection_kwargs
+        assert kwargs.get("ssl_check_hostname") is True
+        with pytest.raises(StorageError) as caught:
+            storage.read("t")
+        assert "127.0.0.1" in str(caught.value)
+        # The name check is what refused it: the same CA without the check connects.
+        lax = make_storage(url, redis_options={"ssl_ca_certs": str(d / "ca.crt"),
+                                               "ssl_check_hostname": False})
+        assert lax.read("t") is None
+        # An operator who turned verification off (trusted config) is not overridden.
+        unverified = make_storage(url, redis_options={"ssl_cert_reqs": "none"})
+        assert unverified.read("t") is None
+    finally:
+        server.stop()
+
+
+def test_lease_deadlines_and_waits_follow_the_injected_clock(
+        redis_server: RedisServer, make_storage: Factory) -> None:
+    """The lease's local deadline and the wait after lost history run on ``lease_clock``:
+    no sleeping for a lease length."""
+    now = [1000.0]
+    a = make_storage(redis_server.url, lease=15, lease_clock=lambda: now[0])
+    lease = a.acquire("t")
+    assert lease is not None and lease.held()
+    now[0] += 15 - 3 - 0.01  # just before lease - lease_margin (15 / 5)
+    assert lease.held()
+    now[0] += 0.02
+    assert not lease.held()
+    # Redis loses its data while b holds a record: the next leader waits one lease.
+    b = make_storage(redis_server.url, lease=15, lease_clock=lambda: now[0])
+    b.write("t", token("Bearer v1"))
+    redis_server.client().flushall()
+    assert b.acquire("t") is None
+    assert b.lease_wait("t", 1.0) == pytest.approx(15.0)
+    pending = b._leadership._pending["t"]
+    now[0] += 10
+    b._leadership.renew(pending)  # what the renewal thread does every lease / 4
+    assert b.acquire("t") is None
+    now[0] += 4.9
+    assert b.acquire("t") is None
+    now[0] += 0.2
+    taken = b.acquire("t")
+    assert taken is pending and taken.held()
+
+
+def test_a_record_planted_with_a_forged_fence_is_replaced_by_the_next_refresh(
+        redis_server: RedisServer, make_storage: Factory) -> None:
+    """Fences order records only if they were handed out: a record claiming a fence above
+    every lease so far (planted by whoever can write to Redis) must not pin the fleet."""
+    runs: list[int] = []
+
+    def fetch() -> str:
+        runs.append(1)
+        return f"tok{len(runs)}"
+
+    leader_storage = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    follower = make_storage(redis_server.url, lease=2.0, poll=0.3)
+    keeper = Keeper(leader_storage, interval=3600)
+    rotator = keeper.rotate("t", fetch, "Bearer {token}")
+    wait_until(lambda: follower.get("t") == "Bearer tok1")
+    raw = redis_server.client()
+    planted = Token(value="Bearer planted", expires_at=time.time() + 3600, refreshed_at=1.0,
+                    generation=7, fence=10**15)
+    raw.set("awstoken:token:t", planted.to_json())
+    raw.publish("awstoken:events", b"t\n" + planted.to_json())
+    rotator.wake()  # the planted record is due (refreshed long ago): the leader refreshes
+    wait_until(lambda: follower.get("t") not in (None, "Bearer tok1", "Bearer planted"),
+               timeout=10)
+    stored = Token.from_json(raw.get("awstoken:token:t"), where="test")
+    assert stored.value == follower.get("t") == leader_storage.get("t")
+    assert stored.fence < 10**15 and stored.generation == 8
+    raw.close()
+
+
+def test_a_leader_confirms_its_lease_just_before_running_the_source(
+        redis_server: RedisServer, make_storage: Factory) -> None:
+    """A lease key that vanishes (deleted, evicted; FLUSHALL sends no keyspace event either)
+    must not be learnt of only at the next periodic renewal, a quarter lease later, with
+    source runs meanwhile."""
+    raw = redis_server.client()
+    runs: list[bool] = []  # per run: did this process hold the lease in Redis right then?
+    storage = make_storage(redis_server.url, lease=15.0)
+
+    def fetch() -> str:
+        owner = raw.get("awstoken:lease:t")
+        runs.append(owner is not None and owner.decode().startswith(
+            storage._leadership.owner_prefix))
+        return f"tok{len(runs)}"
+
+    keeper = Keeper(storage, interval=0.5)
+    keeper.rotate("t", fetch, "Bearer {token}")
+    wait_until(lambda: len(runs) >= 2)
+    raw.delete("awstoken:lease:t")
+    time.sleep(2.0)  # four refreshes due; the next periodic renewal is up to 3.75 s away
+    assert all(runs), f"{runs.count(False)} source runs without the lease in Redis"
+    raw.close()
+
+
+def test_a_source_run_never_outlives_the_lease(
+        redis_tcp: RedisServer, fault_relay: Any, make_storage: Factory, tmp_path: Path) -> None:
+    """A leader whose Redis goes silent mid-run kills the command's process group once its
+    lease's local deadline passes: before Redis could let another process lead."""
+    from tests.fixtures.faults import process_alive
+
+    relay = fault_relay(redis_tcp.port)
+    storage = make_storage(relay.url, lease=2.0, timeout=0.5)
+    pidfile, endfile = tmp_path / "pid", tmp_path / "end"
+    command = f"echo $$ > {pidfile}; sleep 8; echo done > {endfile}; echo tok"
+    keeper = Keeper(storage, interval=3600, timeout=30)
+    keeper.rotate("t", command)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())
+    pid = int(pidfile.read_text())
+    raw = redis_tcp.client()
+    relay.freeze()
+    frozen_at = time.monotonic()
+    wait_until(lambda: not process_alive(pid), timeout=6)
+    killed_after = time.monotonic() - frozen_at
+    assert raw.pttl("awstoken:lease:t") > 0, "the run outlived the lease in Redis"
+    assert killed_after < 2.0
+    assert not endfile.exists()
+    relay.heal()
+    raw.close()

@@ -171,10 +171,13 @@ class StorageHealth:
     connected: bool
     outages: int  # times it became unreachable
     errors: int  # failed operations (each failed call while reachable or becoming unreachable)
+    bad_records: int = 0  # malformed records read (each treated as absent)
+    restarts: int = 0  # background threads restarted after an unexpected error
 
     def as_dict(self) -> dict[str, object]:
         return {"type": self.type, "connected": self.connected, "outages": self.outages,
-                "errors": self.errors}
+                "errors": self.errors, "bad_records": self.bad_records,
+                "restarts": self.restarts}
 
 
 def storage_health(storage: object) -> StorageHealth | None:
@@ -183,7 +186,8 @@ def storage_health(storage: object) -> StorageHealth | None:
     Reads counters only: never touches the network, so it is safe on the event loop.
     """
     if isinstance(storage, RedisStorage):
-        return StorageHealth("redis", storage.connected, storage.outages, storage.errors)
+        return StorageHealth("redis", storage.connected, storage.outages, storage.errors,
+                             storage.bad_records, storage.restarts)
     return None
 
 
@@ -204,7 +208,15 @@ class StorageCollector(Collector):
                                       "became unreachable.", labels=("storage",))
         errors = CounterMetricFamily("awstoken_storage_errors", "Failed operations on the "
                                      "shared storage.", labels=("storage",))
+        bad = CounterMetricFamily("awstoken_storage_bad_records", "Malformed records read "
+                                  "from the shared storage (each treated as absent).",
+                                  labels=("storage",))
+        restarts = CounterMetricFamily("awstoken_storage_thread_restarts", "Background "
+                                       "threads of the storage restarted after an "
+                                       "unexpected error.", labels=("storage",))
         connected.add_metric([health.type], 1.0 if health.connected else 0.0)
         outages.add_metric([health.type], float(health.outages))
         errors.add_metric([health.type], float(health.errors))
-        yield from (connected, outages, errors)
+        bad.add_metric([health.type], float(health.bad_records))
+        restarts.add_metric([health.type], float(health.restarts))
+        yield from (connected, outages, errors, bad, restarts)

@@ -4,200 +4,72 @@ Layout under ``prefix`` (default ``awstoken:``)::
 
     <prefix>token:<name>     the record (JSON), expiring with the token (plus ``expiry_grace``)
     <prefix>lease:<name>     leadership: the owner id (``host:pid:random``), expiring after ``lease``
+    <prefix>fence:<name>     lease history: the last fencing number (n) and until when its
+                             holder may believe it leads (until, server ms)
     <prefix>refresh:<name>   the latest refresh request (epoch seconds)
-    <prefix>events           pub/sub channel: the name of every record just written
+    <prefix>events           pub/sub: ``name\\nrecord`` for each record written, ``!name``
+                             when a lease is released or found gone
 
 Reads never wait on the network on the hot path: every process keeps the usable values in the
 ``values`` dict of :class:`~awstoken.storage.BaseStorage`. A watcher thread listens on the
-events channel and reloads a record as soon as a writer announces it (about a millisecond);
-the cache thread also revalidates every known record with one ``MGET`` every ``poll`` seconds,
-which catches anything a dropped subscription missed.
+events channel and takes each new record from the message itself (about a millisecond); the
+cache thread also revalidates every known record (and the leases this process follows) with
+one ``MGET`` every ``poll`` seconds, which catches anything a dropped subscription missed.
 
-Leadership is a lease: ``SET NX PX`` with a unique owner id, renewed by a thread of the owner
-(compare-and-``PEXPIRE`` in one Lua script) and released only by its owner (compare-and-``DEL``).
-The owner keeps a local deadline on a clock that does not stop while the host sleeps: ``lease -
-lease_margin`` after it *sent* the last successful acquire or renewal, so ``held()`` turns False
-before Redis can let anybody else in, whether the owner hangs, loses Redis or is frozen.
+Leadership is a lease: ``SET NX PX`` with a unique owner id and a fencing number, renewed by
+a thread of the owner (compare-and-``PEXPIRE`` in one Lua script) and released only by its
+owner (compare-and-``DEL``). The owner keeps a local deadline on a clock that does not stop
+while the host sleeps: ``lease - lease_margin`` after it *sent* the last successful acquire
+or renewal, so ``held()`` turns False before Redis can let anybody else in, whether the
+owner hangs, loses Redis or is frozen. Safety does not rest on that timing alone:
+
+- every write runs in a Lua script that checks the lease and compares fencing numbers, so a
+  record written under an older lease never replaces one written under a newer lease;
+- a lease that vanished (FLUSHALL, an empty restart) is never taken back by its old owner,
+  and whoever takes it with the history lost waits one lease before leading;
+- a follower tries the lease when it would run out unless renewed, or when told it is free.
 
 When Redis is unavailable, every process keeps serving its cached values until they expire,
 counts the outage (:attr:`RedisStorage.outages`), logs it once, and reconnects with capped
-exponential backoff and jitter. On reconnection it writes back records it could not store, and
-a record missing from Redis (a restart that lost the data) is written back by any process that
-still holds a usable copy (``SET NX``, so nothing newer is ever overwritten).
+exponential backoff and jitter. On reconnection it writes back a record it could not store
+only if Redis holds nothing newer (else drops it), and a record missing from Redis (or
+malformed there) is written back by any process that still holds a usable copy.
+
+Where each part lives: this module is the cache and its sync with Redis; ``_redis_lease``
+the leases; ``_redis_records`` the fenced store script and the checks on what is read;
+``_redis_link`` the connection, outage bookkeeping and pub/sub watcher; ``_redis_url`` the
+redaction of URLs in messages.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import random
-import re
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .._errors import AwstokenError, StorageError
 from .._token import Token
 from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
+from ._redis_lease import Leadership, RedisLease
+from ._redis_lease import lease_clock as _lease_clock
+from ._redis_link import RedisLink
+from ._redis_records import RecordIO
+from ._redis_url import redact_url
 
-# Writes a record unless Redis holds a newer generation (then returns that record), and
-# announces it. KEYS: record. ARGV: record, generation, ttl ms (0: none), channel, name.
-_STORE = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' and type(rec.generation) == 'number'
-      and rec.generation > tonumber(ARGV[2]) then
-    return cur
-  end
-end
-if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return false
-"""
-
-# Writes a record back only if there is none (after Redis lost its data); returns the record
-# that is there otherwise. Same KEYS and ARGV as _STORE.
-_RESTORE = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  return cur
-end
-if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return false
-"""
-
-# Renews a lease if it is still ours. A lease key that vanished (Redis restarted empty) is
-# taken again: nobody else can hold it, and the owner's local deadline has not passed.
-# KEYS: lease. ARGV: owner, lease ms. Returns 1 when renewed, 0 when somebody else holds it.
-_RENEW = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# Deletes a lease only if it is still ours. KEYS: lease. ARGV: owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+__all__ = ["RedisStorage", "redact_url"]
 
 #: How long a refresh request is kept (it only matters until the next refresh).
 _REQUEST_TTL_MS = 24 * 3600 * 1000
-
-_SECRET_QUERY = re.compile(r"pass|secret|auth|token|key", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (and any secret-looking query value) replaced by ``***``.
-
-    A user name without a password is hidden too: some clients put the password there.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user, sep, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs],
-                          safe="*/")
-    # Built by hand: urlunsplit turns unix:///path into unix:/path.
-    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-            + (f"#{parts.fragment}" if parts.fragment else ""))
-
-
-def _url_secrets(url: str) -> list[str]:
-    try:
-        parts = urlsplit(url)
-        found = [parts.password or "", parts.username or ""]
-        found += [v for k, v in parse_qsl(parts.query) if _SECRET_QUERY.search(k)]
-    except ValueError:
-        return []
-    return [s for s in found if len(s) >= 3]
-
-
-def _lease_clock() -> float:
-    # CLOCK_BOOTTIME keeps counting while the host is suspended, like the wall clock Redis
-    # expires keys with; CLOCK_MONOTONIC would let a resumed host believe it still leads.
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if boottime is not None:
-        return time.clock_gettime(boottime)
-    return time.monotonic()
-
 
 def _positive(value: float, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise StorageError(f"RedisStorage: {what} must be a positive number of seconds, "
                            f"not {value!r}")
     return float(value)
-
-
-class _RedisLease:
-    """Leadership of one token name; ``held()`` never touches the network."""
-
-    def __init__(self, storage: RedisStorage, name: str, owner: str, deadline: float) -> None:
-        self._storage = storage
-        self.name = name
-        self.owner = owner
-        self.deadline = deadline  # on _lease_clock; moved forward by each renewal
-        self._lost = False
-        # Serialises renewal and release: a renewal still in flight after release() could
-        # otherwise take a vanished key back for a process that no longer leads.
-        self.io = threading.Lock()
-
-    def __repr__(self) -> str:
-        return f"<RedisLease {self.name!r} owner={self.owner!r} held={self.held()}>"
-
-    def held(self) -> bool:
-        if self._lost:
-            return False
-        if _lease_clock() >= self.deadline:
-            self.lose("its lease could not be renewed in time")
-            return False
-        return True
-
-    def lose(self, why: str) -> None:
-        """Stop leading (once), saying why."""
-        if not self._lost:
-            self._lost = True
-            log.warning("awstoken: token %r: this process stops leading: %s", self.name, why)
-        self._storage._forget_lease(self)
-
-    def release(self) -> None:
-        with self.io:
-            if self._lost:
-                return
-            self._lost = True
-            self._storage._release(self)
 
 
 class RedisStorage(BaseStorage):
@@ -214,10 +86,15 @@ class RedisStorage(BaseStorage):
     bounds every network call made by background threads. ``max_backoff`` caps the delay
     between reconnection attempts. Records expire in Redis ``expiry_grace`` seconds after
     the token does, so the last error stays visible for status. ``redis_options`` go to
-    ``redis.Redis.from_url`` unchanged (``ssl_ca_certs``, ``ssl_certfile``, ...).
+    ``redis.Redis.from_url`` unchanged (``ssl_ca_certs``, ``ssl_certfile``, ...; for
+    ``rediss://`` the server's host name is checked unless ``ssl_check_hostname`` is given).
+    ``lease_clock`` (seconds, monotonic, counting through suspend) times the lease's local
+    deadline; tests inject one to move time without sleeping.
 
     :attr:`outages` counts the times Redis became unreachable, :attr:`errors` the failed
-    operations, and :attr:`connected` says whether it is reachable now (for metrics).
+    operations, :attr:`bad_records` the malformed records read (each treated as absent),
+    :attr:`restarts` the background threads restarted after an unexpected error, and
+    :attr:`connected` says whether it is reachable now (for metrics and ``/readyz``).
     """
 
     def __init__(
@@ -236,11 +113,10 @@ class RedisStorage(BaseStorage):
         expiry_grace: float = 60.0,
         redis_options: Mapping[str, Any] | None = None,
         clock: Clock = time.time,
+        lease_clock: Clock | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise StorageError("RedisStorage: the url must be a non-empty string")
-        self._secrets = [s for s in (password, *_url_secrets(url)) if s]
-        self.url = redact_url(url)
         self.prefix = prefix
         self.lease = _positive(lease, "lease")
         self.lease_margin = self.lease / 5 if lease_margin is None else float(lease_margin)
@@ -250,235 +126,149 @@ class RedisStorage(BaseStorage):
         self.timeout = _positive(timeout, "timeout")
         self.max_backoff = _positive(max_backoff, "max_backoff")
         self.expiry_grace = max(float(expiry_grace), 0.0)
-        self.outages = 0
-        self.errors = 0
-        self._client = self._connect(url, password=password, username=username,
-                                     options=dict(redis_options or {}))
-        self._scripts = {name: self._client.register_script(src) for name, src in
-                         (("store", _STORE), ("restore", _RESTORE), ("renew", _RENEW),
-                          ("release", _RELEASE))}
         self._channel = f"{prefix}events"
+        self._link = RedisLink(url, password=password, username=username,
+                               options=dict(redis_options or {}), timeout=self.timeout,
+                               max_backoff=self.max_backoff, channel=self._channel,
+                               on_message=lambda data: self._on_event(data),
+                               on_connected=self._catch_up, crashed=self._watcher_crashed)
+        self.url = self._link.url
+        self._client = self._link.client
         self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
         self._unsaved: set[str] = set()  # written here, not yet in Redis
-        self._leases: dict[int, _RedisLease] = {}
+        self._leadership = Leadership(
+            client=self._client, key=self._key, channel=self._channel,
+            call=lambda *args, **kwargs: self._call(*args, **kwargs),  # patchable in tests
+            lease=self.lease, margin=self.lease_margin,
+            owner_prefix=f"{socket.gethostname()}:{os.getpid()}:",
+            connected=lambda: self.connected, knows=self._knows, crashed=self._count_restart,
+            clock=lease_clock or _lease_clock)
+        self._io = RecordIO(
+            client=self._client, key=self._key, channel=self._channel, url=self.url,
+            call=lambda *args, **kwargs: self._call(*args, **kwargs),
+            expiry_grace=self.expiry_grace, clock=lambda: self.clock(), held=self._held_lease,
+            log_once=lambda *args, **kwargs: self._log_once(*args, **kwargs))
+        self._seq: dict[str, int] = {}  # record messages seen, per name
+        self._logged: dict[str, str] = {}
+        self._state = threading.Lock()
+        self.restarts = 0
         super().__init__(poll=_positive(poll, "poll"), margin=margin, clock=clock)
-        self._init_network_threads()
+        self._link.start()
 
     def __repr__(self) -> str:
         return f"RedisStorage({self.url!r}, prefix={self.prefix!r})"
 
-    # -- connection and outage bookkeeping -------------------------------------------------
-
-    def _connect(self, url: str, *, password: str | None, username: str | None,
-                 options: dict[str, Any]) -> Any:
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError:
-            raise StorageError("RedisStorage needs redis-py: pip install 'awstoken[redis]'") from None
-        self._redis = redis
-        self._net_errors: tuple[type[BaseException], ...] = (
-            redis.ConnectionError, redis.TimeoutError, OSError)
-        settings: dict[str, Any] = {
-            "socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-            # Our own reconnection logic backs off; redis-py must not retry (and block) too.
-            "retry": Retry(NoBackoff(), 0), "client_name": "awstoken",
-        }
-        if password is not None:
-            settings["password"] = password
-        if username is not None:
-            settings["username"] = username
-        settings.update(options)
-        try:
-            return redis.Redis.from_url(url, **settings)
-        except (ValueError, TypeError) as exc:
-            raise StorageError(f"RedisStorage: invalid Redis URL {self.url!r}: "
-                               f"{self._scrub(str(exc))}") from None
-
-    def _init_network_threads(self) -> None:
-        self._state = threading.Lock()
-        self._down_since: float | None = None
-        self._stopping = threading.Event()
-        self._reconnect = threading.Event()
-        self._lease_wake = threading.Event()
-        self._lease_thread: threading.Thread | None = None
-        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
-        self._watcher = threading.Thread(target=self._watch, name="awstoken-redis-watch",
-                                         daemon=True)
-        self._watcher.start()
+    # -- connection (see _redis_link) -------------------------------------------------------
 
     @property
     def connected(self) -> bool:
         """False while Redis is known to be unreachable."""
-        return self._down_since is None
+        return self._link.connected
+
+    @property
+    def outages(self) -> int:
+        """Times Redis became unreachable."""
+        return self._link.outages
+
+    @property
+    def errors(self) -> int:
+        """Failed operations."""
+        return self._link.errors
+
+    @property
+    def bad_records(self) -> int:
+        """Malformed records read (each treated as absent)."""
+        return self._io.bad_records
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{check_name(name)}"
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _describe(self, exc: BaseException) -> str:
-        text = self._scrub(str(exc)).strip()
-        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-    def _unavailable(self) -> StorageError:
-        since = self._down_since
-        left = "" if since is None else f" for {time.monotonic() - since:.1f}s"
-        return StorageError(f"Redis at {self.url} is unavailable{left}; reconnecting")
-
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one Redis operation; translate its failures into StorageError (no secrets)."""
-        if self._down_since is not None:
-            raise self._unavailable()
-        try:
-            return func(*args, **kwargs)
-        except self._net_errors as exc:
-            self._mark_down(exc)
-            raise StorageError(f"Redis at {self.url}: {what}: {self._describe(exc)}") from None
-        except self._redis.RedisError as exc:
-            with self._state:
-                self.errors += 1
-            raise StorageError(f"Redis at {self.url}: {what}: {self._describe(exc)}") from None
+        return self._link.call(what, func, *args, **kwargs)
 
-    def _mark_down(self, exc: BaseException) -> None:
-        with self._state:
-            self.errors += 1
-            first = self._down_since is None
-            if first:
-                self._down_since = time.monotonic()
-                self.outages += 1
-        if first:
-            log.warning("awstoken: Redis at %s is unavailable (%s); serving cached tokens until "
-                        "they expire, reconnecting", self.url, self._describe(exc))
-        self._reconnect.set()
+    def _watcher_crashed(self, exc: BaseException) -> None:
+        self._count_restart()
+        self._log_once("watcher", type(exc).__name__,
+                       "awstoken: Redis watcher restarted after an unexpected error",
+                       exc_info=True)
 
-    def _mark_up(self) -> None:
-        with self._state:
-            since, self._down_since = self._down_since, None
-        if since is not None:
-            log.warning("awstoken: Redis at %s is reachable again after %.1fs", self.url,
-                        time.monotonic() - since)
-
-    def _backoff(self, attempt: int) -> float:
-        # Full jitter over a capped exponential: a fleet that lost Redis together does not
-        # come back in lock step.
-        cap = min(self.max_backoff, 0.05 * 2.0 ** min(attempt, 16))
-        return cap / 2 + random.random() * cap / 2
-
-    # -- watcher thread: pub/sub, reconnection, catching up --------------------------------
-
-    def _watch(self) -> None:
-        attempt = 0
-        pubsub: Any = None
-        try:
-            while not self._stopping.is_set():
-                if pubsub is None:
-                    if attempt and self._stopping.wait(self._backoff(attempt)):
-                        return
-                    try:
-                        pubsub = self._subscribe()
-                    except self._net_errors as exc:
-                        self._mark_down(exc)
-                        attempt += 1
-                        continue
-                    attempt = 0
-                    self._reconnect.clear()
-                    self._mark_up()
-                    self._catch_up()
-                try:
-                    message = pubsub.get_message(timeout=0.25)
-                except self._net_errors as exc:
-                    message = None
-                    self._mark_down(exc)
-                if self._reconnect.is_set():
-                    # Somebody saw Redis fail: probe again with a fresh connection.
-                    self._close_pubsub(pubsub)
-                    pubsub = None
-                    attempt = 1
-                elif message is not None and message.get("type") == "message":
-                    self._on_event(message.get("data"))
-        except Exception:  # the watcher must never die silently
-            log.exception("awstoken: Redis watcher stopped by an unexpected error")
-        finally:
-            self._close_pubsub(pubsub)
-
-    def _subscribe(self) -> Any:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        try:
-            # Connects (and authenticates) now: a refused or rejected connection raises here.
-            pubsub.subscribe(self._channel)
-        except BaseException:
-            self._close_pubsub(pubsub)
-            raise
-        return pubsub
-
-    @staticmethod
-    def _close_pubsub(pubsub: Any) -> None:
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                pubsub.close()
+    # -- pub/sub messages and catching up --------------------------------------------------
 
     def _on_event(self, data: object) -> None:
+        """One message: ``!name`` (the lease is free), ``name\\nrecord`` (a new record),
+        or a bare ``name`` (an older writer: read the record)."""
+        if not isinstance(data, bytes):
+            return
+        head, newline, raw = data.partition(b"\n")
         try:
-            name = data.decode() if isinstance(data, bytes) else str(data)
+            name = head.decode("ascii")
         except UnicodeDecodeError:
+            return
+        if name.startswith("!"):
+            self._leadership.free(name[1:])
             return
         with self._lock:
             watched = name in self._records
         if not watched:
             return
+        with self._lock:
+            self._seq[name] = self._seq.get(name, 0) + 1
         try:
-            self._sync(name, self._call("reading a record", self._client.get,
-                                        self._key("token", name)))
+            self._sync(name, raw if newline else self._io.get(name))
         except AwstokenError as exc:
             log.debug("awstoken: token %r: could not reload after notification: %s", name, exc)
 
     def _catch_up(self) -> None:
-        """After (re)connecting: store what could not be stored, reload everything, renew."""
-        self._lease_wake.set()
+        """After (re)connecting: store what could not be stored, reload everything, renew,
+        and let followers try the leases (a leader may have gone meanwhile)."""
+        self._leadership.wake.set()
         self._revalidate()
+        for name in self._leadership.followed():
+            self._leadership.free(name)
+
+    def _log_once(self, key: str, kind: str, message: str, *args: object,
+                  exc_info: bool = False) -> None:
+        """Log ``message`` unless the same ``kind`` of trouble was just logged for ``key``."""
+        with self._state:
+            if self._logged.get(key) == kind:
+                return
+            self._logged[key] = kind
+        log.warning(message, *args, exc_info=exc_info)
 
     # -- records ---------------------------------------------------------------------------
 
-    def _ttl_ms(self, token: Token) -> int:
-        if token.expires_at is None:
-            return 0
-        return max(1, math.ceil((max(token.expires_at - self.clock(), 0.0)
-                                 + self.expiry_grace) * 1000))
+    def _held_lease(self, name: str) -> RedisLease | None:
+        return self._leadership.held(name)
 
-    def _parse(self, name: str, raw: bytes) -> Token:
-        return Token.from_json(raw, where=f"token {name!r} in Redis at {self.url}")
-
-    def _script_write(self, script: str, name: str, token: Token, raw: bytes) -> bytes | None:
-        """Run the store or restore script; None when ``raw`` was written, else what is there."""
-        result: bytes | None = self._call(
-            "writing a record", self._scripts[script], keys=[self._key("token", name)],
-            args=[raw, token.generation, self._ttl_ms(token), self._channel, name])
-        return result
+    def _knows(self, name: str) -> bool:
+        with self._lock:
+            return self._records.get(name) is not None
 
     def _load(self, name: str) -> Token | None:
-        raw = self._call("reading a record", self._client.get, self._key("token", name))
-        return self._sync(name, raw)
+        seq = self._seq.get(name, 0)
+        return self._sync(name, self._io.get(name), seq)
 
-    def _sync(self, name: str, raw: bytes | None) -> Token | None:
+    def _sync(self, name: str, raw: bytes | None, seq: int | None = None) -> Token | None:
         """Bring the local record of ``name`` in line with ``raw`` (just read from Redis).
 
-        A record this process wrote but could not store goes to Redis first; a record missing
-        from Redis is written back if this process still holds a usable copy.
+        A record this process wrote but could not store goes to Redis if Redis holds nothing
+        newer (else it is dropped); a record missing from Redis (or malformed there) is
+        written back if this process still holds a usable copy. ``seq``: the number of
+        messages about ``name`` seen when ``raw`` was asked for; if one arrived since, it
+        is newer than ``raw`` (pub/sub overtakes a GET or MGET answer), and ``raw`` is
+        ignored.
         """
         with self._lock:
             local = self._records.get(name)
             pending = name in self._unsaved
             known = self._raw.get(name, b"")
-        if raw is not None and raw == known and not pending:
+            overtaken = seq is not None and self._seq.get(name, 0) != seq
+        if ((raw is not None and raw == known) or overtaken) and not pending:
             return local
-        if local is not None and (pending or (raw is None and local.usable(self.clock()))):
+        record = None if raw is None else self._io.parse(name, raw)
+        if local is not None and (pending or (record is None and local.usable(self.clock()))):
             mine = local.to_json()
-            there = self._script_write("store" if pending else "restore", name, local, mine)
+            there = self._io.write(name, local, mine)
             with self._lock:
                 self._unsaved.discard(name)
             if there is None:
@@ -486,10 +276,12 @@ class RedisStorage(BaseStorage):
                     log.warning("awstoken: token %r was missing from Redis at %s; wrote back "
                                 "this process's copy (generation %d)", name, self.url,
                                 local.generation)
-                raw = mine
+                raw, record = mine, local
             else:
-                raw = there
-        record = None if raw is None else self._parse(name, raw)
+                if pending:
+                    log.warning("awstoken: token %r: dropped the record kept while Redis at "
+                                "%s was away: Redis holds a newer one", name, self.url)
+                raw, record = there, self._io.parse(name, there)
         with self._lock:
             if self._raw.get(name, b"") != raw or name not in self._records:
                 self._raw[name] = raw
@@ -501,23 +293,36 @@ class RedisStorage(BaseStorage):
         return False
 
     def _revalidate(self) -> None:
-        if self._down_since is not None:
+        if not self.connected:
             return
         with self._lock:
             names = list(self._records)
-        if not names:
+        watched = {n for n in self._leadership.followed() if self._held_lease(n) is None}
+        if not names and not watched:
             return
+        keys = [self._key("token", n) for n in names]
+        leases = sorted(watched)
+        with self._lock:
+            seqs = [self._seq.get(n, 0) for n in names]
         try:
             raws = self._call("revalidating records", self._client.mget,
-                              [self._key("token", n) for n in names])
+                              keys + [self._key("lease", n) for n in leases])
         except AwstokenError as exc:
             log.debug("awstoken: could not revalidate: %s", exc)
             return
-        for name, raw in zip(names, raws, strict=True):
+        for name, raw, seq in zip(names, raws, seqs, strict=False):
             try:
-                self._sync(name, raw)
+                self._sync(name, raw, seq)
             except AwstokenError as exc:
-                log.warning("awstoken: could not revalidate token %r: %s", name, exc)
+                self._log_once(f"revalidate:{name}", str(exc),
+                               "awstoken: could not revalidate token %r: %s", name, exc)
+            except Exception as exc:  # bad data must not end the cache thread
+                self._log_once(f"revalidate:{name}", type(exc).__name__,
+                               "awstoken: token %r: unexpected error revalidating", name,
+                               exc_info=True)
+        for name, owner in zip(leases, raws[len(names):], strict=True):
+            if owner is None:  # vanished or expired without a word: a follower may lead
+                self._leadership.free(name)
 
     def get(self, name: str) -> str | None:
         """The usable value of ``name``, or None. Only a name this process has never seen
@@ -561,16 +366,29 @@ class RedisStorage(BaseStorage):
 
     def write(self, name: str, token: Token) -> None:
         check_name(name)
+        token = self._stamp(name, token)
         with self._lock:
             # Memory first: if Redis is away, this process still serves the new token, and
-            # the watcher stores it when Redis is back.
+            # the watcher stores it when Redis is back (if nothing newer is there by then).
             self._remember(name, token)
             self._unsaved.add(name)
         self._store(name, token)
 
+    def _stamp(self, name: str, token: Token) -> Token:
+        """``token`` with the fence it is written under: the lease's if this process leads,
+        else that of the record it was made from (it then goes in only over an older one)."""
+        lease = self._held_lease(name)
+        if lease is not None:
+            fence = lease.fence
+        else:
+            with self._lock:
+                known = self._records.get(name)
+            fence = max(token.fence, known.fence if known is not None else 0)
+        return token if fence == token.fence else replace(token, fence=fence)
+
     def _store(self, name: str, token: Token) -> None:
         raw = token.to_json()
-        there = self._script_write("store", name, token, raw)
+        there = self._io.write(name, token, raw)
         with self._lock:
             if self._records.get(name) is token:
                 self._unsaved.discard(name)
@@ -579,80 +397,34 @@ class RedisStorage(BaseStorage):
                 if self._records.get(name) is token:
                     self._raw[name] = raw
             return
-        # Redis holds a newer generation (another leader was faster): adopt it.
+        # Redis holds a newer record (another leader was faster, or ours lapsed): adopt it.
         log.info("awstoken: token %r: Redis at %s already holds a newer record; using it",
                  name, self.url)
         self._sync(name, there)
 
-    # -- leadership ------------------------------------------------------------------------
+    # -- leadership (see _redis_lease) ----------------------------------------------------
 
-    def acquire(self, name: str) -> _RedisLease | None:
-        key = self._key("lease", name)
-        owner = f"{self._owner_prefix}{uuid.uuid4().hex[:16]}"
-        sent = _lease_clock()
-        try:
-            ok = self._call("acquiring a lease", self._client.set, key, owner, nx=True,
-                            px=math.ceil(self.lease * 1000))
-        except AwstokenError as exc:
-            if self.connected:  # an outage is logged once by _mark_down; anything else here
-                log.warning("awstoken: token %r: cannot take the lease: %s", name, exc)
-            return None
-        if not ok:
-            return None
-        lease = _RedisLease(self, name, owner, sent + self.lease - self.lease_margin)
-        with self._state:
-            self._leases[id(lease)] = lease
-            if self._lease_thread is None or not self._lease_thread.is_alive():
-                self._lease_thread = threading.Thread(
-                    target=self._renew_leases, name="awstoken-redis-lease", daemon=True)
-                self._lease_thread.start()
-        return lease
+    def acquire(self, name: str) -> RedisLease | None:
+        return self._leadership.acquire(check_name(name))
+
+    def lease_wait(self, name: str, default: float) -> float:
+        """Seconds until this follower should try the lease of ``name`` again: when the lease
+        it saw would run out unless renewed (a release or a vanished lease wakes the waiters
+        registered with :meth:`on_lease_free` sooner), or ``default`` if unknown."""
+        return self._leadership.wait(name, default)
+
+    def on_lease_free(self, name: str, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when the lease of ``name`` is released or found gone."""
+        self._leadership.on_free(check_name(name), wake)
 
     def leader(self, name: str) -> str | None:
         """The owner id (``host:pid:random``) of the lease of ``name``, or None."""
         raw = self._call("reading a lease", self._client.get, self._key("lease", name))
         return None if raw is None else bytes(raw).decode(errors="replace")
 
-    def _renew_leases(self) -> None:
-        every = self.lease / 4
-        while not self._stopping.is_set():
-            with self._state:
-                leases = list(self._leases.values())
-            for lease in leases:
-                with lease.io:
-                    if lease.held():
-                        self._renew(lease)
-            self._lease_wake.wait(every)
-            self._lease_wake.clear()
-
-    def _renew(self, lease: _RedisLease) -> None:
-        sent = _lease_clock()
-        try:
-            ok = self._call("renewing a lease", self._scripts["renew"],
-                            keys=[self._key("lease", lease.name)],
-                            args=[lease.owner, math.ceil(self.lease * 1000)])
-        except AwstokenError as exc:
-            # held() turns False at the deadline unless a later renewal succeeds.
-            if self.connected:
-                log.warning("awstoken: token %r: cannot renew the lease: %s", lease.name, exc)
-            return
-        if ok:
-            lease.deadline = max(lease.deadline, sent + self.lease - self.lease_margin)
-        else:
-            lease.lose("another process holds its lease")
-
-    def _forget_lease(self, lease: _RedisLease) -> None:
+    def _count_restart(self) -> None:
         with self._state:
-            self._leases.pop(id(lease), None)
-
-    def _release(self, lease: _RedisLease) -> None:
-        self._forget_lease(lease)
-        try:
-            self._call("releasing a lease", self._scripts["release"],
-                       keys=[self._key("lease", lease.name)], args=[lease.owner])
-        except AwstokenError as exc:
-            log.debug("awstoken: token %r: lease not released (it will expire): %s",
-                      lease.name, exc)
+            self.restarts += 1
 
     # -- refresh requests ------------------------------------------------------------------
 
@@ -674,22 +446,19 @@ class RedisStorage(BaseStorage):
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._stopping.set()
-        self._lease_wake.set()
-        with self._state:
-            leases = list(self._leases.values())
-        for lease in leases:
-            lease.release()
+        self._link.stopping.set()
+        self._leadership.close()
         super().close()
-        for thread in (self._watcher, self._lease_thread):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=5)
-        with contextlib.suppress(Exception):
-            self._client.close()
+        self._link.stop()
+        self._link.close()
 
     def _after_fork_in_child(self) -> None:
         # The parent's leases, threads and pub/sub connection stay the parent's; redis-py
         # gives the child fresh pooled connections by itself.
         super()._after_fork_in_child()
-        self._leases = {}
-        self._init_network_threads()
+        self._leadership.forked()
+        self._io.forked()
+        self._leadership.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        self._state = threading.Lock()
+        self._link.forked()
+        self._link.start()

@@ -70,7 +70,8 @@ def test_redis_health_in_metrics_and_readyz_through_an_outage(
         outputs.append(ready)
         assert status == 200
         assert json.loads(ready)["storage"] == {"type": "redis", "connected": True,
-                                                "outages": 0, "errors": 0}
+                                                "outages": 0, "errors": 0, "bad_records": 0,
+                                                "restarts": 0}
         relay.cut()  # this process loses Redis; the server itself stays up
         wait_until(lambda: not storage.connected, 10)
         assert call(proxy.url, "GET", "/v2/").status == 200  # the cache serves
