@@ -156,6 +156,10 @@ class Rotator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rand_due: tuple[int, float] | None = None
+        # False until this process has tried a refresh since it became the leader: the
+        # backoff stored in the record may be a previous leader's (a process that failed
+        # and was restarted), which must not make a new leader without a usable token wait.
+        self._tried_as_leader = False
 
     @property
     def leader(self) -> bool:
@@ -215,6 +219,7 @@ class Rotator:
             self._lease = self.storage.acquire(self.name)
             if self._lease is None:
                 return poll  # a follower: the storage's cache brings the leader's tokens
+            self._tried_as_leader = False
             log.info("awstoken: token %r: this process (%s) is now the leader", self.name,
                      process_id())
         now = self.clock()
@@ -243,7 +248,11 @@ class Rotator:
         if self._rand_due is None or self._rand_due[0] != failures:
             self._rand_due = (failures, self.rand())
         fixed = self._rand_due[1]
-        return self.schedule.due(record, self.clock(), lambda: fixed)
+        now = self.clock()
+        if (self._lease is not None and not self._tried_as_leader
+                and (record is None or not record.usable(now))):
+            return 0.0  # a new leader with nothing to serve: try at once, then back off
+        return self.schedule.due(record, now, lambda: fixed)
 
     def _forced(self, record: Token | None, now: float) -> bool:
         requested = self.storage.refresh_requested(self.name)
@@ -267,6 +276,7 @@ class Rotator:
 
     def _refresh_locked(self, record: Token | None) -> None:
         with self._refresh_lock:
+            self._tried_as_leader = True
             self._refresh(record, raise_errors=False, as_leader=True)
 
     def _refresh(self, record: Token | None, *, raise_errors: bool,
