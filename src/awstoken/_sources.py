@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import shlex
 import signal
 import subprocess
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from . import _jsonout
 from ._errors import CommandError, CommandTimeout, ConfigError
-from ._spawn import popen
+from ._spawn import popen, untrack
 
 DEFAULT_TIMEOUT = 60.0
-
-# Commands still running when the interpreter exits (rotation threads are daemons) would
-# outlive it in their own sessions: remember them so that exit kills their process groups.
-_running: set[subprocess.Popen[bytes]] = set()
-_running_lock = threading.Lock()
-
-
-@atexit.register
-def _kill_running() -> None:
-    with _running_lock:
-        procs = list(_running)
-    for proc in procs:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
@@ -181,13 +164,13 @@ class Command:
         shell = isinstance(self._argv, str)
         env = None if self._env is None else {**os.environ, **self._env}
         try:
+            # Tracked: its own session (a timeout kills the whole group), killed with this
+            # program when it exits (rotation threads are daemons).
             proc = popen(
                 self._argv, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, start_new_session=True)
+                stderr=subprocess.PIPE, env=env, track=True)
         except OSError as exc:
             raise CommandError(f"command {self.display!r} could not start: {exc.strerror}") from None
-        with _running_lock:
-            _running.add(proc)
         try:
             out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -199,8 +182,7 @@ class Command:
             kill_group(proc)
             raise
         finally:
-            with _running_lock:
-                _running.discard(proc)
+            untrack(proc)
         if proc.returncode != 0:
             raise CommandError(
                 f"command {self.display!r} exited with status {_status(proc.returncode)}"
