@@ -2,10 +2,12 @@
 
 One process (``workers = 1``) runs the proxy listener, the admin listener, the token
 endpoint's listeners (nginx ``auth_request``) and the keeper's rotators in one event loop.
-With ``workers = N > 1`` the parent forks N workers that each bind the proxy address with
-``SO_REUSEPORT`` (the kernel spreads connections) and share the token storage (only one
-process leads each token); the parent serves the admin listener and the token endpoint and
-sums the workers' request metrics, which each worker exposes on a private unix socket.
+With ``workers = N > 1`` the parent starts N workers (fresh interpreters, see ``_worker``)
+that each bind the proxy address with ``SO_REUSEPORT`` (the kernel spreads connections) and
+read the tokens from the shared storage; the parent keeps the tokens fresh, serves the admin
+listener and the token endpoint and sums the workers' request metrics, which each worker
+exposes on a private unix socket. SIGHUP reloads the configuration (``reload``); with
+workers, new ones start with it and the old ones drain and exit.
 
 A configuration without ``[[routes]]`` but with ``server.token_listen`` runs no proxy
 listener at all: one process serves the token endpoint (and the admin listener).
@@ -20,7 +22,6 @@ import logging
 import os
 import pickle
 import signal
-import ssl
 import sys
 import tempfile
 import time
@@ -30,67 +31,24 @@ from typing import Any, BinaryIO
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
-from .._config import ENGINES
 from .._errors import ConfigError
 from .._keeper import Keeper
 from .._reload import TokenPlan, describe_changes, keep_restart_only
-from .._settings import ServerSettings, Settings
+from .._settings import Settings
 from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._fast import FastForwarder
-from ._forward import Forwarder
-from ._h1 import ClientConnection, Frontend, Pool, Request, unverified_context
+from ._h1 import ClientConnection, Frontend, Pool, Request
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._prom import merge_exposition
 from ._routes import RouteTable
 from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
-from ._upstream import Upstream, tls_context
+from ._upstream import tls_context
 from ._worker import WorkerSpec, logging_spec, worker_command, worker_storage
 
 log = logging.getLogger("awstoken.proxy")
-
-#: Request heads up to this size are accepted (and upstream response heads read).
-MAX_FIELD_SIZE = 64 * 1024
-
-
-class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp's server logger, with a malformed request as one line instead of a traceback.
-
-    Any client can send garbage: a traceback per bad request would flood the log, and the
-    parser's message quotes the offending bytes (which may be the client's credentials), so
-    only its first line is kept.
-    """
-
-    def exception(self, msg: object, *args: object, exc_info: object = True,
-                  **kwargs: Any) -> None:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
-            first = (exc.message or "").strip().splitlines()
-            reason = first[0].rstrip(":") if first else f"status {exc.code}"
-            remote = args[0] if args else "-"
-            log.info("awstoken: %d for a malformed request from %s: %s", exc.code, remote,
-                     reason)
-            return
-        super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
-
-
-def check_engine(settings: Settings) -> str:
-    """The configured engine, validated."""
-    engine = settings.server.engine
-    if engine not in ENGINES:
-        raise ConfigError(f"server.engine must be one of {', '.join(map(repr, ENGINES))}, "
-                          f"not {engine!r}")
-    return engine
-
-
-def fast_tls_context(settings: ServerSettings) -> ssl.SSLContext:
-    """The fast engine's upstream TLS: verified unless ``verify_tls`` is off."""
-    context = tls_context(settings)
-    return context if isinstance(context, ssl.SSLContext) else unverified_context()
-
 
 def token_names(settings: Settings, routes: RouteTable) -> list[str]:
     """Every token the server depends on; routes must name configured tokens."""
@@ -130,11 +88,7 @@ class ProxyServer:
         self.auth = InboundAuth(settings.server)
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouteMetrics(self.registry)
-        self.engine = check_engine(settings)
-        self.upstream = Upstream(settings.server)  # also validates the TLS settings
-        self.forwarder = Forwarder(routes=self.routes, keeper=keeper, upstream=self.upstream,
-                                   auth=self.auth, metrics=self.metrics,
-                                   access_log=settings.server.access_log)
+        self.tls = tls_context(settings.server)  # also validates the TLS settings
         self._pool: Pool | None = None
         self._frontend: Frontend | None = None
         self.reuse_port = reuse_port
@@ -150,7 +104,6 @@ class ProxyServer:
         self.token_secret = load_secret(settings.server) if self.with_token_endpoint else None
         self.token_listeners: TokenListeners | None = None
         self._fast: FastForwarder | None = None
-        self._web: web.Server | None = None
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
         self._aux_listeners: list[asyncio.Server] = []
@@ -189,20 +142,12 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         if self.with_proxy:
             host, port = self.settings.server.listen
-            factory: Callable[[], asyncio.BaseProtocol]
-            if self.engine == "fast":
-                server = self.settings.server
-                self._pool = Pool(ssl_context=fast_tls_context(server),
-                                  connect_timeout=server.connect_timeout,
-                                  read_timeout=server.read_timeout)
-                self._fast = self._fast_forwarder()
-                # Through _dispatch: a reload swaps the forwarder under open connections.
-                self._frontend = factory = Frontend(self._dispatch)
-            else:
-                self._web = factory = web.Server(
-                    self._dispatch_web, handler_cancellation=True, access_log=None,
-                    max_field_size=MAX_FIELD_SIZE,
-                    logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
+            server = self.settings.server
+            self._pool = Pool(ssl_context=self.tls, connect_timeout=server.connect_timeout,
+                              read_timeout=server.read_timeout)
+            self._fast = self._fast_forwarder()
+            # Through _dispatch: a reload swaps the forwarder under open connections.
+            self._frontend = factory = Frontend(self._dispatch)
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -234,9 +179,6 @@ class ProxyServer:
         assert self._fast is not None
         return self._fast(conn, request)
 
-    def _dispatch_web(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-        return self.forwarder(request)
-
     def reload(self, settings: Settings) -> list[str]:
         """Serve the routes, tokens and request settings of ``settings`` from the next request
         on; return what changed, one line each. Requests in flight finish as they started.
@@ -257,9 +199,6 @@ class ProxyServer:
         changes = describe_changes(self.settings, settings, self.token_names, names) + kept
         # Nothing below can fail: apply.
         self.settings, self.routes, self.auth, self.token_names = settings, routes, auth, names
-        self.forwarder = Forwarder(routes=routes, keeper=self.keeper, upstream=self.upstream,
-                                   auth=auth, metrics=self.metrics,
-                                   access_log=settings.server.access_log)
         if self._fast is not None:
             self._fast = self._fast_forwarder()
         self._token_collector.names = tuple(sorted(set(names)))
@@ -295,9 +234,6 @@ class ProxyServer:
         self._stopped = True
         for server in self._listeners:
             server.close()
-        if self._web is not None:
-            self._web.pre_shutdown()
-            await self._web.shutdown(self.settings.server.shutdown_timeout)
         if self._frontend is not None:
             await self._frontend.shutdown(self.settings.server.shutdown_timeout)
         for server in self._aux_listeners:
@@ -306,7 +242,6 @@ class ProxyServer:
             await aux.shutdown(1.0)
         if self.token_listeners is not None:
             await self.token_listeners.stop()
-        await self.upstream.close()
         if self._pool is not None:
             await self._pool.close()
         for server in (*self._listeners, *self._aux_listeners):
@@ -492,9 +427,8 @@ def serve(settings: Settings, keeper: Keeper, *, on_ready: Callable[[], object] 
     check_something_to_serve(settings)
     token_names(settings, RouteTable(settings.routes))
     InboundAuth(settings.server)
-    Upstream(settings.server)
+    tls_context(settings.server)
     load_secret(settings.server)
-    check_engine(settings)
     workers = settings.server.workers
     tune_malloc()
     if workers < 1:
