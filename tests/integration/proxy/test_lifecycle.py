@@ -8,6 +8,7 @@ cannot bind stops everything, non-zero, before any source runs (a counting comma
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -76,8 +77,6 @@ def serving(config: Path, port: int, tmp_path: Path) -> Iterator[Serving]:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                import os
-
                 os.killpg(with_group, signal.SIGKILL)
                 proc.wait()
 
@@ -198,3 +197,23 @@ def test_a_taken_port_fails_the_start_before_any_source_runs(
     assert "SIGTERM received" not in log
     assert "keep failing" not in log
     assert not counter.exists(), "a source ran for a server that could not start"
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream) -> None:
+    port, admin = free_port(), free_port()
+    config = tmp_path / "awstoken.toml"
+    config.write_text(config_text(tmp_path, port, admin, 2, upstream.url,
+                                  tokens={"a": "echo tok-a"}, routes={"/a": "a"}))
+    with serving(config, port, tmp_path) as server:
+        server.wait_log("proxy listening", count=2)
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+        workers = children.read_text().split()
+        assert len(workers) == 2
+        os.kill(int(workers[0]), signal.SIGKILL)
+        server.wait_log(f"(pid {workers[0]}) exited with status -9; restarting it")
+        server.wait_log("proxy listening", count=3)
+        assert wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a")
+        assert len(children.read_text().split()) == 2
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+    assert "keep failing" not in server.log
