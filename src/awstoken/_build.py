@@ -10,7 +10,6 @@ import os
 from typing import Any
 
 from ._errors import ConfigError
-from ._hooks import hooks_from_settings
 from ._keeper import Keeper
 from ._rotator import Rotator
 from ._settings import Settings, StorageSettings, TokenSettings
@@ -100,8 +99,7 @@ def start_rotators(settings: Settings, keeper: Keeper) -> dict[str, Rotator]:
     Every source, transform and on-rotate hook (sink, command) is built before the first
     rotator starts, so a problem stops everything before anything runs.
     """
-    built = {name: (token, build_source(token), build_transform(token), hooks_from_settings(token))
-             for name, token in settings.tokens.items()}
-    return {name: keeper.rotate(name, source, transform, interval=token.interval,
-                                retry=token.retry, timeout=token.timeout, on_rotate=hooks)
-            for name, (token, source, transform, hooks) in built.items()}
+    from ._reload import TokenPlan
+
+    TokenPlan.of(settings).start(keeper)
+    return {name: keeper.rotators[name] for name in settings.tokens}

@@ -108,6 +108,13 @@ class Keeper:
             self._rotators[name] = rotator
         return rotator.start()
 
+    def remove(self, name: str) -> None:
+        """Stop keeping ``name`` fresh (its stored record stays); nothing when not rotated."""
+        with self._lock:
+            rotator = self._rotators.pop(name, None)
+        if rotator is not None:
+            rotator.stop()
+
     def token(self, name: str) -> str | None:
         """The current value of ``name``, or None when there is none or it has expired."""
         return self.storage.get(name)

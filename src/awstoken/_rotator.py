@@ -160,6 +160,10 @@ class Rotator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rand_due: tuple[int, float] | None = None
+        # False until this process has tried a refresh since it became the leader: the
+        # backoff stored in the record may be a previous leader's (a process that failed
+        # and was restarted), which must not make a new leader without a usable token wait.
+        self._tried_as_leader = False
 
     @property
     def leader(self) -> bool:
@@ -220,6 +224,7 @@ class Rotator:
             if self._lease is None:
                 # A follower: the storage's cache brings the leader's tokens.
                 return self._follower_wait(poll)
+            self._tried_as_leader = False
             log.info("awstoken: token %r: this process (%s) is now the leader", self.name,
                      process_id())
         now = self.clock()
@@ -248,7 +253,11 @@ class Rotator:
         if self._rand_due is None or self._rand_due[0] != failures:
             self._rand_due = (failures, self.rand())
         fixed = self._rand_due[1]
-        return self.schedule.due(record, self.clock(), lambda: fixed)
+        now = self.clock()
+        if (self._lease is not None and not self._tried_as_leader
+                and (record is None or not record.usable(now))):
+            return 0.0  # a new leader with nothing to serve: try at once, then back off
+        return self.schedule.due(record, now, lambda: fixed)
 
     def _forced(self, record: Token | None, now: float) -> bool:
         requested = self.storage.refresh_requested(self.name)
@@ -286,6 +295,7 @@ class Rotator:
                 log.warning("awstoken: token %r: leadership was lost before the refresh; not "
                             "running the source", self.name)
                 return
+            self._tried_as_leader = True
             with _LeaseWatch(lease, self.source, self.name):
                 self._refresh(record, raise_errors=False, as_leader=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -16,24 +15,9 @@ from typing import Protocol, runtime_checkable
 
 from . import _jsonout, _mask
 from ._errors import CommandError, CommandTimeout, ConfigError
-from ._spawn import popen
+from ._spawn import popen, untrack
 
 DEFAULT_TIMEOUT = 60.0
-
-# Commands still running when the interpreter exits (rotation threads are daemons) would
-# outlive it in their own sessions: remember them so that exit kills their process groups.
-_running: set[subprocess.Popen[bytes]] = set()
-_running_lock = threading.Lock()
-
-
-@atexit.register
-def _kill_running() -> None:
-    with _running_lock:
-        procs = list(_running)
-    for proc in procs:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
@@ -112,6 +96,7 @@ class Command:
             raise CommandError(f"command timeout must be positive, not {timeout!r}")
         self.timeout = float(timeout)
         self._mine: set[subprocess.Popen[bytes]] = set()  # runs in progress, for cancel()
+        self._mine_lock = threading.Lock()
         self._env = dict(env) if env is not None else None
         self._parse = parse
         self.token_path = token_path
@@ -182,7 +167,7 @@ class Command:
 
         A leader that loses its lease mid-refresh abandons the run this way.
         """
-        with _running_lock:
+        with self._mine_lock:
             procs = list(self._mine)
         for proc in procs:
             with contextlib.suppress(OSError):
@@ -193,13 +178,14 @@ class Command:
         shell = isinstance(self._argv, str)
         env = None if self._env is None else {**os.environ, **self._env}
         try:
+            # Tracked: its own session (a timeout kills the whole group), killed with this
+            # program when it exits (rotation threads are daemons).
             proc = popen(
                 self._argv, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, start_new_session=True)
+                stderr=subprocess.PIPE, env=env, track=True)
         except OSError as exc:
             raise CommandError(f"command {self.display!r} could not start: {exc.strerror}") from None
-        with _running_lock:
-            _running.add(proc)
+        with self._mine_lock:
             self._mine.add(proc)
         try:
             out, err = proc.communicate(timeout=self.timeout)
@@ -212,9 +198,9 @@ class Command:
             kill_group(proc)
             raise
         finally:
-            with _running_lock:
-                _running.discard(proc)
+            with self._mine_lock:
                 self._mine.discard(proc)
+            untrack(proc)
         if proc.returncode != 0:
             # stderr may quote the token: the one it printed on stdout before failing, or
             # the current one (masked through the rotator's _mask.masking context).

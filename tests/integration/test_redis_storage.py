@@ -322,10 +322,14 @@ def test_rediss_with_a_private_ca(tmp_path: Path, redis_server: RedisServer,
     d = tmp_path / "tls"
     d.mkdir()
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.crt", "-days", "2", "-subj", "/CN=awstoken test CA", cwd=d)
+             "ca.crt", "-days", "2", "-subj", "/CN=awstoken test CA",
+             # Python 3.13 verifies strictly: a CA without keyUsage is refused.
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
              "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n"
+                           "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
              "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext", cwd=d)
     port = free_port()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -104,14 +105,35 @@ def test_rotate_again_replaces_the_rotator(module_state: awstoken.FileStorage) -
     assert awstoken.default_keeper().rotators["r"] is second
 
 
-def test_a_program_using_rotate_exits_normally(tmp_path: Path) -> None:
-    code = (f"import awstoken; awstoken.set_storage(awstoken.FileStorage({str(tmp_path)!r}));"
-            "awstoken.rotate('x', 'sleep 30; echo late'); print('main done')")
+def _group_gone(pgid: int, timeout: float = 10.0) -> bool:
+    """True once no process is left in the process group ``pgid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("wait_for_command", [True, False])
+def test_a_program_using_rotate_exits_normally(tmp_path: Path, wait_for_command: bool) -> None:
+    pidfile = tmp_path / "command.pid"
+    # The command records its pid: with its own session, that is its process group too.
+    command = f"echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; sleep 30; echo late"
+    wait = (f"import os, time\nwhile not os.path.exists({str(pidfile)!r}): time.sleep(0.01)\n"
+            if wait_for_command else "")
+    code = (f"import awstoken; awstoken.set_storage(awstoken.FileStorage({str(tmp_path)!r}))\n"
+            f"awstoken.rotate('x', {command!r})\n{wait}print('main done')\n")
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "main done"
     assert time.monotonic() - started < 10
-    # The command still running at exit was killed with its process group.
-    ps = subprocess.run(["pgrep", "-f", "sleep 30; echo late"], capture_output=True, text=True)
-    assert ps.stdout.strip() == ""
+    if not pidfile.exists():
+        assert not wait_for_command
+        return  # the program exited before its command started: none may start after
+    # The command still running at exit was killed with its whole process group (the
+    # shell and its sleep): this test's own command only, not the machine's process list.
+    assert _group_gone(int(pidfile.read_text())), "the command outlived its program"

@@ -1,5 +1,7 @@
 """``awstoken serve -c FILE``: rotate the configured tokens and run the configured front doors.
 
+SIGHUP reads FILE again (routes, tokens and request settings; see docs/configuration.md).
+
 The proxy listener when the file has ``[[routes]]``, the token endpoint for nginx
 ``auth_request`` when it has ``server.token_listen``, the admin listener unless it is off.
 """
@@ -10,7 +12,9 @@ import argparse
 import logging
 
 from .. import _logging
-from .._build import build_keeper, start_rotators
+from .._build import build_keeper
+from .._config import load
+from .._reload import TokenPlan
 from .._validate import insecure_settings, preflight
 from ._common import add_config_argument, load_settings
 
@@ -48,8 +52,17 @@ def run(args: argparse.Namespace) -> int:
     for warning in insecure_settings(settings):
         log.warning("awstoken: warning: %s: %s", settings.path, warning)
     keeper = build_keeper(settings)
+    # Every source, transform and hook is built (validated) here; the rotators start only
+    # once every listener is bound, so a server that cannot start runs no source.
+    plan = TokenPlan.of(settings)
+    path = args.config
+
+    def reload() -> TokenPlan:
+        fresh = load(path)
+        preflight(fresh)  # a reloaded file passes the same checks as at start
+        return TokenPlan.of(fresh)
+
     try:
-        start_rotators(settings, keeper)
-        return serve(settings, keeper)
+        return serve(settings, keeper, on_ready=lambda: plan.start(keeper), reload=reload)
     finally:
         keeper.stop()

@@ -77,6 +77,9 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
         assert call(admin, "GET", "/readyz").status == 200
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
         assert len(children.stdout.split()) == 2
+        # Fresh interpreters, not forks of a parent that runs threads (the rotator's).
+        for child in children.stdout.split():
+            assert b"awstoken.proxy._worker" in Path(f"/proc/{child}/cmdline").read_bytes()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
 
@@ -101,3 +104,15 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return "Z"
+
+
+def test_sighup_without_a_file_to_reload_is_logged_not_fatal(upstream: Upstream,
+                                                             tmp_path: Path) -> None:
+    with serving(upstream, tmp_path, 1) as (proc, base, _):
+        proc.send_signal(signal.SIGHUP)
+        assert call(base, "GET", "/echo").status == 200
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        _, err = proc.communicate()
+    assert "SIGHUP received: nothing to reload" in err
