@@ -73,6 +73,12 @@ class ServerSettings:
     token_max_age: float = 5.0  # Cache-Control max-age of a 204 (0: no-store): nginx's cache time
     token_secret_env: str | None = None  # env var with a secret the X-Awstoken-Secret header must carry
     engine: Literal["fast"] = "fast"  # the request path (see docs/benchmarks.md)
+    # The proxy's URL as clients know it: Location headers and index bodies point there
+    # (None: the address each client connected to; never the client's Host header).
+    public_url: str | None = None
+    max_connections: int = 4096  # open client connections on the proxy listener (per process)
+    head_timeout: float = 60.0  # a client must send a whole request head within this
+    keepalive_timeout: float = 75.0  # idle keep-alive client connections are closed after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,8 @@ class RouteSettings:
     header: str = "Authorization"
     strip_prefix: bool = False
     redirects: Literal["follow", "pass"] = "follow"
+    follow_http: bool = False  # followed redirects may go to plain http:// targets
+    follow_private: bool = False  # ... and to loopback, private, link-local addresses
 
 
 @dataclass(frozen=True, slots=True)

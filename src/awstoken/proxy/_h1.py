@@ -329,7 +329,10 @@ class ClientConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
             raise ProtocolError(431, "request header fields too large")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if self.in_head:
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # else: a chunked body's trailer. Dropped: appended to the head's list it would reach
+        # the upstream as a header (and inbound auth) when the whole request came in one read.
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -547,6 +550,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.sink: Callable[[Chunk], Any] | None = None
         self.client: ClientConnection | None = None
         self.pump: asyncio.Task[None] | None = None
+        self.peer: tuple[Any, ...] | None = None  # the address actually connected to
+        self.local_host = ""  # our side's address on that connection
         self._head_size = 0
         self._read_paused = False
         self._last = 0.0
@@ -576,6 +581,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = tuple(peer) if isinstance(peer, (tuple, list)) else None
+        sock = transport.get_extra_info("sockname")
+        self.local_host = str(sock[0]) if isinstance(sock, (tuple, list)) else ""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -696,7 +705,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._head_size > MAX_HEAD:
             raise UpstreamError("protocol", f"upstream {self.origin.host}: response head over "
                                 f"{MAX_HEAD} bytes")
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.head_done:  # trailers of a chunked body are dropped, never promoted
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

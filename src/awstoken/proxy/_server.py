@@ -85,6 +85,7 @@ class ProxyServer:
         self.metrics = RouteMetrics(self.registry)
         self.tls = tls_context(settings.server)  # also validates the TLS settings
         self._pool: Pool | None = None
+        self._forwarder: FastForwarder | None = None
         self._frontend: Frontend | None = None
         self.reuse_port = reuse_port
         self.with_admin = admin and settings.server.admin_listen is not None
@@ -138,9 +139,10 @@ class ProxyServer:
             server = self.settings.server
             self._pool = Pool(ssl_context=self.tls, connect_timeout=server.connect_timeout,
                               read_timeout=server.read_timeout)
-            self._frontend = factory = Frontend(FastForwarder(
+            self._forwarder = FastForwarder(
                 routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
-                metrics=self.metrics, access_log=server.access_log))
+                metrics=self.metrics, access_log=server.access_log, public_url=server.public_url)
+            self._frontend = factory = Frontend(self._forwarder)
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -156,9 +158,26 @@ class ProxyServer:
             aux = web.Server(worker_admin, access_log=None)
             self._aux.append(aux)
             self._aux_listeners.append(await loop.create_unix_server(aux, self.metrics_socket))
+        if self._forwarder is not None:
+            self._forwarder.own_ports.update(self._own_ports())
         if self.with_proxy:
             log.info("awstoken: proxy listening on http://%s:%d (%d routes)", *self.address[:2],
                      len(self.routes.routes))
+
+    def _own_ports(self) -> set[int]:
+        """The TCP ports this server (or, for a worker, its parent) listens on."""
+        server = self.settings.server
+        ports = {address[1] for address in (server.listen, server.admin_listen)
+                 if address is not None and address[1]}
+        ports |= {address[1] for address in server.token_listen
+                  if not isinstance(address, str) and address[1]}
+        for listener in (*self._listeners, *self._aux_listeners):
+            for sock in listener.sockets:
+                name = sock.getsockname()
+                if isinstance(name, tuple):
+                    ports.add(int(name[1]))
+        ports |= {address[1] for address in self.token_addresses if not isinstance(address, str)}
+        return ports
 
     async def start_token_endpoint(self, registry: CollectorRegistry) -> None:
         """Bind the token endpoint's listeners (``server.token_listen``)."""
