@@ -449,11 +449,11 @@ def _failure(exc: UpstreamError) -> UpstreamFailure:
 
 
 def _printable(text: str) -> str:
-    """``text`` for a log line: control and non-ASCII characters as ``\\xNN`` escapes, so a
-    request target cannot forge or break lines (CR, LF, ESC, NEL...)."""
-    if text.isascii() and text.isprintable():
+    """``text`` for a log line: control and non-ASCII characters, and the quote that ends
+    the field, as ``\\xNN`` escapes, so a request target cannot forge or break lines."""
+    if text.isascii() and text.isprintable() and '"' not in text:
         return text
-    return "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in text)
+    return "".join(c if " " <= c < "\x7f" and c != '"' else f"\\x{ord(c):02x}" for c in text)
 
 
 def _redirect_url(base: str, location: str, route: Route) -> str:

@@ -142,7 +142,9 @@ class ProxyServer:
             self._forwarder = FastForwarder(
                 routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
                 metrics=self.metrics, access_log=server.access_log, public_url=server.public_url)
-            self._frontend = factory = Frontend(self._forwarder)
+            self._frontend = factory = Frontend(
+                self._forwarder, max_connections=server.max_connections,
+                head_timeout=server.head_timeout, keepalive_timeout=server.keepalive_timeout)
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -251,6 +253,39 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one (each proxied request holds two
+    sockets; the common soft limit of 1024 is reached by a few hundred idle clients)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("awstoken: cannot raise the open-file limit from %d to %d: %s", soft, hard,
+                    exc)
+
+
+def _check_fd_budget(settings: Settings) -> None:
+    """One warning when max_connections cannot be reached within the open-file limit."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * settings.server.max_connections + 64  # client and upstream sockets, and more
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        log.warning("awstoken: server.max_connections = %d needs about %d open files, but the "
+                    "limit is %d: raise it (systemd LimitNOFILE=) or lower max_connections",
+                    settings.server.max_connections, wanted, soft)
+
+
 def _run(main: asyncio.Future[int] | object) -> int:
     factory = _event_loop_factory()
     runner = asyncio.Runner(loop_factory=factory) if factory else asyncio.Runner()
@@ -309,6 +344,8 @@ def serve(settings: Settings, keeper: Keeper) -> int:
     load_secret(settings.server)
     workers = settings.server.workers
     tune_malloc()
+    raise_open_file_limit()
+    _check_fd_budget(settings)
     if workers < 1:
         raise ConfigError(f"server.workers must be at least 1, not {workers}")
     if not settings.routes:

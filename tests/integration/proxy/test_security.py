@@ -3,7 +3,14 @@ and hostile upstreams on loopback. Each test failed before its fix (docs/reliabi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +20,7 @@ import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._settings import RouteSettings, ServerSettings, Settings
+from tests.fixtures.faults import wait_until
 from tests.fixtures.proxy import RunningProxy, Upstream, aiohttp_server, raw_upstream, running_proxy
 
 from .conftest import call
@@ -264,3 +272,216 @@ def test_routes_match_the_decoded_path(upstream: Upstream) -> None:
         # Encoded '/' inside a name (npm scoped packages) still passes, as sent.
         assert call(proxy.url, "GET", "/v2/@scope%2fname").status == 200
         assert upstream.seen[-1]["raw_path"] == "/public/v2/@scope%2fname"
+
+
+# -- 4. access log -------------------------------------------------------------------------------
+
+
+def test_access_log_escapes_the_path_as_received(upstream: Upstream,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with running_proxy(_settings(upstream.url), _keeper()) as proxy:
+        # Raw control and non-ASCII bytes: the parser refuses them (one line, no bytes quoted).
+        raw = exchange(proxy.url, b"GET /v2/x\x1b[2J\x85 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert statuses(raw) == [400]
+        # A quote would end the path's field: `"GET /v2/x" 200 0 0.001 "` forges one.
+        exchange(proxy.url, b'GET /v2/x"_200_0_0.001_" HTTP/1.1\r\nHost: x\r\n\r\n')
+        exchange(proxy.url, b"GET /v2/a%0d%0aINFO%20forged%1b[31m HTTP/1.1\r\nHost: x\r\n\r\n")
+    for record in caplog.records:
+        assert all(" " <= c < "\x7f" for c in record.getMessage()), repr(record.getMessage())
+    lines = [r.getMessage() for r in caplog.records if r.name == "awstoken.access"]
+    assert len(lines) == 2, lines
+    assert '"GET /v2/x\\x22_200_0_0.001_\\x22" ' in lines[0]
+    assert "/v2/a%0d%0aINFO%20forged%1b[31m" in lines[1]  # as received, not decoded
+
+
+# -- 6. upgrades ---------------------------------------------------------------------------------
+
+
+def test_upgrade_with_a_body_is_refused_at_once(upstream: Upstream) -> None:
+    server = ServerSettings(read_timeout=60.0)
+    with running_proxy(_settings(upstream.url, server=server), _keeper()) as proxy:
+        parts = urlsplit(proxy.url)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(b"POST /v2/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: h2c\r\nContent-Length: 5\r\n\r\nhello")
+            answer = sock.recv(65536)  # times out (the test fails) if the proxy hangs
+        assert statuses(answer) == [400], answer[:200]
+        assert b"upgrade" in answer.lower()
+        # Without a body, the upgrade is ignored: a plain answer, then the connection closes.
+        answer = exchange(proxy.url, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                                     b"Upgrade: websocket\r\n\r\n")
+        assert statuses(answer) == [200]
+    assert [s["method"] for s in upstream.seen] == ["GET"]
+
+
+# -- 8. inactivity, not duration -----------------------------------------------------------------
+
+
+def _raw_request(url: str, head: bytes) -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=20)
+    sock.sendall(head)
+    return sock
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_slow_steady_upload_outlives_read_timeout_and_a_stalled_one_does_not(
+        upstream: Upstream) -> None:
+    server = ServerSettings(read_timeout=1.0)
+    with running_proxy(_settings(upstream.url, server=server), _keeper()) as proxy:
+        pieces = 12  # one every 0.25 s: 3 s in all, three times read_timeout
+        with _raw_request(proxy.url, b"PUT /v2/blob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (pieces * 1000)) as sock:
+            for _ in range(pieces):
+                time.sleep(0.25)
+                sock.sendall(b"z" * 1000)
+            answer = _read_answer(sock)
+        assert statuses(answer) == [200], answer[:300]
+        assert b'"body_len": 12000' in answer
+        # The same upload stalling halfway: cut after read_timeout of silence.
+        with _raw_request(proxy.url, b"PUT /v2/blob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          b"Content-Length: 10000\r\n\r\n" + b"z" * 5000) as sock:
+            answer = _read_answer(sock)
+        assert statuses(answer) in ([504], []), answer[:300]
+
+
+def test_a_slow_steady_download_outlives_read_timeout_and_a_client_that_stops_reading_is_cut(
+        ) -> None:
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/slow":
+            resp = web.StreamResponse()
+            resp.content_length = 12 * 1000
+            await resp.prepare(request)
+            for _ in range(12):
+                await asyncio.sleep(0.25)
+                await resp.write(b"d" * 1000)
+            return resp
+        resp = web.StreamResponse()
+        resp.content_length = BIG
+        await resp.prepare(request)
+        chunk = b"b" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(BIG // len(chunk)):
+                await resp.write(chunk)
+        return resp
+
+    server = ServerSettings(read_timeout=1.0)
+    with aiohttp_server(handle) as url, running_proxy(_settings(url, server=server),
+                                                       _keeper()) as proxy:
+        reply = call(proxy.url, "GET", "/slow")
+        assert (reply.status, len(reply.body)) == (200, 12_000)
+        with _raw_request(proxy.url, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            time.sleep(4)  # reads nothing for four times read_timeout
+            sock.settimeout(5)
+            received = len(_read_answer(sock))
+        assert received < BIG, received  # cut, not held open forever
+
+
+BIG = 64 * 1024 * 1024
+
+
+# -- 9. exhaustion -------------------------------------------------------------------------------
+
+
+def test_idle_and_trickling_connections_are_capped_and_timed_out(
+        upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="awstoken.proxy")
+    server = ServerSettings(max_connections=8, head_timeout=1.0, keepalive_timeout=1.0)
+    with running_proxy(_settings(upstream.url, server=server), _keeper()) as proxy:
+        parts = urlsplit(proxy.url)
+        idle = [socket.create_connection((parts.hostname, parts.port), timeout=10)
+                for _ in range(12)]
+        try:
+            assert call(proxy.admin_url or "", "GET", "/healthz").status == 200
+            turned_away = exchange(proxy.url, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert statuses(turned_away) in ([503], []), turned_away[:200]
+            limit_lines = [r for r in caplog.records if "max_connections" in r.getMessage()]
+            assert len(limit_lines) == 1
+            # Once the idle ones time out, new clients are served.
+            assert wait_until(lambda: call(proxy.url, "GET", "/v2/").status == 200, timeout=15)
+            # Each idle socket was closed by the proxy: timed out (EOF), or turned away (503).
+            answers = []
+            for sock in idle:
+                sock.settimeout(10)
+                answers.append(statuses(_read_answer(sock)))
+            assert answers.count([]) == 8 and answers.count([503]) == 4, answers
+        finally:
+            for sock in idle:
+                sock.close()
+        # Slowloris: a head trickled a header every 0.3 s never completes: closed.
+        with _raw_request(proxy.url, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n") as sock:
+            closed = False
+            for i in range(40):  # 12 s at most
+                time.sleep(0.3)
+                try:
+                    sock.sendall(b"X-Trickle-%d: y\r\n" % i)
+                except OSError:
+                    closed = True
+                    break
+            if not closed:
+                sock.settimeout(1)
+                closed = _read_answer(sock) == b""
+            assert closed
+        assert upstream.seen == [] or all(s["raw_path"] == "/v2/" for s in upstream.seen)
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    code = ("import resource; from awstoken.proxy._server import raise_open_file_limit\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
+            "raise_open_file_limit()\n"
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out
+
+
+# -- 10. credential checks -----------------------------------------------------------------------
+
+
+def test_failing_passwords_cannot_starve_the_admin_listener(upstream: Upstream,
+                                                             tmp_path: Path) -> None:
+    import bcrypt
+
+    path = tmp_path / "htpasswd"
+    path.write_text("ci:" + bcrypt.hashpw(b"right", bcrypt.gensalt(10)).decode() + "\n")
+    server = ServerSettings(htpasswd=str(path))
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def failing_client() -> None:
+        reply = call(proxy.url, "GET", "/v2/", [("Authorization", "Basic Y2k6d3Jvbmc=")],
+                     timeout=60)
+        with lock:
+            answers.append(reply.status)
+
+    with running_proxy(_settings(upstream.url, server=server), _keeper()) as proxy:
+        threads = [threading.Thread(target=failing_client) for _ in range(150)]
+        for thread in threads:
+            thread.start()
+        try:
+            # The checks are bounded: surplus clients are told to come back (503) at once...
+            assert wait_until(lambda: 503 in answers, timeout=30), answers
+            # ... and the admin listener answers while the checks are still queued.
+            ready = call(proxy.admin_url or "", "GET", "/readyz", timeout=60)
+            pending = 150 - len(answers)
+            assert ready.status == 200
+            assert pending > 0
+        finally:
+            for thread in threads:
+                thread.join(60)
+        assert set(answers) <= {401, 503} and len(answers) == 150
+        # A right password still works, and is checked by bcrypt once, then remembered.
+        good = [("Authorization", "Basic Y2k6cmlnaHQ=")]
+        assert call(proxy.url, "GET", "/v2/", good).status == 200
+        assert call(proxy.url, "GET", "/v2/", good).status == 200
