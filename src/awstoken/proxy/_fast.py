@@ -145,8 +145,7 @@ class FastForwarder:
             return None, self._error(conn, request, path, 405,
                                      f"method {request.method} is not served",
                                      [("Allow", ALLOW)])
-        checked = needs_normalizing(path)
-        if checked:  # only paths with '%', ';', '\\' or a dot segment pay for this
+        if needs_normalizing(path):  # only paths with '%', ';', '\\' or a dot segment pay for this
             try:
                 normal = normalize_path(path)
                 self.routes.route_for(normal)
@@ -475,7 +474,7 @@ def _redirect_url(base: str, location: str, route: Route) -> str:
     if parts.scheme not in ("http", "https"):
         raise bad(f"not an http(s) URL (scheme {parts.scheme[:20]!r})")
     if not parts.hostname:
-        raise bad("an URL without a host")
+        raise bad("a URL without a host")
     return there
 
 
