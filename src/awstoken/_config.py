@@ -512,7 +512,7 @@ SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_e
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
                "token_secret_env", "engine", "public_url", "max_connections", "head_timeout",
-               "keepalive_timeout")
+               "keepalive_timeout", "token_hosts")
 #: The request paths ``server.engine`` may name. The aiohttp request path was retired
 #: (docs/benchmarks.md, "Why one engine"); the key stays so existing files keep loading.
 ENGINES = ("fast",)
@@ -655,12 +655,26 @@ def _server(table: _Table | None) -> ServerSettings:
         shutdown_timeout=table.duration("shutdown_timeout", positive=False),
         access_log=table.boolean("access_log"),
         engine=table.get("engine", _engine, "'fast' (the aiohttp request path was retired)"),
+        token_hosts=table.get("token_hosts", _host_names,
+                              'an array of host names like ["awstoken"] or ["awstoken:8081"]'),
         max_connections=table.integer("max_connections", 1, 1_000_000),
         head_timeout=table.duration("head_timeout"),
         keepalive_timeout=table.duration("keepalive_timeout"),
         public_url=table.get("public_url", parse_public_url,
                              'the proxy\'s URL as clients know it, like "https://registry.example"'),
     ))
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    for name in value:
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a host name (with an optional port)")
+    return tuple(name.lower() for name in value)
 
 
 def parse_public_url(value: object) -> str:

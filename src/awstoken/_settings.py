@@ -71,6 +71,7 @@ class ServerSettings:
     token_listen: tuple[Address, ...] = ()
     token_socket_mode: int = 0o660  # permissions of the token endpoint's unix sockets
     token_max_age: float = 5.0  # Cache-Control max-age of a 204 (0: no-store): nginx's cache time
+    token_hosts: tuple[str, ...] = ()  # more Host names a TCP token listener answers (nginx upstream)
     token_secret_env: str | None = None  # env var with a secret the X-Awstoken-Secret header must carry
     engine: Literal["fast"] = "fast"  # the request path (see docs/benchmarks.md)
     # The proxy's URL as clients know it: Location headers and index bodies point there

@@ -148,6 +148,7 @@ public_url = "https://registry.example:8443/"
 max_connections = 100
 head_timeout = "5s"
 keepalive_timeout = "1m"
+token_hosts = ["AwsToken", "awstoken.local:8081"]
 [[routes]]
 prefix = "/"
 upstream = "http://10.0.0.5:5000"
@@ -158,6 +159,7 @@ follow_private = true
     server = settings.server
     assert server.public_url == "https://registry.example:8443"
     assert (server.max_connections, server.head_timeout, server.keepalive_timeout) == (100, 5, 60)
+    assert server.token_hosts == ("awstoken", "awstoken.local:8081")
     route = settings.routes[0]
     assert (route.follow_http, route.follow_private) == (True, True)
     assert RouteSettings(prefix="/", upstream="https://x", token="t").follow_private is False
@@ -348,6 +350,8 @@ BAD: list[tuple[str, str, str, str]] = [
      "only scheme, host and port"),
     ("server-public-url-scheme", EP + "public_url = 'ftp://r.example'\n", "server.public_url",
      "the proxy's URL as clients know it"),
+    ("server-token-hosts", EP + "token_hosts = ['a b']\n", "server.token_hosts",
+     "is not a host name"),
     ("server-max-connections", EP + "max_connections = 0\n", "server.max_connections",
      "an integer from 1"),
     ("server-head-timeout", EP + "head_timeout = 0\n", "server.head_timeout",

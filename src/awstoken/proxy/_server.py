@@ -184,7 +184,8 @@ class ProxyServer:
     async def start_token_endpoint(self, registry: CollectorRegistry) -> None:
         """Bind the token endpoint's listeners (``server.token_listen``)."""
         endpoint = TokenEndpoint(self.keeper, self.token_names, secret=self.token_secret,
-                                 max_age=self.settings.server.token_max_age, registry=registry)
+                                 max_age=self.settings.server.token_max_age, registry=registry,
+                                 hosts=self.settings.server.token_hosts)
         self.token_listeners = TokenListeners(endpoint, self.settings.server)
         await self.token_listeners.start()
 

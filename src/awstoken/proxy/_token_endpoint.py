@@ -78,7 +78,7 @@ class TokenEndpoint:
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
                  max_age: float = 5.0, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, hosts: Iterable[str] = ()) -> None:
         self.keeper = keeper
         self.names = frozenset(token_names)
         self.secret = secret
@@ -91,6 +91,7 @@ class TokenEndpoint:
                                 registry=registry)
         self._warned = -_WARN_EVERY
         self._hosts: dict[int, frozenset[str]] = {}  # listening port -> Host values served
+        self._extra_hosts = tuple(hosts)  # server.token_hosts
 
     def _answer(self, status: int, token: str, text: str = "",
                 headers: dict[str, str] | None = None) -> web.Response:
@@ -144,7 +145,8 @@ class TokenEndpoint:
             return True
         allowed = self._hosts.get(sock[1])
         if allowed is None:
-            allowed = self._hosts[sock[1]] = _host_names(str(sock[0]), int(sock[1]))
+            allowed = self._hosts[sock[1]] = _host_names(str(sock[0]), int(sock[1]),
+                                                         self._extra_hosts)
         return request.headers.get("Host", "").lower() in allowed
 
     def _secret_ok(self, request: web.BaseRequest) -> bool:
@@ -160,12 +162,17 @@ class TokenEndpoint:
         return False
 
 
-def _host_names(host: str, port: int) -> frozenset[str]:
-    """The Host header values that name a loopback listener ``host:port``."""
+def _host_names(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host header values that name a loopback listener ``host:port``: its address or
+    ``localhost``, and each ``server.token_hosts`` name (with this port, or as given)."""
     names = {f"[{host}]" if ":" in host else host, "localhost"}
     allowed = {f"{name}:{port}" for name in names}
     if port == 80:
         allowed |= names
+    for name in extra:
+        allowed.add(name)
+        if not name.endswith("]") and ":" not in name:
+            allowed.add(f"{name}:{port}")
     return frozenset(allowed)
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -211,6 +212,14 @@ def test_token_endpoint_refuses_foreign_host_names() -> None:
         for name in (f"127.0.0.1:{port}", f"localhost:{port}"):
             reply = call(base, "GET", "/token/ecr", [("Host", name)])
             assert (reply.status, reply.header("X-Awstoken-Value")) == (204, TOKEN)
+        assert call(base, "GET", "/token/ecr", [("Host", "awstoken")]).status == 421
+    # nginx's `upstream awstoken { server 127.0.0.1:PORT; }` sends `Host: awstoken`.
+    named = replace(settings, server=replace(settings.server, token_hosts=("awstoken",)))
+    with running_proxy(named, _keeper()) as proxy:
+        (host, port), = proxy.server.token_addresses
+        base = f"http://{host}:{port}"
+        assert call(base, "GET", "/token/ecr", [("Host", "awstoken")]).status == 204
+        assert call(base, "GET", "/token/ecr", [("Host", "evil.example")]).status == 421
 
 
 # -- 5. trailers ---------------------------------------------------------------------------------
