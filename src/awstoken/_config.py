@@ -528,7 +528,8 @@ def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[s
 SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
-               "token_secret_env", "engine", "log_level", "log_format")
+               "token_secret_env", "engine", "log_level", "log_format", "public_url",
+               "max_connections", "head_timeout", "keepalive_timeout", "token_hosts")
 #: The request paths ``server.engine`` may name. The aiohttp request path was retired
 #: (docs/benchmarks.md, "Why one engine"); the key stays so existing files keep loading.
 ENGINES = ("fast",)
@@ -674,6 +675,13 @@ def _server(table: _Table | None) -> ServerSettings:
         log_level=table.get("log_level", _log_level, '"debug", "info", "warning", "error" or '
                             '"critical", optionally followed by ",LOGGER=LEVEL" parts'),
         log_format=table.choice("log_format", FORMATS),
+        token_hosts=table.get("token_hosts", _host_names,
+                              'an array of host names like ["awstoken"] or ["awstoken:8081"]'),
+        max_connections=table.integer("max_connections", 1, 1_000_000),
+        head_timeout=table.duration("head_timeout"),
+        keepalive_timeout=table.duration("keepalive_timeout"),
+        public_url=table.get("public_url", parse_public_url,
+                             'the proxy\'s URL as clients know it, like "https://registry.example"'),
     ))
 
 
@@ -687,9 +695,38 @@ def _log_level(value: object) -> str:
     return value
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    for name in value:
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a host name (with an optional port)")
+    return tuple(name.lower() for name in value)
+
+
+def parse_public_url(value: object) -> str:
+    """``server.public_url``: ``http(s)://host[:port]``, nothing more; raise ValueError."""
+    if not isinstance(value, str):
+        raise ValueError("")
+    parts = urllib.parse.urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(repr(value))
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{value!r}: give only scheme, host and port")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 # -- [[routes]] --------------------------------------------------------------------------------
 
-ROUTE_KEYS = ("prefix", "upstream", "token", "header", "strip_prefix", "redirects")
+ROUTE_KEYS = ("prefix", "upstream", "token", "header", "strip_prefix", "redirects",
+              "follow_http", "follow_private")
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PREFIX = re.compile(r"/[^\s?#]*")
 
@@ -748,6 +785,8 @@ def _routes(report: _Report, value: object, token_names: set[str],
                                 expected='an HTTP header name like "Authorization"'),
             strip_prefix=table.boolean("strip_prefix"),
             redirects=table.choice("redirects", ("follow", "pass")),
+            follow_http=table.boolean("follow_http"),
+            follow_private=table.boolean("follow_private"),
         )
         if all(k in fields for k in ("prefix", "upstream", "token")):
             routes.append(RouteSettings(**fields))

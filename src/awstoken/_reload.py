@@ -20,7 +20,8 @@ from ._transforms import Transform
 
 #: ``[server]`` keys that take effect only at a restart.
 RESTART_ONLY = ("listen", "workers", "admin_listen", "token_listen", "token_socket_mode", "engine",
-                "ca_file", "verify_tls", "connect_timeout", "read_timeout")
+                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "max_connections",
+                "head_timeout", "keepalive_timeout", "token_hosts", "log_level", "log_format")
 
 #: ``[tokens.NAME]`` keys that change the token itself: a change fetches a new one at once.
 _SOURCE_KEYS = ("source", "options", "format", "basic_user")

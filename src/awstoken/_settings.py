@@ -76,10 +76,17 @@ class ServerSettings:
     token_listen: tuple[Address, ...] = ()
     token_socket_mode: int = 0o660  # permissions of the token endpoint's unix sockets
     token_max_age: float = 5.0  # Cache-Control max-age of a 204 (0: no-store): nginx's cache time
+    token_hosts: tuple[str, ...] = ()  # more Host names a TCP token listener answers (nginx upstream)
     token_secret_env: str | None = None  # env var with a secret the X-Awstoken-Secret header must carry
     engine: Literal["fast"] = "fast"  # the request path (see docs/benchmarks.md)
     log_level: str = "info"  # "info" or "info,botocore=debug" (see awstoken._logging)
     log_format: Literal["text", "json"] = "text"
+    # The proxy's URL as clients know it: Location headers and index bodies point there
+    # (None: the address each client connected to; never the client's Host header).
+    public_url: str | None = None
+    max_connections: int = 4096  # open client connections on the proxy listener (per process)
+    head_timeout: float = 60.0  # a client must send a whole request head within this
+    keepalive_timeout: float = 75.0  # idle keep-alive client connections are closed after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,8 @@ class RouteSettings:
     header: str = "Authorization"
     strip_prefix: bool = False
     redirects: Literal["follow", "pass"] = "follow"
+    follow_http: bool = False  # followed redirects may go to plain http:// targets
+    follow_private: bool = False  # ... and to loopback, private, link-local addresses
 
 
 @dataclass(frozen=True, slots=True)

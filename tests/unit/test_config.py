@@ -139,6 +139,32 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
                       "us-east-1.amazonaws.com/pypi/r/", token="pypi", strip_prefix=True))
 
 
+def test_security_keys_load(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, """
+[tokens.ecr]
+command = "x"
+[server]
+public_url = "https://registry.example:8443/"
+max_connections = 100
+head_timeout = "5s"
+keepalive_timeout = "1m"
+token_hosts = ["AwsToken", "awstoken.local:8081"]
+[[routes]]
+prefix = "/"
+upstream = "http://10.0.0.5:5000"
+token = "ecr"
+follow_http = true
+follow_private = true
+"""))
+    server = settings.server
+    assert server.public_url == "https://registry.example:8443"
+    assert (server.max_connections, server.head_timeout, server.keepalive_timeout) == (100, 5, 60)
+    assert server.token_hosts == ("awstoken", "awstoken.local:8081")
+    route = settings.routes[0]
+    assert (route.follow_http, route.follow_private) == (True, True)
+    assert RouteSettings(prefix="/", upstream="https://x", token="t").follow_private is False
+
+
 def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     settings = load(write(tmp_path, ""))
     assert settings.storage == StorageSettings()
@@ -317,6 +343,19 @@ BAD: list[tuple[str, str, str, str]] = [
     ("route-redirects", "[tokens.ecr]\ncommand = 'x'\n[[routes]]\nprefix = '/'\n"
      "upstream = 'https://r.example'\ntoken = 'ecr'\nredirects = 'folow'\n",
      "routes[0].redirects", "did you mean 'follow'?"),
+    ("route-follow-http", "[tokens.ecr]\ncommand = 'x'\n[[routes]]\nprefix = '/'\n"
+     "upstream = 'https://r.example'\ntoken = 'ecr'\nfollow_http = 'yes'\n",
+     "routes[0].follow_http", "true or false"),
+    ("server-public-url-path", EP + "public_url = 'https://r.example/v2'\n", "server.public_url",
+     "only scheme, host and port"),
+    ("server-public-url-scheme", EP + "public_url = 'ftp://r.example'\n", "server.public_url",
+     "the proxy's URL as clients know it"),
+    ("server-token-hosts", EP + "token_hosts = ['a b']\n", "server.token_hosts",
+     "is not a host name"),
+    ("server-max-connections", EP + "max_connections = 0\n", "server.max_connections",
+     "an integer from 1"),
+    ("server-head-timeout", EP + "head_timeout = 0\n", "server.head_timeout",
+     "positive duration"),
     ("route-header", "[tokens.ecr]\ncommand = 'x'\n[[routes]]\nprefix = '/'\n"
      "upstream = 'https://r.example'\ntoken = 'ecr'\nheader = 'Auth orization'\n",
      "routes[0].header", "an HTTP header name"),

@@ -116,3 +116,63 @@ def test_a_prefix_never_matches_a_longer_segment(prefix: str, tail: str) -> None
     table = RouteTable([RouteSettings(prefix=prefix, upstream="http://127.0.0.1:1", token="t")])
     assert table.match(prefix + tail) is None
     assert table.match(prefix + "/" + tail) is not None
+
+
+# -- normalized routing ----------------------------------------------------------------------
+
+PIECES = st.sampled_from([
+    "a", "s", "ecret", "v2", "npm", "secret", "/", "/", "/", ".", "..", ";", "%2e", "%2E",
+    "%2f", "%2F", "%73", "%5c", "\\", "%252e", "%25", "%3b", "%c0%ae", "%c0", "%", "%zz",
+    "%00", "%41", "?", "x.y"])
+TABLE = RouteTable([
+    RouteSettings(prefix="/v2/secret/", upstream="http://127.0.0.1:1/private", token="t"),
+    RouteSettings(prefix="/v2/", upstream="http://127.0.0.1:1/public", token="t"),
+    RouteSettings(prefix="/npm/", upstream="http://127.0.0.1:1/repo", token="t",
+                  strip_prefix=True)])
+
+
+def _resolve(path: str) -> str:
+    """How a lenient upstream reads a path: ';' parameters dropped, '\\' as '/', then
+    RFC 3986 dot-segment removal."""
+    out: list[str] = []
+    for segment in path.replace("\\", "/").split("/")[1:]:
+        segment = segment.split(";", 1)[0]
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    return "/" + "/".join(out)
+
+
+@given(st.sampled_from(["/v2/", "/npm/", "/v2", "/"]), st.lists(PIECES, max_size=10))
+def test_routing_agrees_with_every_decoding_and_stays_under_the_base(
+        start: str, pieces: list[str]) -> None:
+    from awstoken.proxy._routes import PathRefused, decodings, normalize_path
+
+    path = (start + "".join(pieces)).split("?", 1)[0]
+    try:
+        normal = normalize_path(path)
+        route = TABLE.route_for(normal)
+    except PathRefused:
+        return  # refused with 400: nothing is forwarded
+    assert urllib.parse.unquote(normal) == urllib.parse.unquote(path)  # same meaning
+    if route is None:
+        return
+    forwarded = route.upstream_target(normal)
+    base = route.upstream_path
+    if not route.strip_prefix:
+        base += route.prefix.rstrip("/")
+    for form in (normal, *decodings(normal)):
+        assert TABLE.match(form) is route, (path, form)
+    for form in (forwarded, *decodings(forwarded)):
+        resolved = _resolve(form)
+        assert resolved == base or resolved.startswith(base + "/"), (path, form, resolved)
+
+
+@given(st.text(alphabet="abcXYZ019-_~@:+/", max_size=20))
+def test_plain_paths_are_used_as_sent(tail: str) -> None:
+    from awstoken.proxy._routes import normalize_path
+
+    path = "/" + tail
+    assert normalize_path(path) is path

@@ -106,3 +106,25 @@ def test_merge_exposition_sums_workers() -> None:
     merged = merge_exposition([one, two], skip=("awstoken_token_",))
     assert 'c_total{route="/"} 5.0' in merged
     assert "awstoken_token_usable" not in merged
+
+
+# -- followed redirects: which peer addresses are public -----------------------------------------
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.8.9.1", "::1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "100.64.0.1",
+    "169.254.169.254", "fe80::1", "fd00:ec2::254", "fc00::1", "0.0.0.0", "::", "224.0.0.1",
+    "ff02::1", "255.255.255.255", "240.0.0.1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
+    "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "2001::1", "fe80::1%eth0"])
+def test_non_public_peers_are_not_followed(address: str) -> None:
+    from awstoken.proxy._fast import _plain_address, _public
+
+    assert not _public(_plain_address(address))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "52.95.110.1", "2606:4700::1111",
+                                     "::ffff:8.8.8.8", "64:ff9b::808:808"])
+def test_public_peers_are(address: str) -> None:
+    from awstoken.proxy._fast import _plain_address, _public
+
+    assert _public(_plain_address(address))

@@ -16,6 +16,8 @@ import ipaddress
 import os
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,16 @@ from .._errors import ConfigError
 from .._settings import ServerSettings
 
 _CACHE_SIZE = 1024
+#: bcrypt checks run at once (threads of their own: never the default executor, which the
+#: admin listener and storage reads use) and checks that may wait for one; beyond that a
+#: client is told to retry (503), at no cost. 150 failing clients once pushed /readyz from
+#: 1 ms to 14-20 s through the shared executor.
+CHECK_THREADS = 2
+CHECK_QUEUE = 32
+
+
+class Busy(Exception):
+    """Too many credential checks are waiting: answer 503 and let the client retry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,7 @@ class Decision:
 
 
 ALLOW = Decision()
+BUSY = Decision(503, "too many credential checks in progress; retry shortly")
 
 
 class Htpasswd:
@@ -51,6 +64,8 @@ class Htpasswd:
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._key = secrets.token_bytes(32)
         self._dummy: bytes | None = None
+        self._executor: ThreadPoolExecutor | None = None  # created on first use
+        self._waiting = 0
         self._reload(initial=True)
 
     def _reload(self, *, initial: bool = False) -> None:
@@ -109,14 +124,28 @@ class Htpasswd:
         stored = self._users.get(user) or self._dummy
         if stored is None:
             return False
-        ok = await asyncio.get_running_loop().run_in_executor(
-            None, bcrypt.checkpw, password.encode(), stored)
+        ok = await self._checkpw(bcrypt.checkpw, password.encode(), stored)
         if ok and user in self._users:
             self._verified[digest] = None
             if len(self._verified) > _CACHE_SIZE:
                 self._verified.popitem(last=False)
             return True
         return False
+
+
+    async def _checkpw(self, checkpw: Callable[[bytes, bytes], bool], password: bytes,
+                       stored: bytes) -> bool:
+        """``checkpw`` on the bounded pool of bcrypt threads; :class:`Busy` when full."""
+        if self._waiting >= CHECK_THREADS + CHECK_QUEUE:
+            raise Busy
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="awstoken-bcrypt")
+        self._waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, checkpw, password, stored)
+        finally:
+            self._waiting -= 1
 
 
 class InboundAuth:
@@ -178,6 +207,9 @@ class InboundAuth:
         if authorization:
             if self.bearer and self._bearer_ok(authorization):
                 return ALLOW
-            if self.htpasswd is not None and await self.htpasswd.check(authorization):
-                return ALLOW
+            try:
+                if self.htpasswd is not None and await self.htpasswd.check(authorization):
+                    return ALLOW
+            except Busy:
+                return BUSY
         return Decision(401, "authentication required", self.challenge)

@@ -9,9 +9,11 @@ control both ways.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
-from urllib.parse import urljoin
+from collections.abc import Callable
+from urllib.parse import urljoin, urlsplit
 
 from .._keeper import Keeper
 from ._auth import InboundAuth
@@ -28,7 +30,12 @@ from ._h1 import (
 )
 from ._h1 import encode_head as _encode_head
 from ._h1 import reason as _reason
-from ._headers import cross_host_pairs, request_header_pairs, response_header_pairs
+from ._headers import (
+    cross_host_pairs,
+    followed_response_pairs,
+    request_header_pairs,
+    response_header_pairs,
+)
 from ._metrics import RouteMetrics
 from ._policy import (
     MAX_REDIRECTS,
@@ -37,16 +44,21 @@ from ._policy import (
     TokenRefresher,
     UpstreamFailure,
     error_body,
-    refusal,
     unavailable_reason,
 )
 from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
-from ._routes import Route, RouteTable
+from ._routes import PathRefused, Route, RouteTable, needs_normalizing, normalize_path
 
 log = logging.getLogger("awstoken.proxy")
 access_log = logging.getLogger("awstoken.access")
 
 _FAILURE_STATUS = {"timeout": 504}
+#: The methods registries and package indexes use. Anything else is refused with 405, never
+#: forwarded: an upstream that echoes TRACE would hand the token to the client.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+#: The longest redirect target followed (a Location is a URL, not a payload).
+MAX_LOCATION = 8192
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -61,8 +73,18 @@ class FastForwarder:
 
     def __init__(self, *, routes: RouteTable, keeper: Keeper, pool: Pool, auth: InboundAuth,
                  metrics: RouteMetrics, access_log: bool = True,
-                 refresh_wait: float = 15.0) -> None:
+                 refresh_wait: float = 15.0, public_url: str | None = None) -> None:
         self.routes = routes
+        #: What Location headers and index bodies name as the proxy (None: the address each
+        #: client connected to). Never the client's Host header: behind a shared cache, a
+        #: forged Host would poison what other users get.
+        self.public_url = public_url.rstrip("/") if public_url else None
+        # X-Forwarded-Proto/Host for upstreams that build absolute URLs: the same public name.
+        scheme, _, netloc = (self.public_url or "http://").partition("://")
+        self.public_scheme, self.public_host = scheme, netloc
+        #: The proxy's own listening ports (proxy, admin, token endpoint): followed
+        #: redirects never connect back to them (see ProxyServer.start).
+        self.own_ports: set[int] = set()
         self.keeper = keeper
         self.pool = pool
         self.auth = auth
@@ -75,13 +97,14 @@ class FastForwarder:
         started = time.monotonic()
         route: Route | None = None
         status = 499
+        raw_target = request.target  # as received (routing may normalise request.target)
         try:
             route, status = await self._handle(conn, request)
         finally:
             self.metrics.count(route.name if route is not None else "-", status)
             if self.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info('%s "%s %s" %d %d %.3f', conn.remote or "-", request.method,
-                                request.target.split("?", 1)[0], status, conn.sent,
+                                _printable(raw_target.split("?", 1)[0]), status, conn.sent,
                                 time.monotonic() - started)
 
     # -- small answers -------------------------------------------------------------------------
@@ -113,14 +136,25 @@ class FastForwarder:
 
     async def _handle(self, conn: ClientConnection, request: Request) -> tuple[Route | None, int]:
         raw = request.target
-        path = raw.split("?", 1)[0]
+        path, sep, query = raw.partition("?")
         if not raw.startswith("/"):
             return None, self._error(conn, request, path, 400,
                                      "only origin-form request targets are served")
-        reason = refusal(path, (1, 1), False)  # versions and framing: checked while parsing
-        if reason is not None:
+        if request.method not in METHODS:
             request.keep_alive = False
-            return None, self._error(conn, request, path, 400, reason)
+            return None, self._error(conn, request, path, 405,
+                                     f"method {request.method} is not served",
+                                     [("Allow", ALLOW)])
+        if needs_normalizing(path):  # only paths with '%', ';', '\\' or a dot segment pay for this
+            try:
+                normal = normalize_path(path)
+                self.routes.route_for(normal)
+            except PathRefused as exc:
+                request.keep_alive = False
+                return None, self._error(conn, request, path, 400, str(exc))
+            if normal != path:
+                path = normal
+                request.target = normal + sep + query
         if self.auth.enabled:
             decision = await self.auth.check(conn.remote, _header(request.headers, "authorization"))
             if not decision.allowed:
@@ -158,8 +192,8 @@ class FastForwarder:
         origin = self._origin(route.upstream_origin)
         target = route.upstream_target(request.target)
         headers = request_header_pairs(
-            request.headers, token_header=route.header, client_ip=conn.remote, proto="http",
-            host=request.host, drop=_FRAMING)
+            request.headers, token_header=route.header, client_ip=conn.remote,
+            proto=self.public_scheme, host=self.public_host or conn.local, drop=_FRAMING)
         body = request.body
         if body is not None and request.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -176,12 +210,10 @@ class FastForwarder:
                     up = await self._exchange(request, origin, target, headers,
                                               (route.header, fresh))
             location = up.location if up.status in REDIRECTS else None
-            if location is not None:
-                current = origin.url + target
-                there = urljoin(current, location)
-                other = self._origin(_origin_of(there))
-                if other.url != origin.url and route.redirects == "follow" and \
-                        request.method in ("GET", "HEAD"):
+            if location is not None and route.redirects == "follow" and \
+                    request.method in ("GET", "HEAD"):
+                there = _redirect_url(origin.url + target, location, route)
+                if self._origin(_origin_of(there)).url != origin.url:
                     up.release()
                     up = await self._follow(request, there, headers, route)
             self.metrics.observe(route.name, time.monotonic() - began)
@@ -191,7 +223,9 @@ class FastForwarder:
 
     async def _exchange(self, request: Request, origin: Origin, target: str,
                         headers: list[tuple[str, str]], token: tuple[str, str] | None,
-                        *, with_body: bool = True) -> UpstreamConnection:
+                        *, with_body: bool = True,
+                        check: Callable[[UpstreamConnection], None] | None = None,
+                        ) -> UpstreamConnection:
         """Send one request upstream and wait for the response head."""
         body = request.body if with_body else None
         lines = [("Host", origin.host_header), *headers]
@@ -212,6 +246,12 @@ class FastForwarder:
                 except UpstreamError as exc:
                     raise _failure(exc) from None
             reused = up.uses > 0
+            if check is not None:
+                try:
+                    check(up)  # before a byte of the request goes out
+                except UpstreamFailure:
+                    up.abort()
+                    raise
             up.start(head, head_only=request.method == "HEAD")
             if body is not None:
                 up.pump = asyncio.ensure_future(_pump(body, up, request.chunked))
@@ -235,19 +275,57 @@ class FastForwarder:
 
     async def _follow(self, request: Request, there: str, headers: list[tuple[str, str]],
                       route: Route) -> UpstreamConnection:
-        """Fetch a redirect target on another host ourselves, never with the token."""
+        """Fetch a redirect target on another host ourselves, never with the token.
+
+        Each hop must be https (unless the route sets ``follow_http``), and the address
+        actually connected to (not the name: DNS rebinding) must be public (unless the route
+        sets ``follow_private``) and never one of the proxy's own listeners. The answer's
+        headers are filtered: a redirect target sets no cookies or awstoken headers.
+        """
         clean = cross_host_pairs(headers, route.header)
+
+        def check(up: UpstreamConnection) -> None:
+            self._check_peer(up, route)
+
         for _ in range(MAX_REDIRECTS):
             origin = self._origin(_origin_of(there))
+            if not origin.tls and not route.follow_http:
+                raise UpstreamFailure(502, "redirects", f"route {route.name}: redirect to "
+                                      f"plain http://{origin.host_header} refused (the route "
+                                      "does not set follow_http)")
             target = _target_of(there)
-            up = await self._exchange(request, origin, target, clean, None, with_body=False)
+            up = await self._exchange(request, origin, target, clean, None, with_body=False,
+                                      check=check)
             location = up.location if up.status in REDIRECTS else None
             if location is None:
+                up.headers = followed_response_pairs(up.headers)
                 return up
             up.release()
-            there = urljoin(there, location)
+            there = _redirect_url(there, location, route)
         raise UpstreamFailure(502, "redirects", f"more than {MAX_REDIRECTS} redirects from "
                               f"upstream for route {route.name}")
+
+    def _check_peer(self, up: UpstreamConnection, route: Route) -> None:
+        """Refuse a followed connection whose peer is the proxy itself or, unless the route
+        allows it, not a public address."""
+        peer = up.peer
+        if peer is None:
+            raise UpstreamFailure(502, "redirects", f"route {route.name}: redirect target "
+                                  f"{up.origin.host}: peer address unknown, refused")
+        address = _plain_address(peer[0])
+        shown = f"{up.origin.host} ({address})"
+        if peer[1] in self.own_ports and (address.is_loopback or address.is_unspecified or
+                                          peer[0] == up.local_host):
+            raise UpstreamFailure(502, "redirects", f"route {route.name}: redirect to "
+                                  f"{shown} refused: it is this proxy's own listener")
+        if not route.follow_private and not _public(address):
+            raise UpstreamFailure(502, "redirects", f"route {route.name}: redirect to "
+                                  f"{shown} refused: a loopback, private, link-local or "
+                                  "otherwise non-public address (the route does not set "
+                                  "follow_private)")
+
+    def _proxy_origin(self, conn: ClientConnection) -> str:
+        return self.public_url or f"http://{conn.local}"
 
     # -- the answer ----------------------------------------------------------------------------
 
@@ -255,7 +333,7 @@ class FastForwarder:
                        up: UpstreamConnection) -> int:
         status = up.status
         headers = response_header_pairs(up.headers)
-        proxy_origin = f"http://{request.host or conn.local}"
+        proxy_origin = self._proxy_origin(conn)
         if up.location is not None:
             for i, (key, location) in enumerate(headers):
                 if key.lower() == "location":
@@ -367,6 +445,59 @@ _FRAMING = frozenset({"content-length"})
 
 def _failure(exc: UpstreamError) -> UpstreamFailure:
     return UpstreamFailure(_FAILURE_STATUS.get(exc.kind, 502), exc.kind, str(exc))
+
+
+def _printable(text: str) -> str:
+    """``text`` for a log line: control and non-ASCII characters, and the quote that ends
+    the field, as ``\\xNN`` escapes, so a request target cannot forge or break lines."""
+    if text.isascii() and text.isprintable() and '"' not in text:
+        return text
+    return "".join(c if " " <= c < "\x7f" and c != '"' else f"\\x{ord(c):02x}" for c in text)
+
+
+def _redirect_url(base: str, location: str, route: Route) -> str:
+    """The absolute URL a Location names, or UpstreamFailure(502) when it is no usable URL."""
+    def bad(why: str) -> UpstreamFailure:
+        return UpstreamFailure(502, "redirects", f"route {route.name}: the upstream's redirect "
+                               f"Location is {why}")
+
+    if len(location) > MAX_LOCATION:
+        raise bad(f"longer than {MAX_LOCATION} characters")
+    if not location.isascii() or not location.isprintable() or " " in location:
+        raise bad("not a URL (non-ASCII, space or control characters)")
+    try:
+        there = urljoin(base, location)
+        parts = urlsplit(there)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise bad(f"malformed ({str(exc)[:80]})") from None
+    if parts.scheme not in ("http", "https"):
+        raise bad(f"not an http(s) URL (scheme {parts.scheme[:20]!r})")
+    if not parts.hostname:
+        raise bad("a URL without a host")
+    return there
+
+
+def _plain_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded
+    return address
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally routable unicast address (not loopback, private, link-local, shared,
+    reserved, unspecified or multicast: 169.254.169.254 and fd00:ec2::254 included)."""
+    return address.is_global and not (address.is_multicast or address.is_loopback or
+                                      address.is_link_local or address.is_private or
+                                      address.is_reserved or address.is_unspecified)
 
 
 def _origin_of(url: str) -> str:

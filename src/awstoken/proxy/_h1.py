@@ -158,18 +158,51 @@ class Request:
 Handler = Callable[["ClientConnection", Request], Awaitable[None]]
 
 
-class Frontend:
-    """The inbound side: a protocol factory for ``loop.create_server`` and shutdown."""
+#: Open client connections per process unless configured (``server.max_connections``).
+MAX_CONNECTIONS = 4096
 
-    def __init__(self, handler: Handler) -> None:
+
+class Frontend:
+    """The inbound side: a protocol factory for ``loop.create_server`` and shutdown.
+
+    Bounds what idle or trickling clients can hold: at most ``max_connections`` open
+    connections (more are answered 503 and closed), a whole request head within
+    ``head_timeout`` seconds of the connection or of the previous answer, and idle
+    keep-alive connections closed after ``keepalive_timeout``.
+    """
+
+    def __init__(self, handler: Handler, *, max_connections: int = MAX_CONNECTIONS,
+                 head_timeout: float = HEAD_TIMEOUT,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.closing = False
-        self._sweeper = self.loop.call_later(5.0, self._sweep)
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.at_limit = False  # logged once each time the limit is reached
+        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4))
+        self._sweeper = self.loop.call_later(self._every, self._sweep)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """Count a new connection in, or say no when ``max_connections`` are open."""
+        if len(self.connections) < self.max_connections:
+            if self.at_limit and len(self.connections) < self.max_connections * 9 // 10:
+                self.at_limit = False
+                log.warning("awstoken: proxy connections back under server.max_connections "
+                            "(%d open)", len(self.connections))
+            self.connections.add(conn)
+            return True
+        if not self.at_limit:
+            self.at_limit = True
+            log.warning("awstoken: server.max_connections (%d) reached: new clients get 503 "
+                        "until idle connections time out (head_timeout %gs, keepalive_timeout "
+                        "%gs)", self.max_connections, self.head_timeout, self.keepalive_timeout)
+        return False
 
     def _sweep(self) -> None:
         # One periodic pass instead of a timer per request: close idle keep-alive
@@ -178,10 +211,10 @@ class Frontend:
         for conn in list(self.connections):
             if conn.busy:
                 continue
-            limit = HEAD_TIMEOUT if conn.in_head else KEEPALIVE_TIMEOUT
+            limit = self.head_timeout if conn.in_head else self.keepalive_timeout
             if now - conn.since >= limit:
                 conn.close()
-        self._sweeper = self.loop.call_later(5.0, self._sweep)
+        self._sweeper = self.loop.call_later(self._every, self._sweep)
 
     async def shutdown(self, timeout: float) -> None:
         """Close idle connections, let requests in flight finish (bounded), abort the rest."""
@@ -204,6 +237,11 @@ class Frontend:
             await asyncio.wait(tasks, timeout=1.0)
 
 
+_BUSY = encode_head("HTTP/1.1 503 Service Unavailable", [
+    ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "33"),
+    ("Retry-After", "1"), ("Connection", "close")]) + b"too many connections, retry soon\n"
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs them one at a time (pipelining-safe)."""
 
@@ -217,7 +255,9 @@ class ClientConnection(asyncio.Protocol):
         self.queue: collections.deque[Request] = collections.deque()
         self.task: asyncio.Task[None] | None = None
         self.busy = False  # a request is being answered
-        self.in_head = False  # a request head is being received
+        # A request head is awaited or being received (head_timeout applies): from the
+        # start, so a client that connects and sends nothing is closed as a trickling one.
+        self.in_head = True
         self.since = self.loop.time()
         self.closed = False
         self.eof = False  # the client shut its sending side: answer what is queued, then close
@@ -251,7 +291,10 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(sock, tuple):
             host = str(sock[0])
             self.local = f"[{host}]:{sock[1]}" if ":" in host else f"{host}:{sock[1]}"
-        self.frontend.connections.add(self)
+        if not self.frontend.admit(self):
+            self.closed = True
+            transport.write(_BUSY)  # type: ignore[attr-defined]
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -274,7 +317,13 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # The parser stops after an Upgrade request's head. Upgrades are not offered:
             # answer that request as a plain one, then close.
-            if not self.queue:
+            if not self.queue or self.queue[-1].body is not None:
+                # llhttp ends the message at the head and leaves what follows to the new
+                # protocol: a body announced in the head would never come (the upstream would
+                # wait for it until the read timeout). Refuse at once; the request was queued
+                # by this very call, so it has not started.
+                if self.queue:
+                    self.queue.pop()
                 self._reject(ProtocolError(400, "protocol upgrades are not supported"))
                 return
             self.queue[-1].keep_alive = False
@@ -329,7 +378,10 @@ class ClientConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD:
             raise ProtocolError(431, "request header fields too large")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if self.in_head:
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # else: a chunked body's trailer. Dropped: appended to the head's list it would reach
+        # the upstream as a header (and inbound auth) when the whole request came in one read.
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -547,6 +599,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.sink: Callable[[Chunk], Any] | None = None
         self.client: ClientConnection | None = None
         self.pump: asyncio.Task[None] | None = None
+        self.peer: tuple[Any, ...] | None = None  # the address actually connected to
+        self.local_host = ""  # our side's address on that connection
         self._head_size = 0
         self._read_paused = False
         self._last = 0.0
@@ -576,6 +630,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = tuple(peer) if isinstance(peer, (tuple, list)) else None
+        sock = transport.get_extra_info("sockname")
+        self.local_host = str(sock[0]) if isinstance(sock, (tuple, list)) else ""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -696,7 +754,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self._head_size > MAX_HEAD:
             raise UpstreamError("protocol", f"upstream {self.origin.host}: response head over "
                                 f"{MAX_HEAD} bytes")
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.head_done:  # trailers of a chunked body are dropped, never promoted
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -786,12 +845,18 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         now = self.loop.time()
         due = self._last + self.pool.read_timeout
-        if self._read_paused or now < due:
+        if now < due:
             self._timer = self.loop.call_at(max(due, now + 0.05), self._check_timeout)
             return
-        self._fail(UpstreamError("timeout", f"upstream {self.origin.host} did not answer in time"
-                                 if not self.head_done else
-                                 f"upstream {self.origin.host} stalled while sending the body"))
+        # Inactivity, not duration: nothing read or written for read_timeout. Paused for
+        # the client that long means the client has stopped reading.
+        if self._read_paused:
+            message = f"the client stopped reading the body of upstream {self.origin.host}"
+        elif self.head_done:
+            message = f"upstream {self.origin.host} stalled while sending the body"
+        else:
+            message = f"upstream {self.origin.host} did not answer in time"
+        self._fail(UpstreamError("timeout", message))
         self.abort()
 
     # -- the exchange --------------------------------------------------------------------------
@@ -834,6 +899,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            self._last = self.loop.time()  # a request body on its way is activity too
             self.transport.write(data)
 
     async def drain(self) -> None:

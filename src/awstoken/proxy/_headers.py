@@ -20,6 +20,14 @@ _RESPONSE_DROP = _HOP | {"content-length"}
 _CROSS_HOST_DROP = frozenset(("authorization", "cookie", "x-forwarded-for", "x-forwarded-host",
                               "x-forwarded-proto"))
 
+# What a followed redirect target (S3 and the like: not the route's upstream) may say to the
+# client: the body's description and caching. No cookies, no challenges, no Location, no
+# headers awstoken gives a meaning to (X-Awstoken-*), nothing else.
+_FOLLOWED_KEEP = frozenset((
+    "content-type", "content-length", "content-range", "content-encoding", "content-language",
+    "content-disposition", "content-md5", "accept-ranges", "etag", "last-modified",
+    "cache-control", "expires", "date", "age", "vary", "transfer-encoding", "connection"))
+
 Pairs = list[tuple[str, str]]
 
 
@@ -78,3 +86,9 @@ def cross_host_pairs(pairs: Iterable[tuple[str, str]], token_header: str) -> Pai
     token_key = token_header.lower()
     return [(k, v) for k, v in pairs if (low := k.lower()) not in _CROSS_HOST_DROP
             and low != token_key]
+
+
+def followed_response_pairs(pairs: Iterable[tuple[str, str]]) -> Pairs:
+    """A followed redirect target's response headers, cut to what describes the body
+    (framing headers stay for :func:`response_header_pairs` to handle)."""
+    return [(k, v) for k, v in pairs if k.lower() in _FOLLOWED_KEEP]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .._errors import ConfigError
 from .._settings import RouteSettings
@@ -30,6 +31,8 @@ class Route:
     strip_prefix: bool = False
     redirects: Literal["follow", "pass"] = "follow"
     tls: bool = True
+    follow_http: bool = False
+    follow_private: bool = False
 
     @property
     def name(self) -> str:
@@ -84,6 +87,72 @@ def has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/"))
 
 
+class PathRefused(ValueError):
+    """A request path that must not be forwarded (answer 400): the message says why."""
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: How many rounds of percent-decoding an upstream might apply (double-decoding servers exist).
+_DECODE_ROUNDS = 4
+_DOTS = "dot segments ('.', '..', '%2e') are not allowed in the path"
+
+
+def needs_normalizing(path: str) -> bool:
+    """False for the common path (no '%', ';', '\\' or dot segment): used as is, no work."""
+    return "%" in path or ";" in path or "/." in path or "\\" in path
+
+
+def decodings(path: str) -> Iterable[str]:
+    """``path`` percent-decoded once, twice... until it stops changing (bounded); each
+    form must be valid UTF-8 (an overlong ``%c0%ae`` is a '.' to some decoders)."""
+    current = path
+    for _ in range(_DECODE_ROUNDS):
+        if "%" not in current:
+            return
+        try:
+            decoded = unquote_to_bytes(current).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PathRefused("percent-encoded bytes in the path are not UTF-8 (overlong or "
+                              "invalid sequences)") from None
+        if decoded == current:
+            return
+        yield decoded
+        current = decoded
+
+
+def normalize_path(path: str) -> str:
+    """The path to route and forward: percent-encoded unreserved characters decoded
+    (RFC 3986 6.2.2.2: ``/v2/%73ecret`` is ``/v2/secret``), everything else as sent.
+
+    Raise :class:`PathRefused` for paths an upstream could read differently from the
+    proxy: dot segments in any decoding round (``%2e%2e``, ``%252e%252e``, ``%c0%ae``) or
+    with a path parameter (``..;``, which servlet containers resolve as ``..``), ``;``
+    path parameters, control characters, malformed percent-encodings.
+    """
+    if not needs_normalizing(path):
+        return path
+    if ";" in path:
+        raise PathRefused("path parameters (';') are not allowed in the path")
+    if _BAD_PERCENT.search(path):
+        raise PathRefused("malformed percent-encoding in the path")
+    for form in (path, *decodings(path)):
+        if any(c < " " or c == "\x7f" for c in form):
+            raise PathRefused("control characters are not allowed in the path")
+        for segment in form.replace("\\", "/").split("/"):
+            if segment.split(";", 1)[0] in (".", ".."):
+                raise PathRefused(_DOTS)
+    if "%" not in path:
+        return path
+    return _PERCENT.sub(_unreserved, path)
+
+
+def _unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group(0)
+
+
 def compile_route(settings: RouteSettings, index: int) -> Route:
     """Validate one route; errors name the route by index and prefix."""
     where = f"routes[{index}] (prefix {settings.prefix!r})"
@@ -111,7 +180,8 @@ def compile_route(settings: RouteSettings, index: int) -> Route:
     return Route(prefix=settings.prefix, upstream_origin=origin,
                  upstream_path=parts.path.rstrip("/"), token=settings.token,
                  header=settings.header, strip_prefix=settings.strip_prefix,
-                 redirects=settings.redirects, tls=parts.scheme == "https")
+                 redirects=settings.redirects, tls=parts.scheme == "https",
+                 follow_http=settings.follow_http, follow_private=settings.follow_private)
 
 
 class RouteTable:
@@ -135,3 +205,14 @@ class RouteTable:
                     prefix.endswith("/") or len(path) == len(prefix) or path[len(prefix)] in "/?"):
                 return route
         return None
+
+    def route_for(self, path: str) -> Route | None:
+        """:meth:`match` for a path :func:`normalize_path` returned: the route must be the
+        same for every decoding of the path (an encoded '/' must not move a request from
+        one route to another upstream's), else :class:`PathRefused`."""
+        route = self.match(path)
+        if "%" in path:
+            for form in decodings(path):
+                if self.match(form) is not route:
+                    raise PathRefused("an encoded '/' in the path would select another route")
+        return route

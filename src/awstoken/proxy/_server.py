@@ -147,7 +147,9 @@ class ProxyServer:
                               read_timeout=server.read_timeout)
             self._fast = self._fast_forwarder()
             # Through _dispatch: a reload swaps the forwarder under open connections.
-            self._frontend = factory = Frontend(self._dispatch)
+            self._frontend = factory = Frontend(
+                self._dispatch, max_connections=server.max_connections,
+                head_timeout=server.head_timeout, keepalive_timeout=server.keepalive_timeout)
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -163,15 +165,21 @@ class ProxyServer:
             aux = web.Server(worker_admin, access_log=None)
             self._aux.append(aux)
             self._aux_listeners.append(await loop.create_unix_server(aux, self.metrics_socket))
+        if self._fast is not None:
+            self._fast.own_ports.update(self._own_ports())
         if self.with_proxy:
             log.info("awstoken: proxy listening on http://%s:%d (%d routes)", *self.address[:2],
                      len(self.routes.routes))
 
     def _fast_forwarder(self) -> FastForwarder:
         assert self._pool is not None
-        return FastForwarder(routes=self.routes, keeper=self.keeper, pool=self._pool,
-                             auth=self.auth, metrics=self.metrics,
-                             access_log=self.settings.server.access_log)
+        server = self.settings.server
+        forwarder = FastForwarder(routes=self.routes, keeper=self.keeper, pool=self._pool,
+                                  auth=self.auth, metrics=self.metrics,
+                                  access_log=server.access_log, public_url=server.public_url)
+        if self._fast is not None:  # a reload: the listeners (our own ports) stay
+            forwarder.own_ports.update(self._fast.own_ports)
+        return forwarder
 
     def _dispatch(self, conn: ClientConnection, request: Request) -> Awaitable[None]:
         # Each request goes to the forwarder current when it starts: a request in flight
@@ -209,10 +217,26 @@ class ProxyServer:
             endpoint.max_age = settings.server.token_max_age
         return changes
 
+    def _own_ports(self) -> set[int]:
+        """The TCP ports this server (or, for a worker, its parent) listens on."""
+        server = self.settings.server
+        ports = {address[1] for address in (server.listen, server.admin_listen)
+                 if address is not None and address[1]}
+        ports |= {address[1] for address in server.token_listen
+                  if not isinstance(address, str) and address[1]}
+        for listener in (*self._listeners, *self._aux_listeners):
+            for sock in listener.sockets:
+                name = sock.getsockname()
+                if isinstance(name, tuple):
+                    ports.add(int(name[1]))
+        ports |= {address[1] for address in self.token_addresses if not isinstance(address, str)}
+        return ports
+
     async def start_token_endpoint(self, registry: CollectorRegistry) -> None:
         """Bind the token endpoint's listeners (``server.token_listen``)."""
         endpoint = TokenEndpoint(self.keeper, self.token_names, secret=self.token_secret,
-                                 max_age=self.settings.server.token_max_age, registry=registry)
+                                 max_age=self.settings.server.token_max_age, registry=registry,
+                                 hosts=self.settings.server.token_hosts)
         self.token_listeners = TokenListeners(endpoint, self.settings.server)
         await self.token_listeners.start()
 
@@ -279,6 +303,39 @@ def tune_malloc() -> None:
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one (each proxied request holds two
+    sockets; the common soft limit of 1024 is reached by a few hundred idle clients)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("awstoken: cannot raise the open-file limit from %d to %d: %s", soft, hard,
+                    exc)
+
+
+def _check_fd_budget(settings: Settings) -> None:
+    """One warning when max_connections cannot be reached within the open-file limit."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * settings.server.max_connections + 64  # client and upstream sockets, and more
+    if soft != resource.RLIM_INFINITY and wanted > soft:
+        log.warning("awstoken: server.max_connections = %d needs about %d open files, but the "
+                    "limit is %d: raise it (systemd LimitNOFILE=) or lower max_connections",
+                    settings.server.max_connections, wanted, soft)
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
@@ -431,6 +488,8 @@ def serve(settings: Settings, keeper: Keeper, *, on_ready: Callable[[], object] 
     load_secret(settings.server)
     workers = settings.server.workers
     tune_malloc()
+    raise_open_file_limit()
+    _check_fd_budget(settings)
     if workers < 1:
         raise ConfigError(f"server.workers must be at least 1, not {workers}")
     if not settings.routes:

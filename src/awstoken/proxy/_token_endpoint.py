@@ -9,7 +9,8 @@ nginx (stock, no Lua) asks it in a subrequest and copies the answer onto the pro
 Answers: 204 with ``X-Awstoken-Value: <header value>`` when the token is usable; 503 when
 there is none or it has expired (nginx then refuses the request: the upstream never sees it
 without a token); 404 for a name that is not configured; 403 when a shared secret is
-configured and ``X-Awstoken-Secret`` does not carry it; 405 for methods other than GET/HEAD.
+configured and ``X-Awstoken-Secret`` does not carry it; 405 for methods other than GET/HEAD;
+421 on a TCP listener without a secret when ``Host`` does not name the listener (DNS rebinding).
 A 204 says ``Cache-Control: max-age=N``: N is ``server.token_max_age`` (default 5 s), cut
 so that a cached answer never outlives the token, even when a cache serves it stale for a
 while after N (:data:`STALE_ALLOWANCE`, for nginx's ``proxy_cache_use_stale updating``);
@@ -77,7 +78,7 @@ class TokenEndpoint:
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
                  max_age: float = 5.0, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, hosts: Iterable[str] = ()) -> None:
         self.keeper = keeper
         self.names = frozenset(token_names)
         self.secret = secret
@@ -89,6 +90,8 @@ class TokenEndpoint:
                                 "token (empty for unknown names) and status.", ("token", "status"),
                                 registry=registry)
         self._warned = -_WARN_EVERY
+        self._hosts: dict[int, frozenset[str]] = {}  # listening port -> Host values served
+        self._extra_hosts = tuple(hosts)  # server.token_hosts
 
     def _answer(self, status: int, token: str, text: str = "",
                 headers: dict[str, str] | None = None) -> web.Response:
@@ -97,6 +100,9 @@ class TokenEndpoint:
                             headers={"Cache-Control": "no-store", **(headers or {})})
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.secret is None and not self._host_ok(request):
+            return self._answer(421, "", "misdirected request: the Host header does not name "
+                                "this token endpoint\n")
         if request.method not in ("GET", "HEAD"):
             return self._answer(405, "", "method not allowed\n", {"Allow": "GET, HEAD"})
         # The secret first: without it, a client learns nothing, not even which names exist.
@@ -128,6 +134,21 @@ class TokenEndpoint:
             seconds = min(seconds, known[1] - margin - STALE_ALLOWANCE - self.clock())
         return f"max-age={int(seconds)}" if seconds >= 1 else "no-store"
 
+    def _host_ok(self, request: web.BaseRequest) -> bool:
+        """On TCP, the Host header must name the listener (its address, or localhost, with
+        its port): a web page whose name an attacker re-points at 127.0.0.1 (DNS rebinding)
+        sends its own name. Unix sockets are out of a browser's reach; with a secret, the
+        page does not know it."""
+        transport = request.transport
+        sock = transport.get_extra_info("sockname") if transport is not None else None
+        if not isinstance(sock, tuple):
+            return True
+        allowed = self._hosts.get(sock[1])
+        if allowed is None:
+            allowed = self._hosts[sock[1]] = _host_names(str(sock[0]), int(sock[1]),
+                                                         self._extra_hosts)
+        return request.headers.get("Host", "").lower() in allowed
+
     def _secret_ok(self, request: web.BaseRequest) -> bool:
         assert self.secret is not None
         given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
@@ -139,6 +160,20 @@ class TokenEndpoint:
             log.warning("awstoken: token endpoint: refused a request without the right %s "
                         "header (server.token_secret_env)", SECRET_HEADER)
         return False
+
+
+def _host_names(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host header values that name a loopback listener ``host:port``: its address or
+    ``localhost``, and each ``server.token_hosts`` name (with this port, or as given)."""
+    names = {f"[{host}]" if ":" in host else host, "localhost"}
+    allowed = {f"{name}:{port}" for name in names}
+    if port == 80:
+        allowed |= names
+    for name in extra:
+        allowed.add(name)
+        if not name.endswith("]") and ":" not in name:
+            allowed.add(f"{name}:{port}")
+    return frozenset(allowed)
 
 
 @dataclass

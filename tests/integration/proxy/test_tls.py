@@ -151,7 +151,8 @@ def test_redirect_to_https_followed_without_token(tmp_path: Path) -> None:
             https_upstream(cert, key) as (second, seen_second):
         target = f"https://127.0.0.1:{second}/bucket/blob?X-Amz-Signature=a%2Fb"
         settings = Settings(server=ServerSettings(ca_file=str(ca)), routes=(
-            RouteSettings(prefix="/", upstream=f"https://localhost:{first}", token="ecr"),))
+            RouteSettings(prefix="/", upstream=f"https://localhost:{first}", token="ecr",
+                          follow_private=True),))  # the S3 stand-in is on loopback
         with running_proxy(settings, _keeper()) as proxy:
             from urllib.parse import quote
 
