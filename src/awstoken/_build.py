@@ -97,6 +97,8 @@ def start_rotators(settings: Settings, keeper: Keeper) -> dict[str, Rotator]:
     """
     built = {name: (token, build_source(token), build_transform(token), hooks_from_settings(token))
              for name, token in settings.tokens.items()}
+    gap = settings.server.refresh_min_gap
     return {name: keeper.rotate(name, source, transform, interval=token.interval,
-                                retry=token.retry, timeout=token.timeout, on_rotate=hooks)
+                                retry=token.retry, timeout=token.timeout, on_rotate=hooks,
+                                min_refresh_gap=gap)
             for name, (token, source, transform, hooks) in built.items()}

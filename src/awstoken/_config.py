@@ -511,7 +511,8 @@ def _tokens(report: _Report, table: _Table | None, aws_ok: bool) -> tuple[dict[s
 SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_env", "allow",
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
-               "token_secret_env", "engine")
+               "token_secret_env", "engine", "refresh_wait", "refresh_min_gap", "replay_max_bytes",
+               "replay_spool_max_bytes")
 #: The request paths ``server.engine`` may name. The aiohttp request path was retired
 #: (docs/benchmarks.md, "Why one engine"); the key stays so existing files keep loading.
 ENGINES = ("fast",)
@@ -654,6 +655,10 @@ def _server(table: _Table | None) -> ServerSettings:
         shutdown_timeout=table.duration("shutdown_timeout", positive=False),
         access_log=table.boolean("access_log"),
         engine=table.get("engine", _engine, "'fast' (the aiohttp request path was retired)"),
+        refresh_wait=table.duration("refresh_wait", positive=False, maximum=300.0),
+        refresh_min_gap=table.duration("refresh_min_gap", positive=False, maximum=3600.0),
+        replay_max_bytes=table.integer("replay_max_bytes", 0, 1 << 30),
+        replay_spool_max_bytes=table.integer("replay_spool_max_bytes", 0, 1 << 40),
     ))
 
 

@@ -73,6 +73,14 @@ class ServerSettings:
     token_max_age: float = 5.0  # Cache-Control max-age of a 204 (0: no-store): nginx's cache time
     token_secret_env: str | None = None  # env var with a secret the X-Awstoken-Secret header must carry
     engine: Literal["fast"] = "fast"  # the request path (see docs/benchmarks.md)
+    # After an upstream 401/403: the longest a request waits for a refresh it asked for, and
+    # the rotators' minimum gap between refreshes (a token younger than that is not waited on).
+    refresh_wait: float = 5.0
+    refresh_min_gap: float = 10.0
+    # Request bodies kept for one retry after a 401/403: in memory up to replay_max_bytes, in
+    # a private temporary file up to replay_spool_max_bytes; larger ones are not retried.
+    replay_max_bytes: int = 1024 * 1024
+    replay_spool_max_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import time
 from urllib.parse import urljoin
 
 from .._keeper import Keeper
+from .._refusal import DEFAULT_REFRESH_WAIT
 from ._auth import InboundAuth
 from ._h1 import (
     BodyStream,
@@ -40,6 +41,7 @@ from ._policy import (
     refusal,
     unavailable_reason,
 )
+from ._replay import REPLAY_MAX_BYTES, REPLAY_SPOOL_MAX_BYTES, BodyRecorder
 from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
 from ._routes import Route, RouteTable
 
@@ -61,14 +63,18 @@ class FastForwarder:
 
     def __init__(self, *, routes: RouteTable, keeper: Keeper, pool: Pool, auth: InboundAuth,
                  metrics: RouteMetrics, access_log: bool = True,
-                 refresh_wait: float = 15.0) -> None:
+                 refresh_wait: float = DEFAULT_REFRESH_WAIT, refresh_min_gap: float | None = None,
+                 replay_max_bytes: int = REPLAY_MAX_BYTES,
+                 replay_spool_max_bytes: int = REPLAY_SPOOL_MAX_BYTES) -> None:
         self.routes = routes
         self.keeper = keeper
         self.pool = pool
         self.auth = auth
         self.metrics = metrics
         self.access_log = access_log
-        self.refresher = TokenRefresher(keeper, wait=refresh_wait)
+        self.refresher = TokenRefresher(keeper, wait=refresh_wait, min_gap=refresh_min_gap)
+        self.replay_max_bytes = replay_max_bytes
+        self.replay_spool_max_bytes = replay_spool_max_bytes
         self._origins: dict[str, Origin] = {}
 
     async def __call__(self, conn: ClientConnection, request: Request) -> None:
@@ -163,43 +169,86 @@ class FastForwarder:
         body = request.body
         if body is not None and request.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        recorder = None if body is None else BodyRecorder.for_length(
+            request.length, memory_max=self.replay_max_bytes,
+            spool_max=self.replay_spool_max_bytes)
         began = time.monotonic()
-        up = await self._exchange(request, origin, target, headers, (route.header, value))
         try:
-            if up.status in (401, 403) and body is None:
-                fresh = await self.refresher.fresh(route.token, value)
-                if fresh is not None:
-                    up.release()
-                    log.info("awstoken: route %s: upstream answered %d; retrying once with the "
-                             "refreshed token %r", route.name, up.status, route.token)
-                    self.metrics.retries.labels(route.name).inc()
-                    up = await self._exchange(request, origin, target, headers,
-                                              (route.header, fresh))
-            location = up.location if up.status in REDIRECTS else None
-            if location is not None:
-                current = origin.url + target
-                there = urljoin(current, location)
-                other = self._origin(_origin_of(there))
-                if other.url != origin.url and route.redirects == "follow" and \
-                        request.method in ("GET", "HEAD"):
-                    up.release()
-                    up = await self._follow(request, there, headers, route)
-            self.metrics.observe(route.name, time.monotonic() - began)
-            return await self._respond(conn, request, route, up)
+            up = await self._exchange(request, origin, target, headers, (route.header, value),
+                                      recorder=recorder)
+            try:
+                if up.status in (401, 403):
+                    up = await self._after_refusal(request, route, origin, target, headers,
+                                                   value, up, recorder)
+                location = up.location if up.status in REDIRECTS else None
+                if location is not None:
+                    current = origin.url + target
+                    there = urljoin(current, location)
+                    other = self._origin(_origin_of(there))
+                    if other.url != origin.url and route.redirects == "follow" and \
+                            request.method in ("GET", "HEAD"):
+                        up.release()
+                        up = await self._follow(request, there, headers, route)
+                self.metrics.observe(route.name, time.monotonic() - began)
+                return await self._respond(conn, request, route, up)
+            finally:
+                up.release()
         finally:
-            up.release()
+            if recorder is not None:
+                recorder.close()
+
+    async def _after_refusal(self, request: Request, route: Route, origin: Origin, target: str,
+                             headers: list[tuple[str, str]], value: str,
+                             up: UpstreamConnection,
+                             recorder: BodyRecorder | None) -> UpstreamConnection:
+        """An upstream 401/403 to the token: ask for a refresh whatever the request, and send
+        it once more with a new token when its body (if any) was recorded whole.
+
+        The refusal itself is kept (bounded) so the client gets it unchanged when no new
+        token comes; a request whose body could not be kept still waits for the refresh, so
+        that the client's own retry carries the new token.
+        """
+        fresh = self.refresher.fresh(route.token, value, up.status)
+        replayable = request.body is None
+        if request.body is not None:
+            if not up.complete:
+                await self._collect(up, SMALL_BODY)
+            pump, up.pump = up.pump, None
+            if not up.complete:
+                # A refusal too big to hold: it goes to the client, streamed, after the refresh.
+                up.pump = pump
+                await fresh
+                return up
+            if pump is not None:
+                replayable = await _finish_recording(pump, up, recorder)
+        new = await fresh
+        if new is None or not replayable:
+            return up
+        log.info("awstoken: route %s: upstream answered %d; retrying once with the refreshed "
+                 "token %r", route.name, up.status, route.token)
+        self.metrics.retries.labels(route.name).inc()
+        up.release()
+        return await self._exchange(request, origin, target, headers, (route.header, new),
+                                    replay=recorder)
 
     async def _exchange(self, request: Request, origin: Origin, target: str,
                         headers: list[tuple[str, str]], token: tuple[str, str] | None,
-                        *, with_body: bool = True) -> UpstreamConnection:
-        """Send one request upstream and wait for the response head."""
-        body = request.body if with_body else None
+                        *, with_body: bool = True, recorder: BodyRecorder | None = None,
+                        replay: BodyRecorder | None = None) -> UpstreamConnection:
+        """Send one request upstream and wait for the response head.
+
+        The body comes from the client (copied into ``recorder`` on the way), or from
+        ``replay``, a recorder that holds a whole body already sent once.
+        """
+        body = request.body if with_body and replay is None else None
         lines = [("Host", origin.host_header), *headers]
         if token is not None:
             if "\r" in token[1] or "\n" in token[1]:
                 raise UpstreamFailure(502, "token", "the token value contains a line break")
             lines.append(token)
-        if body is not None:
+        if replay is not None:
+            lines.append(("Content-Length", str(replay.size)))
+        elif body is not None:
             lines.append(("Transfer-Encoding", "chunked") if request.chunked else
                          ("Content-Length", str(request.length)))
         head = _encode_head(f"{request.method} {target} HTTP/1.1", lines)
@@ -213,8 +262,10 @@ class FastForwarder:
                     raise _failure(exc) from None
             reused = up.uses > 0
             up.start(head, head_only=request.method == "HEAD")
-            if body is not None:
-                up.pump = asyncio.ensure_future(_pump(body, up, request.chunked))
+            if replay is not None:
+                up.pump = asyncio.ensure_future(_pump_replay(replay, up))
+            elif body is not None:
+                up.pump = asyncio.ensure_future(_pump(body, up, request.chunked, recorder))
             try:
                 while not up.head_done:
                     if up.error is not None:
@@ -385,13 +436,66 @@ def _target_of(url: str) -> str:
     return target
 
 
-async def _pump(body: BodyStream, up: UpstreamConnection, chunked: bool) -> None:
-    """Copy a request body to the upstream with backpressure on both sides."""
+async def _pump(body: BodyStream, up: UpstreamConnection, chunked: bool,
+                recorder: BodyRecorder | None) -> None:
+    """Copy a request body to the upstream with backpressure on both sides.
+
+    With a ``recorder`` the body is also copied there, and the copy goes on to the end of
+    the body when the upstream stops taking it (it refused and closed, or the refusal was
+    seen: ``recorder.detached``), so the request can be sent again.
+    """
+    sending = True
     while data := await body.read():
+        if recorder is not None:
+            await recorder.add(data)
+            if recorder.detached or not sending:
+                if recorder.overflow:
+                    return
+                continue
         if chunked:
             up.write(b"%x\r\n" % len(data) + data + b"\r\n")
         else:
             up.write(data)
-        await up.drain()
-    if chunked:
+        try:
+            await up.drain()
+        except ConnectionError:
+            if recorder is None:
+                raise
+            sending = False
+    if chunked and sending and (recorder is None or not recorder.detached):
         up.write(b"0\r\n\r\n")
+    if recorder is not None:
+        await recorder.finish()
+
+
+async def _finish_recording(pump: asyncio.Task[None], up: UpstreamConnection,
+                            recorder: BodyRecorder | None) -> bool:
+    """The upstream refused a request with a body: stop sending the body, finish the copy.
+
+    True when the whole body is recorded (the request can be sent again).
+    """
+    if not pump.done():
+        if recorder is None:
+            pump.cancel()
+            return False
+        # The rest must not go to an upstream that already said no: this connection is
+        # closed (it cannot be reused mid-body) while the copy continues to the end.
+        recorder.detached = True
+        up.abort()
+        try:
+            await asyncio.shield(pump)
+        except asyncio.CancelledError:
+            pump.cancel()
+            raise
+        except ConnectionError:
+            return False
+    elif pump.cancelled() or pump.exception() is not None:
+        return False
+    return recorder is not None and not recorder.overflow
+
+
+async def _pump_replay(recorder: BodyRecorder, up: UpstreamConnection) -> None:
+    """Send a recorded body again."""
+    async for data in recorder.read():
+        up.write(data)
+        await up.drain()

@@ -140,7 +140,10 @@ class ProxyServer:
                               read_timeout=server.read_timeout)
             self._frontend = factory = Frontend(FastForwarder(
                 routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
-                metrics=self.metrics, access_log=server.access_log))
+                metrics=self.metrics, access_log=server.access_log,
+                refresh_wait=server.refresh_wait, refresh_min_gap=server.refresh_min_gap,
+                replay_max_bytes=server.replay_max_bytes,
+                replay_spool_max_bytes=server.replay_spool_max_bytes))
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
