@@ -107,8 +107,8 @@ class RefreshWait:
         if outcome == "new":
             log.info("awstoken: token %r: the server answered %d; retrying once with the new "
                      "token", name, status)
-        elif outcome == "fresh":
-            log.info("awstoken: token %r: the server answered %d to a token fetched less than "
+        elif outcome == "fresh":  # every refusal in the gap: not worth a line each at INFO
+            log.debug("awstoken: token %r: the server answered %d to a token fetched less than "
                      "%gs ago; not retrying", name, status, self.min_gap)
         elif outcome == "same":
             log.warning("awstoken: token %r: the server answered %d and the refresh brought "

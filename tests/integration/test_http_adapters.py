@@ -270,7 +270,7 @@ def test_a_refusal_of_a_token_younger_than_the_refresh_gap_is_final_at_once(
     # the three adapters; the refusal comes back at once, unretried.
     index.keeper.rotators["pypi"].schedule = awstoken.Schedule(min_refresh_gap=3600)
     index.rotate_password("second-password")
-    with caplog.at_level(logging.INFO, logger="awstoken"):
+    with caplog.at_level(logging.DEBUG, logger="awstoken"):
         assert httpx.get(index.simple, auth=awstoken.httpx.TokenAuth(
             "pypi", keeper=index.keeper, refresh_timeout=60)).status_code == 403
         assert requests.get(index.simple, auth=awstoken.requests.TokenAuth(
