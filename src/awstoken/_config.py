@@ -512,7 +512,7 @@ SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_e
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
                "token_secret_env", "engine", "refresh_wait", "refresh_min_gap", "replay_max_bytes",
-               "replay_spool_max_bytes")
+               "replay_spool_max_bytes", "max_index_bytes")
 #: The request paths ``server.engine`` may name. The aiohttp request path was retired
 #: (docs/benchmarks.md, "Why one engine"); the key stays so existing files keep loading.
 ENGINES = ("fast",)
@@ -659,6 +659,7 @@ def _server(table: _Table | None) -> ServerSettings:
         refresh_min_gap=table.duration("refresh_min_gap", positive=False, maximum=3600.0),
         replay_max_bytes=table.integer("replay_max_bytes", 0, 1 << 30),
         replay_spool_max_bytes=table.integer("replay_spool_max_bytes", 0, 1 << 40),
+        max_index_bytes=table.integer("max_index_bytes", 1024, 1 << 32),
     ))
 
 

@@ -81,6 +81,9 @@ class ServerSettings:
     # a private temporary file up to replay_spool_max_bytes; larger ones are not retried.
     replay_max_bytes: int = 1024 * 1024
     replay_spool_max_bytes: int = 256 * 1024 * 1024
+    # Index answers (npm metadata, PEP 503/691 pages) are held whole to rewrite their URLs:
+    # the largest body, compressed or decoded; larger ones get a 502 saying so.
+    max_index_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from awstoken import ConfigError
 from awstoken._settings import RouteSettings
 from awstoken.proxy._headers import request_header_pairs, response_header_pairs
 from awstoken.proxy._prom import merge_exposition
-from awstoken.proxy._rewrite import decode, rewrite, rewrite_paths
+from awstoken.proxy._rewrite import DecodeError, decode, rewrite, rewrite_paths
 from awstoken.proxy._routes import RouteTable
 
 
@@ -95,7 +95,8 @@ def test_rewrite_paths_and_decode() -> None:
     assert rewrite_paths(b'<a href="/base/f">', "/base", "/p") == b'<a href="/p/f">'
     assert rewrite_paths(b'<a href="/other/f">', "/base", "/p") == b'<a href="/other/f">'
     assert decode(gzip.compress(b"hello"), "gzip") == b"hello"
-    assert decode(b"x", "br") is None
+    with pytest.raises(DecodeError, match="cannot be decoded"):
+        decode(b"x", "compress")
 
 
 def test_merge_exposition_sums_workers() -> None:

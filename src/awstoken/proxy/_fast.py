@@ -42,7 +42,16 @@ from ._policy import (
     unavailable_reason,
 )
 from ._replay import REPLAY_MAX_BYTES, REPLAY_SPOOL_MAX_BYTES, BodyRecorder
-from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
+from ._rewrite import (
+    MAX_INDEX_BYTES,
+    DecodeError,
+    accept_encoding,
+    decode,
+    is_html,
+    is_index,
+    rewrite,
+    rewrite_paths,
+)
 from ._routes import Route, RouteTable
 
 log = logging.getLogger("awstoken.proxy")
@@ -65,7 +74,8 @@ class FastForwarder:
                  metrics: RouteMetrics, access_log: bool = True,
                  refresh_wait: float = DEFAULT_REFRESH_WAIT, refresh_min_gap: float | None = None,
                  replay_max_bytes: int = REPLAY_MAX_BYTES,
-                 replay_spool_max_bytes: int = REPLAY_SPOOL_MAX_BYTES) -> None:
+                 replay_spool_max_bytes: int = REPLAY_SPOOL_MAX_BYTES,
+                 max_index_bytes: int = MAX_INDEX_BYTES) -> None:
         self.routes = routes
         self.keeper = keeper
         self.pool = pool
@@ -75,6 +85,7 @@ class FastForwarder:
         self.refresher = TokenRefresher(keeper, wait=refresh_wait, min_gap=refresh_min_gap)
         self.replay_max_bytes = replay_max_bytes
         self.replay_spool_max_bytes = replay_spool_max_bytes
+        self.max_index_bytes = max_index_bytes
         self._origins: dict[str, Origin] = {}
 
     async def __call__(self, conn: ClientConnection, request: Request) -> None:
@@ -166,6 +177,10 @@ class FastForwarder:
         headers = request_header_pairs(
             request.headers, token_header=route.header, client_ip=conn.remote, proto="http",
             host=request.host, drop=_FRAMING)
+        for i, (key, offered) in enumerate(headers):
+            if key.lower() == "accept-encoding":
+                # Only what this process can decode: an index answer must be rewritten.
+                headers[i] = (key, accept_encoding(offered))
         body = request.body
         if body is not None and request.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -320,8 +335,7 @@ class FastForwarder:
                 headers.append(("Content-Length", str(length)))
             self._send(conn, request, status, reason_, headers, b"", framing=False)
             return status
-        if status == 200 and is_index(up.content_type) and (length is None or
-                                                         length <= MAX_REWRITE_BYTES):
+        if status == 200 and is_index(up.content_type):
             return await self._respond_index(conn, request, route, up, headers, proxy_origin)
         if (length is not None and length <= SMALL_BODY) or up.complete:
             if not up.complete:
@@ -388,31 +402,47 @@ class FastForwarder:
     async def _respond_index(self, conn: ClientConnection, request: Request, route: Route,
                              up: UpstreamConnection, headers: list[tuple[str, str]],
                              proxy_origin: str) -> int:
-        await self._collect(up, MAX_REWRITE_BYTES + 1)
-        reason_ = up.reason.decode("latin-1") or _reason(up.status)
+        """Collect an index body (bounded), decode it, rewrite upstream URLs, send it whole.
+
+        Never forwards it unrewritten: over ``max_index_bytes`` (compressed or decoded), in
+        a coding that cannot be decoded, or corrupt, the client gets a 502 saying why.
+        """
+        limit = self.max_index_bytes
+        if up.length is not None and up.length > limit:
+            raise self._index_failure(route, up, f"its body is {up.length} bytes")
+        await self._collect(up, limit + 1)
         if not up.complete:
-            log.warning("awstoken: route %s: index body over %d bytes passed without URL "
-                        "rewriting", route.name, MAX_REWRITE_BYTES)
-            return await self._stream(conn, request, up, up.status, reason_, headers, route,
-                                      up.length, up.take())
+            raise self._index_failure(route, up, f"its body is over {limit} bytes")
+        reason_ = up.reason.decode("latin-1") or _reason(up.status)
         body = up.take()
         encoding = _header(up.headers, "content-encoding") or ""
         try:
-            plain = decode(body, encoding)
-        except Exception:
-            plain = None
-        if plain is not None:
-            content_type = up.content_type
-            rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
-            if route.strip_prefix and is_html(content_type):
-                rewritten = rewrite_paths(rewritten, route.upstream_path, route.prefix)
-            if rewritten != plain:
-                body = rewritten
-                headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+            if len(body) > _DECODE_INLINE:
+                # zlib, brotli and zstandard release the GIL: big bodies decode off the loop.
+                plain = await asyncio.to_thread(decode, body, encoding, limit)
+            else:
+                plain = decode(body, encoding, limit)
+        except DecodeError as exc:
+            raise self._index_failure(route, up, str(exc)) from None
+        content_type = up.content_type
+        rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
+        if route.strip_prefix and is_html(content_type):
+            rewritten = rewrite_paths(rewritten, route.upstream_path, route.prefix)
+        if rewritten != plain:
+            body = rewritten
+            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
         self._send(conn, request, up.status, reason_, headers, body)
         return up.status
 
+    def _index_failure(self, route: Route, up: UpstreamConnection, what: str) -> UpstreamFailure:
+        return UpstreamFailure(502, "index", f"the index answer of upstream "
+                               f"{up.origin.host} was not forwarded, since its URLs could not be "
+                               f"rewritten: {what} (server.max_index_bytes = "
+                               f"{self.max_index_bytes})")
 
+
+#: Index bodies up to this size decode on the event loop (a thread hop costs more).
+_DECODE_INLINE = 256 * 1024
 _FRAMING = frozenset({"content-length"})
 
 

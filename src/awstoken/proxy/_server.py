@@ -143,7 +143,8 @@ class ProxyServer:
                 metrics=self.metrics, access_log=server.access_log,
                 refresh_wait=server.refresh_wait, refresh_min_gap=server.refresh_min_gap,
                 replay_max_bytes=server.replay_max_bytes,
-                replay_spool_max_bytes=server.replay_spool_max_bytes))
+                replay_spool_max_bytes=server.replay_spool_max_bytes,
+                max_index_bytes=server.max_index_bytes))
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
