@@ -99,6 +99,17 @@ def test_rewrite_paths_and_decode() -> None:
         decode(b"x", "compress")
 
 
+def test_merge_exposition_keeps_the_earliest_created_and_gauges_per_worker() -> None:
+    one = ('# HELP x_total d\n# TYPE x_total counter\nx_total{route="/"} 3.0\n'
+           '# HELP x_created d\n# TYPE x_created gauge\nx_created{route="/"} 1700000002.5\n'
+           '# HELP g d\n# TYPE g gauge\ng 5.0\n')
+    two = one.replace("1700000002.5", "1700000001.0").replace("g 5.0", "g 7.0")
+    merged = merge_exposition([one, two])
+    assert 'x_total{route="/"} 6.0' in merged
+    assert 'x_created{route="/"} 1700000001.0' in merged
+    assert 'g{worker="0"} 5.0' in merged and 'g{worker="1"} 7.0' in merged
+
+
 def test_merge_exposition_sums_workers() -> None:
     one = '# HELP c_total help\n# TYPE c_total counter\nc_total{route="/"} 2.0\n'
     two = ('# HELP c_total help\n# TYPE c_total counter\nc_total{route="/"} 3.0\n'
