@@ -51,8 +51,8 @@ def merge_exposition(texts: Iterable[str], *, skip: Sequence[str] = ()) -> str:
     for name, (kind, doc, samples) in families.items():
         lines.append(f"# HELP {name} {doc}")
         lines.append(f"# TYPE {name} {kind}")
-        for (sample_name, labels), value in samples.items():
-            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+        for (sample_name, pairs), value in samples.items():
+            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
             lines.append(f"{sample_name}{{{rendered}}} {_number(value)}" if rendered
                          else f"{sample_name} {_number(value)}")
     return "\n".join(lines) + ("\n" if lines else "")
