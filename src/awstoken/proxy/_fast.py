@@ -13,6 +13,7 @@ import logging
 import time
 from urllib.parse import urljoin
 
+from .._errors import AwstokenError
 from .._keeper import Keeper
 from .._refusal import DEFAULT_REFRESH_WAIT
 from ._auth import InboundAuth
@@ -147,11 +148,15 @@ class FastForwarder:
         route = self.routes.match(path)
         if route is None:
             return None, self._error(conn, request, path, 404, "no route for this path")
-        value = self.keeper.token(route.token)
+        # The storage's hot dict answers without a lock or I/O; anything else (a name not
+        # cached yet, an expired one, a Redis read) runs in a thread: never on the loop.
+        value = self.keeper.storage.values.get(route.token)
+        if value is None:
+            value = await asyncio.to_thread(_token_or_none, self.keeper, route.token)
         if value is None:
             self.metrics.unavailable.labels(route.name).inc()
-            return route, self._error(conn, request, path, 503,
-                                      unavailable_reason(self.keeper, route.token))
+            reason = await asyncio.to_thread(unavailable_reason, self.keeper, route.token)
+            return route, self._error(conn, request, path, 503, reason)
         try:
             return route, await self._forward(conn, request, route, value)
         except UpstreamFailure as exc:
@@ -444,6 +449,14 @@ class FastForwarder:
 #: Index bodies up to this size decode on the event loop (a thread hop costs more).
 _DECODE_INLINE = 256 * 1024
 _FRAMING = frozenset({"content-length"})
+
+
+def _token_or_none(keeper: Keeper, name: str) -> str | None:
+    try:
+        return keeper.token(name)
+    except AwstokenError as exc:  # storage unreadable (Redis away and nothing cached)
+        log.warning("awstoken: token %r: cannot read the storage: %s", name, exc)
+        return None
 
 
 def _failure(exc: UpstreamError) -> UpstreamFailure:
