@@ -518,13 +518,13 @@ async def _finish_recording(pump: asyncio.Task[None], up: UpstreamConnection,
     True when the whole body is recorded (the request can be sent again).
     """
     if not pump.done():
+        # The rest must not go to an upstream that already said no: this connection is
+        # closed (it cannot be reused mid-body) while the copy, if any, goes on to the end.
+        up.abort()
         if recorder is None:
             pump.cancel()
             return False
-        # The rest must not go to an upstream that already said no: this connection is
-        # closed (it cannot be reused mid-body) while the copy continues to the end.
         recorder.detached = True
-        up.abort()
         try:
             await asyncio.shield(pump)
         except asyncio.CancelledError:
@@ -533,6 +533,7 @@ async def _finish_recording(pump: asyncio.Task[None], up: UpstreamConnection,
         except ConnectionError:
             return False
     elif pump.cancelled() or pump.exception() is not None:
+        up.abort()  # the body went out incomplete: the connection cannot be reused
         return False
     return recorder is not None and not recorder.overflow
 

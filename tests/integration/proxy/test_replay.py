@@ -26,7 +26,7 @@ BODY = os.urandom(3 * 1024 * 1024 + 17)
 
 
 @contextmanager
-def _proxy(upstream_url: str, **server: int) -> Iterator[tuple[RunningProxy, Keeper]]:
+def _proxy(upstream_url: str, **server: float) -> Iterator[tuple[RunningProxy, Keeper]]:
     values = iter([f"Bearer {i}" for i in range(1, 10)])
     keeper = Keeper(MemoryStorage())
     keeper.rotate("t", FunctionSource(lambda: next(values)), min_refresh_gap=0.05)
@@ -86,30 +86,49 @@ class _EarlyRefusal:
     reading the body, and closes (as Go's net/http does with an unread body); with the new
     token it reads the body and answers its SHA-256."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_alive: bool = False) -> None:
+        self.keep_alive = keep_alive
         self.loop = LoopThread()
         self.seen: list[tuple[str, int]] = []
         self.server = self.loop.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        while await self._one(reader, writer):
+            pass
+        writer.close()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            return False
+        head = raw.decode("latin-1")
+        if not head.startswith(("GET ", "PUT ", "POST ")):
+            self.seen.append(("garbage", -2))  # the rest of an earlier body, read as a request
+            return False
         headers = {k.strip().lower(): v.strip()
                    for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:] if line)}
         token = headers.get("authorization", "")
         if token != "Bearer 2":
             self.seen.append((token, -1))
-            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n"
-                         b"Connection: close\r\n\r\ndenied")
+            close = b"" if self.keep_alive else b"Connection: close\r\n"
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n" + close +
+                         b"\r\ndenied")
             await writer.drain()
-            writer.close()
-            return
+            # Then discard the body, as servers do, so that closing never resets the answer
+            # away; a proxy that stops sending it mid-way makes this fail (connection reset).
+            try:
+                await reader.readexactly(int(headers.get("content-length", "0")))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return False
+            return self.keep_alive
         body = await reader.readexactly(int(headers["content-length"]))
         self.seen.append((token, len(body)))
         digest = hashlib.sha256(body).hexdigest().encode()
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(digest), digest))
         await writer.drain()
-        writer.close()
+        return self.keep_alive
 
     def close(self) -> None:
         self.server.close()
@@ -126,6 +145,23 @@ def test_early_refusal_mid_body_records_the_rest_and_replays() -> None:
         early.close()
     assert reply.status == 200
     assert reply.body == hashlib.sha256(BODY).hexdigest().encode()
+    assert early.seen == [("Bearer 1", -1), ("Bearer 2", len(BODY))]
+
+
+def test_early_refusal_of_a_body_too_big_to_keep_never_reuses_the_half_sent_connection() -> None:
+    # The upstream refuses at the head and keeps the connection open; the body is not kept
+    # (bounds 0), so the refusal goes back, and that connection (half a body sent) must be
+    # closed, not pooled: the client's retry goes on a fresh one and succeeds.
+    early = _EarlyRefusal(keep_alive=True)
+    try:
+        with _proxy(early.url, replay_max_bytes=0, replay_spool_max_bytes=0,
+                    read_timeout=5) as (proxy, _):
+            first = call(proxy.url, "PUT", "/v2/x/blobs/uploads/3", body=BODY)
+            second = call(proxy.url, "PUT", "/v2/x/blobs/uploads/3", body=BODY)
+    finally:
+        early.close()
+    assert (first.status, second.status) == (401, 200)
+    assert second.body == hashlib.sha256(BODY).hexdigest().encode()
     assert early.seen == [("Bearer 1", -1), ("Bearer 2", len(BODY))]
 
 
