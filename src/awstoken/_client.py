@@ -1,5 +1,6 @@
 """What every HTTP client adapter does: put the current token on a request; on a 401/403, ask
-for one refresh and wait a bounded time for a new value.
+for one refresh and wait a bounded time for a new value (:mod:`awstoken._refusal`, shared with
+the proxy).
 
 The adapters (``awstoken.httpx``, ``awstoken.requests``, ``awstoken.aiohttp``) only wire this
 into their library's hooks, so the three behave the same.
@@ -14,25 +15,27 @@ from collections.abc import Collection
 from ._api import default_keeper
 from ._errors import AwstokenError, TokenUnavailableError
 from ._keeper import Keeper
+from ._refusal import DEFAULT_REFRESH_WAIT, RefreshWait
 from .storage._base import check_name
 
 log = logging.getLogger("awstoken")
 
-DEFAULT_REFRESH_TIMEOUT = 10.0
+DEFAULT_REFRESH_TIMEOUT = DEFAULT_REFRESH_WAIT
 DEFAULT_RETRY_STATUSES = frozenset({401, 403})
-_FIRST_POLL = 0.02
-_MAX_POLL = 0.25
 
 
 class TokenHeader:
     """The token ``name`` of ``keeper`` as the value of ``header`` on outgoing requests.
 
     ``refresh_timeout`` bounds the wait for a new token after a rejected request; responses
-    with a status in ``retry_statuses`` count as rejections.
+    with a status in ``retry_statuses`` count as rejections. ``min_refresh_gap`` is the
+    leader's minimum gap between refreshes when no rotator runs in this process (default
+    10 s): a token fetched more recently than that is not waited on (:mod:`awstoken._refusal`).
     """
 
     def __init__(self, name: str, *, keeper: Keeper | None, header: str,
-                 refresh_timeout: float, retry_statuses: Collection[int]) -> None:
+                 refresh_timeout: float, retry_statuses: Collection[int],
+                 min_refresh_gap: float | None = None) -> None:
         self.name = check_name(name)
         self.keeper = keeper if keeper is not None else default_keeper()
         if not isinstance(header, str) or not header or not header.isascii() or any(
@@ -44,6 +47,11 @@ class TokenHeader:
             raise AwstokenError(f"refresh_timeout must be a number of seconds >= 0, not "
                                 f"{refresh_timeout!r}")
         self.refresh_timeout = float(refresh_timeout)
+        if min_refresh_gap is not None and (isinstance(min_refresh_gap, bool) or not isinstance(
+                min_refresh_gap, int | float) or min_refresh_gap < 0):
+            raise AwstokenError(f"min_refresh_gap must be a number of seconds >= 0, not "
+                                f"{min_refresh_gap!r}")
+        self.min_refresh_gap = None if min_refresh_gap is None else float(min_refresh_gap)
         self.retry_statuses = frozenset(retry_statuses)
 
     def __repr__(self) -> str:
@@ -86,51 +94,5 @@ class TokenHeader:
 
     def wait_for_new(self, sent: str, status: int) -> RefreshWait:
         """Start waiting for a token other than ``sent``; drive it with ``poll``."""
-        return RefreshWait(self, sent, status)
-
-
-class RefreshWait:
-    """One bounded wait for a value other than ``sent``, requesting a refresh if needed.
-
-    Call :meth:`poll` until it returns None, sleeping the seconds it returns in between
-    (with ``time.sleep`` or an async sleep); then :attr:`value` is the new token, or None
-    when none came in time or the refresh failed.
-    """
-
-    def __init__(self, header: TokenHeader, sent: str, status: int) -> None:
-        self._header = header
-        self._sent = sent
-        self._status = status
-        self._since = time.time()
-        self._deadline = time.monotonic() + header.refresh_timeout
-        self._delay = _FIRST_POLL
-        self._requested = False
-        self.value: str | None = None
-
-    def poll(self) -> float | None:
-        """Look once; return how long to sleep before looking again, or None when done."""
-        header, name = self._header, self._header.name
-        record = header.keeper.record(name)  # authoritative read; also refreshes the hot cache
-        now = time.time()
-        if record is not None and record.usable(now) and record.value != self._sent:
-            self.value = record.value
-            log.info("awstoken: token %r: the server answered %d; retrying once with the new "
-                     "token (generation %d)", name, self._status, record.generation)
-            return None
-        if self._requested and record is not None and record.error_at is not None and \
-                record.error_at >= self._since:
-            log.warning("awstoken: token %r: the server answered %d and the refresh failed: %s",
-                        name, self._status, record.error)
-            return None
-        if not self._requested:
-            header.keeper.request_refresh(name)
-            self._requested = True
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            log.warning("awstoken: token %r: the server answered %d and no new token came within "
-                        "%gs; giving up on this request", name, self._status,
-                        header.refresh_timeout)
-            return None
-        delay = min(self._delay, left)
-        self._delay = min(self._delay * 2, _MAX_POLL)
-        return delay
+        return RefreshWait(self.keeper, self.name, sent, status, wait=self.refresh_timeout,
+                           min_gap=self.min_refresh_gap)

@@ -529,7 +529,9 @@ SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_e
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
                "token_secret_env", "engine", "log_level", "log_format", "public_url",
-               "max_connections", "head_timeout", "keepalive_timeout", "token_hosts")
+               "max_connections", "head_timeout", "keepalive_timeout", "token_hosts",
+               "refresh_wait", "refresh_min_gap", "replay_max_bytes", "replay_spool_max_bytes",
+               "max_index_bytes")
 #: The request paths ``server.engine`` may name. The aiohttp request path was retired
 #: (docs/benchmarks.md, "Why one engine"); the key stays so existing files keep loading.
 ENGINES = ("fast",)
@@ -682,6 +684,11 @@ def _server(table: _Table | None) -> ServerSettings:
         keepalive_timeout=table.duration("keepalive_timeout"),
         public_url=table.get("public_url", parse_public_url,
                              'the proxy\'s URL as clients know it, like "https://registry.example"'),
+        refresh_wait=table.duration("refresh_wait", positive=False, maximum=300.0),
+        refresh_min_gap=table.duration("refresh_min_gap", positive=False, maximum=3600.0),
+        replay_max_bytes=table.integer("replay_max_bytes", 0, 1 << 30),
+        replay_spool_max_bytes=table.integer("replay_spool_max_bytes", 0, 1 << 40),
+        max_index_bytes=table.integer("max_index_bytes", 1024, 1 << 32),
     ))
 
 

@@ -96,6 +96,7 @@ class TokenPlan:
             if old == token and name in keeper.rotators:
                 continue
             keeper.rotate(name, source, transform, interval=token.interval, retry=token.retry,
-                          timeout=token.timeout, on_rotate=hooks)
+                          timeout=token.timeout, on_rotate=hooks,
+                          min_refresh_gap=self.settings.server.refresh_min_gap)
             if old is not None and any(getattr(old, k) != getattr(token, k) for k in _SOURCE_KEYS):
                 keeper.request_refresh(name)

@@ -87,6 +87,17 @@ class ServerSettings:
     max_connections: int = 4096  # open client connections on the proxy listener (per process)
     head_timeout: float = 60.0  # a client must send a whole request head within this
     keepalive_timeout: float = 75.0  # idle keep-alive client connections are closed after this
+    # After an upstream 401/403: the longest a request waits for a refresh it asked for, and
+    # the rotators' minimum gap between refreshes (a token younger than that is not waited on).
+    refresh_wait: float = 5.0
+    refresh_min_gap: float = 10.0
+    # Request bodies kept for one retry after a 401/403: in memory up to replay_max_bytes, in
+    # a private temporary file up to replay_spool_max_bytes; larger ones are not retried.
+    replay_max_bytes: int = 1024 * 1024
+    replay_spool_max_bytes: int = 256 * 1024 * 1024
+    # Index answers (npm metadata, PEP 503/691 pages) are held whole to rewrite their URLs:
+    # the largest body, compressed or decoded; larger ones get a 502 saying so.
+    max_index_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,9 +52,11 @@ class TokenMiddleware:
     def __init__(self, name: str, *, keeper: Keeper | None = None, header: str = "Authorization",
                  refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
                  retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
+                 min_refresh_gap: float | None = None,
                  origins: Collection[str] | None = None) -> None:
         self._token = TokenHeader(name, keeper=keeper, header=header,
-                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses)
+                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
+                                  min_refresh_gap=min_refresh_gap)
         self._origins = None if origins is None else frozenset(_origin(o) for o in origins)
 
     def __repr__(self) -> str:

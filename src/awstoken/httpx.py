@@ -36,9 +36,11 @@ class TokenAuth(httpx.Auth):
 
     def __init__(self, name: str, *, keeper: Keeper | None = None, header: str = "Authorization",
                  refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
-                 retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES) -> None:
+                 retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
+                 min_refresh_gap: float | None = None) -> None:
         self._token = TokenHeader(name, keeper=keeper, header=header,
-                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses)
+                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
+                                  min_refresh_gap=min_refresh_gap)
 
     def __repr__(self) -> str:
         return f"TokenAuth({self._token.name!r}, header={self._token.header!r})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,14 @@ class Index:
         return f"{self.server.url}/simple/"
 
     def rotate_password(self, password: str) -> None:
-        """Change the server's password and the token source's answer together."""
+        """Change the server's password and the token source's answer together.
+
+        A token fetched less than the rotator's minimum gap ago is taken as fresh (a refusal
+        of it is final), so first let that gap (0.05 s here) pass since the last refresh.
+        """
+        record = self.keeper.record("pypi")
+        if record is not None:
+            _wait(lambda: time.time() - record.refreshed_at > 0.06)
         write_htpasswd(self.server.htpasswd, {"alice": password})
         self.password_file.write_text(password)
 
@@ -243,13 +251,40 @@ def test_httpx_gives_up_when_the_refresh_fails(index: Index,
 
 def test_httpx_waits_a_bounded_time_for_a_new_token(index: Index,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    index.keeper.rotators["pypi"].schedule = awstoken.Schedule(min_refresh_gap=3600)
-    auth = awstoken.httpx.TokenAuth("pypi", keeper=index.keeper, refresh_timeout=0.3)
+    # No rotator runs anywhere (this process's is stopped): the refresh asked for never
+    # comes, and the wait ends at refresh_timeout.
     index.rotate_password("second-password")
+    index.keeper.stop()
+    auth = awstoken.httpx.TokenAuth("pypi", keeper=index.keeper, refresh_timeout=0.3,
+                                    min_refresh_gap=0)
     with caplog.at_level(logging.WARNING, logger="awstoken"):
         response = httpx.get(index.simple, auth=auth)
     assert response.status_code == 403
     assert "no new token came within 0.3s" in caplog.text
+    assert index.generation() == 1
+
+
+def test_a_refusal_of_a_token_younger_than_the_refresh_gap_is_final_at_once(
+        index: Index, caplog: pytest.LogCaptureFixture) -> None:
+    # The rotator would not refresh again within its gap: nothing to wait for, for any of
+    # the three adapters; the refusal comes back at once, unretried.
+    index.keeper.rotators["pypi"].schedule = awstoken.Schedule(min_refresh_gap=3600)
+    index.rotate_password("second-password")
+    with caplog.at_level(logging.DEBUG, logger="awstoken"):
+        assert httpx.get(index.simple, auth=awstoken.httpx.TokenAuth(
+            "pypi", keeper=index.keeper, refresh_timeout=60)).status_code == 403
+        assert requests.get(index.simple, auth=awstoken.requests.TokenAuth(
+            "pypi", keeper=index.keeper, refresh_timeout=60), timeout=30).status_code == 403
+
+        async def with_aiohttp() -> int:
+            middleware = awstoken.aiohttp.TokenMiddleware("pypi", keeper=index.keeper,
+                                                          refresh_timeout=60)
+            async with aiohttp.ClientSession(middlewares=(middleware,)) as session, \
+                    session.get(index.simple) as response:
+                return response.status
+        assert asyncio.run(with_aiohttp()) == 403
+    assert caplog.text.count("to a token fetched less than 3600s ago; not retrying") == 3
+    assert "no new token came" not in caplog.text
     assert index.generation() == 1
 
 

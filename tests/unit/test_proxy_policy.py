@@ -14,7 +14,7 @@ from awstoken import ConfigError
 from awstoken._settings import RouteSettings
 from awstoken.proxy._headers import request_header_pairs, response_header_pairs
 from awstoken.proxy._prom import merge_exposition
-from awstoken.proxy._rewrite import decode, rewrite, rewrite_paths
+from awstoken.proxy._rewrite import DecodeError, decode, rewrite, rewrite_paths
 from awstoken.proxy._routes import RouteTable
 
 
@@ -95,7 +95,19 @@ def test_rewrite_paths_and_decode() -> None:
     assert rewrite_paths(b'<a href="/base/f">', "/base", "/p") == b'<a href="/p/f">'
     assert rewrite_paths(b'<a href="/other/f">', "/base", "/p") == b'<a href="/other/f">'
     assert decode(gzip.compress(b"hello"), "gzip") == b"hello"
-    assert decode(b"x", "br") is None
+    with pytest.raises(DecodeError, match="cannot be decoded"):
+        decode(b"x", "compress")
+
+
+def test_merge_exposition_keeps_the_earliest_created_and_gauges_per_worker() -> None:
+    one = ('# HELP x_total d\n# TYPE x_total counter\nx_total{route="/"} 3.0\n'
+           '# HELP x_created d\n# TYPE x_created gauge\nx_created{route="/"} 1700000002.5\n'
+           '# HELP g d\n# TYPE g gauge\ng 5.0\n')
+    two = one.replace("1700000002.5", "1700000001.0").replace("g 5.0", "g 7.0")
+    merged = merge_exposition([one, two])
+    assert 'x_total{route="/"} 6.0' in merged
+    assert 'x_created{route="/"} 1700000001.0' in merged
+    assert 'g{worker="0"} 5.0' in merged and 'g{worker="1"} 7.0' in merged
 
 
 def test_merge_exposition_sums_workers() -> None:

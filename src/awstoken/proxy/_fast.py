@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
+from .._errors import AwstokenError
 from .._keeper import Keeper
+from .._refusal import DEFAULT_REFRESH_WAIT
 from ._auth import InboundAuth
 from ._h1 import (
     BodyStream,
@@ -46,7 +48,17 @@ from ._policy import (
     error_body,
     unavailable_reason,
 )
-from ._rewrite import MAX_REWRITE_BYTES, decode, is_html, is_index, rewrite, rewrite_paths
+from ._replay import REPLAY_MAX_BYTES, REPLAY_SPOOL_MAX_BYTES, BodyRecorder
+from ._rewrite import (
+    MAX_INDEX_BYTES,
+    DecodeError,
+    accept_encoding,
+    decode,
+    is_html,
+    is_index,
+    rewrite,
+    rewrite_paths,
+)
 from ._routes import PathRefused, Route, RouteTable, needs_normalizing, normalize_path
 
 log = logging.getLogger("awstoken.proxy")
@@ -73,7 +85,10 @@ class FastForwarder:
 
     def __init__(self, *, routes: RouteTable, keeper: Keeper, pool: Pool, auth: InboundAuth,
                  metrics: RouteMetrics, access_log: bool = True,
-                 refresh_wait: float = 15.0, public_url: str | None = None) -> None:
+                 refresh_wait: float = DEFAULT_REFRESH_WAIT, refresh_min_gap: float | None = None,
+                 replay_max_bytes: int = REPLAY_MAX_BYTES,
+                 replay_spool_max_bytes: int = REPLAY_SPOOL_MAX_BYTES,
+                 max_index_bytes: int = MAX_INDEX_BYTES, public_url: str | None = None) -> None:
         self.routes = routes
         #: What Location headers and index bodies name as the proxy (None: the address each
         #: client connected to). Never the client's Host header: behind a shared cache, a
@@ -90,7 +105,10 @@ class FastForwarder:
         self.auth = auth
         self.metrics = metrics
         self.access_log = access_log
-        self.refresher = TokenRefresher(keeper, wait=refresh_wait)
+        self.refresher = TokenRefresher(keeper, wait=refresh_wait, min_gap=refresh_min_gap)
+        self.replay_max_bytes = replay_max_bytes
+        self.replay_spool_max_bytes = replay_spool_max_bytes
+        self.max_index_bytes = max_index_bytes
         self._origins: dict[str, Origin] = {}
 
     async def __call__(self, conn: ClientConnection, request: Request) -> None:
@@ -164,11 +182,15 @@ class FastForwarder:
         route = self.routes.match(path)
         if route is None:
             return None, self._error(conn, request, path, 404, "no route for this path")
-        value = self.keeper.token(route.token)
+        # The storage's hot dict answers without a lock or I/O; anything else (a name not
+        # cached yet, an expired one, a Redis read) runs in a thread: never on the loop.
+        value = self.keeper.storage.values.get(route.token)
+        if value is None:
+            value = await asyncio.to_thread(_token_or_none, self.keeper, route.token)
         if value is None:
             self.metrics.unavailable.labels(route.name).inc()
-            return route, self._error(conn, request, path, 503,
-                                      unavailable_reason(self.keeper, route.token))
+            reason = await asyncio.to_thread(unavailable_reason, self.keeper, route.token)
+            return route, self._error(conn, request, path, 503, reason)
         try:
             return route, await self._forward(conn, request, route, value)
         except UpstreamFailure as exc:
@@ -194,46 +216,94 @@ class FastForwarder:
         headers = request_header_pairs(
             request.headers, token_header=route.header, client_ip=conn.remote,
             proto=self.public_scheme, host=self.public_host or conn.local, drop=_FRAMING)
+        for i, (key, offered) in enumerate(headers):
+            if key.lower() == "accept-encoding":
+                # Only what this process can decode: an index answer must be rewritten.
+                headers[i] = (key, accept_encoding(offered))
         body = request.body
         if body is not None and request.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        recorder = None if body is None else BodyRecorder.for_length(
+            request.length, memory_max=self.replay_max_bytes,
+            spool_max=self.replay_spool_max_bytes)
         began = time.monotonic()
-        up = await self._exchange(request, origin, target, headers, (route.header, value))
         try:
-            if up.status in (401, 403) and body is None:
-                fresh = await self.refresher.fresh(route.token, value)
-                if fresh is not None:
-                    up.release()
-                    log.info("awstoken: route %s: upstream answered %d; retrying once with the "
-                             "refreshed token %r", route.name, up.status, route.token)
-                    self.metrics.retries.labels(route.name).inc()
-                    up = await self._exchange(request, origin, target, headers,
-                                              (route.header, fresh))
-            location = up.location if up.status in REDIRECTS else None
-            if location is not None and route.redirects == "follow" and \
-                    request.method in ("GET", "HEAD"):
-                there = _redirect_url(origin.url + target, location, route)
-                if self._origin(_origin_of(there)).url != origin.url:
-                    up.release()
-                    up = await self._follow(request, there, headers, route)
-            self.metrics.observe(route.name, time.monotonic() - began)
-            return await self._respond(conn, request, route, up)
+            up = await self._exchange(request, origin, target, headers, (route.header, value),
+                                      recorder=recorder)
+            try:
+                if up.status in (401, 403):
+                    up = await self._after_refusal(request, route, origin, target, headers,
+                                                   value, up, recorder)
+                location = up.location if up.status in REDIRECTS else None
+                if location is not None and route.redirects == "follow" and \
+                        request.method in ("GET", "HEAD"):
+                    there = _redirect_url(origin.url + target, location, route)
+                    if self._origin(_origin_of(there)).url != origin.url:
+                        up.release()
+                        up = await self._follow(request, there, headers, route)
+                self.metrics.observe(route.name, time.monotonic() - began)
+                return await self._respond(conn, request, route, up)
+            finally:
+                up.release()
         finally:
-            up.release()
+            if recorder is not None:
+                recorder.close()
+
+    async def _after_refusal(self, request: Request, route: Route, origin: Origin, target: str,
+                             headers: list[tuple[str, str]], value: str,
+                             up: UpstreamConnection,
+                             recorder: BodyRecorder | None) -> UpstreamConnection:
+        """An upstream 401/403 to the token: ask for a refresh whatever the request, and send
+        it once more with a new token when its body (if any) was recorded whole.
+
+        The refusal itself is kept (bounded) so the client gets it unchanged when no new
+        token comes; a request whose body could not be kept still waits for the refresh, so
+        that the client's own retry carries the new token.
+        """
+        fresh = self.refresher.fresh(route.token, value, up.status)
+        replayable = request.body is None
+        if request.body is not None:
+            if not up.complete:
+                await self._collect(up, SMALL_BODY)
+            pump, up.pump = up.pump, None
+            if not up.complete:
+                # A refusal too big to hold: it goes to the client, streamed, after the refresh.
+                up.pump = pump
+                await fresh
+                return up
+            if pump is not None:
+                replayable = await _finish_recording(pump, up, recorder)
+        new = await fresh
+        if new is None or not replayable:
+            return up
+        log.info("awstoken: route %s: upstream answered %d; retrying once with the refreshed "
+                 "token %r", route.name, up.status, route.token)
+        self.metrics.retries.labels(route.name).inc()
+        up.release()
+        return await self._exchange(request, origin, target, headers, (route.header, new),
+                                    replay=recorder)
 
     async def _exchange(self, request: Request, origin: Origin, target: str,
                         headers: list[tuple[str, str]], token: tuple[str, str] | None,
-                        *, with_body: bool = True,
+                        *, with_body: bool = True, recorder: BodyRecorder | None = None,
+                        replay: BodyRecorder | None = None,
                         check: Callable[[UpstreamConnection], None] | None = None,
                         ) -> UpstreamConnection:
-        """Send one request upstream and wait for the response head."""
-        body = request.body if with_body else None
+        """Send one request upstream and wait for the response head.
+
+        The body comes from the client (copied into ``recorder`` on the way), or from
+        ``replay``, a recorder that holds a whole body already sent once. ``check`` sees the
+        connection before a byte of the request goes out (followed redirects: its peer).
+        """
+        body = request.body if with_body and replay is None else None
         lines = [("Host", origin.host_header), *headers]
         if token is not None:
             if "\r" in token[1] or "\n" in token[1]:
                 raise UpstreamFailure(502, "token", "the token value contains a line break")
             lines.append(token)
-        if body is not None:
+        if replay is not None:
+            lines.append(("Content-Length", str(replay.size)))
+        elif body is not None:
             lines.append(("Transfer-Encoding", "chunked") if request.chunked else
                          ("Content-Length", str(request.length)))
         head = _encode_head(f"{request.method} {target} HTTP/1.1", lines)
@@ -253,8 +323,10 @@ class FastForwarder:
                     up.abort()
                     raise
             up.start(head, head_only=request.method == "HEAD")
-            if body is not None:
-                up.pump = asyncio.ensure_future(_pump(body, up, request.chunked))
+            if replay is not None:
+                up.pump = asyncio.ensure_future(_pump_replay(replay, up))
+            elif body is not None:
+                up.pump = asyncio.ensure_future(_pump(body, up, request.chunked, recorder))
             try:
                 while not up.head_done:
                     if up.error is not None:
@@ -347,8 +419,7 @@ class FastForwarder:
                 headers.append(("Content-Length", str(length)))
             self._send(conn, request, status, reason_, headers, b"", framing=False)
             return status
-        if status == 200 and is_index(up.content_type) and (length is None or
-                                                         length <= MAX_REWRITE_BYTES):
+        if status == 200 and is_index(up.content_type):
             return await self._respond_index(conn, request, route, up, headers, proxy_origin)
         if (length is not None and length <= SMALL_BODY) or up.complete:
             if not up.complete:
@@ -415,32 +486,56 @@ class FastForwarder:
     async def _respond_index(self, conn: ClientConnection, request: Request, route: Route,
                              up: UpstreamConnection, headers: list[tuple[str, str]],
                              proxy_origin: str) -> int:
-        await self._collect(up, MAX_REWRITE_BYTES + 1)
-        reason_ = up.reason.decode("latin-1") or _reason(up.status)
+        """Collect an index body (bounded), decode it, rewrite upstream URLs, send it whole.
+
+        Never forwards it unrewritten: over ``max_index_bytes`` (compressed or decoded), in
+        a coding that cannot be decoded, or corrupt, the client gets a 502 saying why.
+        """
+        limit = self.max_index_bytes
+        if up.length is not None and up.length > limit:
+            raise self._index_failure(route, up, f"its body is {up.length} bytes")
+        await self._collect(up, limit + 1)
         if not up.complete:
-            log.warning("awstoken: route %s: index body over %d bytes passed without URL "
-                        "rewriting", route.name, MAX_REWRITE_BYTES)
-            return await self._stream(conn, request, up, up.status, reason_, headers, route,
-                                      up.length, up.take())
+            raise self._index_failure(route, up, f"its body is over {limit} bytes")
+        reason_ = up.reason.decode("latin-1") or _reason(up.status)
         body = up.take()
         encoding = _header(up.headers, "content-encoding") or ""
         try:
-            plain = decode(body, encoding)
-        except Exception:
-            plain = None
-        if plain is not None:
-            content_type = up.content_type
-            rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
-            if route.strip_prefix and is_html(content_type):
-                rewritten = rewrite_paths(rewritten, route.upstream_path, route.prefix)
-            if rewritten != plain:
-                body = rewritten
-                headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+            if len(body) > _DECODE_INLINE:
+                # zlib, brotli and zstandard release the GIL: big bodies decode off the loop.
+                plain = await asyncio.to_thread(decode, body, encoding, limit)
+            else:
+                plain = decode(body, encoding, limit)
+        except DecodeError as exc:
+            raise self._index_failure(route, up, str(exc)) from None
+        content_type = up.content_type
+        rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
+        if route.strip_prefix and is_html(content_type):
+            rewritten = rewrite_paths(rewritten, route.upstream_path, route.prefix)
+        if rewritten != plain:
+            body = rewritten
+            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
         self._send(conn, request, up.status, reason_, headers, body)
         return up.status
 
+    def _index_failure(self, route: Route, up: UpstreamConnection, what: str) -> UpstreamFailure:
+        return UpstreamFailure(502, "index", f"the index answer of upstream "
+                               f"{up.origin.host} was not forwarded, since its URLs could not be "
+                               f"rewritten: {what} (server.max_index_bytes = "
+                               f"{self.max_index_bytes})")
 
+
+#: Index bodies up to this size decode on the event loop (a thread hop costs more).
+_DECODE_INLINE = 256 * 1024
 _FRAMING = frozenset({"content-length"})
+
+
+def _token_or_none(keeper: Keeper, name: str) -> str | None:
+    try:
+        return keeper.token(name)
+    except AwstokenError as exc:  # storage unreadable (Redis away and nothing cached)
+        log.warning("awstoken: token %r: cannot read the storage: %s", name, exc)
+        return None
 
 
 def _failure(exc: UpstreamError) -> UpstreamFailure:
@@ -516,13 +611,67 @@ def _target_of(url: str) -> str:
     return target
 
 
-async def _pump(body: BodyStream, up: UpstreamConnection, chunked: bool) -> None:
-    """Copy a request body to the upstream with backpressure on both sides."""
+async def _pump(body: BodyStream, up: UpstreamConnection, chunked: bool,
+                recorder: BodyRecorder | None) -> None:
+    """Copy a request body to the upstream with backpressure on both sides.
+
+    With a ``recorder`` the body is also copied there, and the copy goes on to the end of
+    the body when the upstream stops taking it (it refused and closed, or the refusal was
+    seen: ``recorder.detached``), so the request can be sent again.
+    """
+    sending = True
     while data := await body.read():
+        if recorder is not None:
+            await recorder.add(data)
+            if recorder.detached or not sending:
+                if recorder.overflow:
+                    return
+                continue
         if chunked:
             up.write(b"%x\r\n" % len(data) + data + b"\r\n")
         else:
             up.write(data)
-        await up.drain()
-    if chunked:
+        try:
+            await up.drain()
+        except ConnectionError:
+            if recorder is None:
+                raise
+            sending = False
+    if chunked and sending and (recorder is None or not recorder.detached):
         up.write(b"0\r\n\r\n")
+    if recorder is not None:
+        await recorder.finish()
+
+
+async def _finish_recording(pump: asyncio.Task[None], up: UpstreamConnection,
+                            recorder: BodyRecorder | None) -> bool:
+    """The upstream refused a request with a body: stop sending the body, finish the copy.
+
+    True when the whole body is recorded (the request can be sent again).
+    """
+    if not pump.done():
+        # The rest must not go to an upstream that already said no: this connection is
+        # closed (it cannot be reused mid-body) while the copy, if any, goes on to the end.
+        up.abort()
+        if recorder is None:
+            pump.cancel()
+            return False
+        recorder.detached = True
+        try:
+            await asyncio.shield(pump)
+        except asyncio.CancelledError:
+            pump.cancel()
+            raise
+        except ConnectionError:
+            return False
+    elif pump.cancelled() or pump.exception() is not None:
+        up.abort()  # the body went out incomplete: the connection cannot be reused
+        return False
+    return recorder is not None and not recorder.overflow
+
+
+async def _pump_replay(recorder: BodyRecorder, up: UpstreamConnection) -> None:
+    """Send a recorded body again."""
+    async for data in recorder.read():
+        up.write(data)
+        await up.drain()

@@ -98,6 +98,11 @@ class TokenCollector(Collector):
         self.keeper = keeper
         self.names = tuple(sorted(set(names)))
 
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        # Without it, registering the collector would run collect(): storage reads (a Redis
+        # round trip per token, or a hung one) at server construction.
+        return iter(())
+
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = time.time()
         usable = GaugeMetricFamily("awstoken_token_usable", "1 when the token is present and "

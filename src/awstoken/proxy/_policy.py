@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 
 from .._errors import AwstokenError
 from .._keeper import Keeper
+from .._refusal import DEFAULT_REFRESH_WAIT, RefreshWait
 from ._routes import has_dot_segment
 
 log = logging.getLogger("awstoken.proxy")
@@ -72,38 +72,40 @@ def unavailable_reason(keeper: Keeper, name: str) -> str:
 
 
 class TokenRefresher:
-    """One refresh per token after an upstream 401/403, shared by concurrent requests."""
+    """After an upstream 401/403: one shared wait per refused token (single flight).
 
-    def __init__(self, keeper: Keeper, *, wait: float = 15.0) -> None:
+    Concurrent refusals of the same token value share one :class:`RefreshWait` (the same
+    decision as the client adapters'); its storage reads run in a thread, so a slow storage
+    (Redis) never stalls the event loop.
+    """
+
+    def __init__(self, keeper: Keeper, *, wait: float = DEFAULT_REFRESH_WAIT,
+                 min_gap: float | None = None) -> None:
         self.keeper = keeper
         self.wait = wait
-        self._refreshing: dict[str, asyncio.Future[str | None]] = {}
+        self.min_gap = min_gap
+        self._waits: dict[tuple[str, str], asyncio.Future[str | None]] = {}
 
-    async def fresh(self, name: str, old: str) -> str | None:
-        """Ask for one refresh of ``name`` and wait (bounded) for a new value; single flight."""
-        waiter = self._refreshing.get(name)
-        if waiter is None or waiter.done():
-            waiter = asyncio.ensure_future(self._request_and_wait(name, old))
-            self._refreshing[name] = waiter
-        return await asyncio.shield(waiter)
+    def fresh(self, name: str, old: str, status: int) -> asyncio.Future[str | None]:
+        """A future for the token to retry with after ``old`` was refused, or None (final).
 
-    async def _request_and_wait(self, name: str, old: str) -> str | None:
+        Starts the wait (asking for a refresh when one may help) at once, so callers can
+        do other work (finish reading a request body) before awaiting it.
+        """
+        key = (name, old)
+        waiter = self._waits.get(key)
+        if waiter is None:
+            waiter = asyncio.ensure_future(self._wait(name, old, status))
+            self._waits[key] = waiter
+            waiter.add_done_callback(lambda _: self._waits.pop(key, None))
+        return waiter
+
+    async def _wait(self, name: str, old: str, status: int) -> str | None:
+        wait = RefreshWait(self.keeper, name, old, status, wait=self.wait, min_gap=self.min_gap)
         try:
-            # A request goes through the storage (a Redis SET): off the event loop, so a slow
-            # or unreachable Redis never stalls other requests.
-            await asyncio.to_thread(self.keeper.request_refresh, name)
+            while (delay := await asyncio.to_thread(wait.poll)) is not None:
+                await asyncio.sleep(delay)
         except AwstokenError as exc:
-            log.warning("awstoken: token %r: cannot request a refresh: %s", name, exc)
+            log.warning("awstoken: token %r: cannot look for a refreshed token: %s", name, exc)
             return None
-        return await self._wait_change(name, old)
-
-    async def _wait_change(self, name: str, old: str) -> str | None:
-        deadline = time.monotonic() + self.wait
-        while time.monotonic() < deadline:
-            value = self.keeper.token(name)
-            if value is not None and value != old:
-                return value
-            await asyncio.sleep(0.05)
-        log.warning("awstoken: token %r: no new token within %.0fs after an upstream refusal",
-                    name, self.wait)
-        return None
+        return wait.value

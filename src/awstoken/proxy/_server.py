@@ -176,7 +176,12 @@ class ProxyServer:
         server = self.settings.server
         forwarder = FastForwarder(routes=self.routes, keeper=self.keeper, pool=self._pool,
                                   auth=self.auth, metrics=self.metrics,
-                                  access_log=server.access_log, public_url=server.public_url)
+                                  access_log=server.access_log, public_url=server.public_url,
+                                  refresh_wait=server.refresh_wait,
+                                  refresh_min_gap=server.refresh_min_gap,
+                                  replay_max_bytes=server.replay_max_bytes,
+                                  replay_spool_max_bytes=server.replay_spool_max_bytes,
+                                  max_index_bytes=server.max_index_bytes)
         if self._fast is not None:  # a reload: the listeners (our own ports) stay
             forwarder.own_ports.update(self._fast.own_ports)
         return forwarder

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from .._errors import ConfigError
+from .._errors import AwstokenError, ConfigError
 from .._keeper import Keeper
 from .._settings import Address, ServerSettings
 
@@ -112,9 +112,18 @@ class TokenEndpoint:
         name = path[len(PATH_PREFIX):] if path.startswith(PATH_PREFIX) else ""
         if name not in self.names:
             return self._answer(404, "", "no such token\n")
-        value = self.keeper.token(name)
+        # The hot dict answers without I/O; a storage read (a Redis round trip, a name not
+        # cached yet) runs in a thread, never on the event loop.
+        value = self.keeper.storage.values.get(name)
+        if value is None:
+            value = await asyncio.to_thread(_token_or_none, self.keeper, name)
         if value is None:
             return self._answer(503, name, f"no usable token for {name}\n", {"Retry-After": "1"})
+        known = self._expiry.get(name)
+        if known is None or known[0] != value:
+            record = await asyncio.to_thread(self.keeper.record, name)
+            expires = record.expires_at if record is not None and record.value == value else None
+            self._expiry[name] = (value, expires)
         self.requests.labels(name, "204").inc()
         return web.Response(status=204, headers={VALUE_HEADER: value,
                                                  "Cache-Control": self._cache_control(name, value)})
@@ -123,10 +132,8 @@ class TokenEndpoint:
         """``max-age`` of at most ``max_age``, ending :data:`STALE_ALLOWANCE` seconds before
         the token leaves awstoken's own cache."""
         known = self._expiry.get(name)
-        if known is None or known[0] != value:
-            record = self.keeper.record(name)
-            expires = record.expires_at if record is not None and record.value == value else None
-            known = self._expiry[name] = (value, expires)
+        if known is None or known[0] != value:  # the caller looked the record up
+            known = (value, None)
         seconds = self.max_age
         if known[1] is not None:
             # The storage's margin: the moment awstoken itself stops handing the token out.
@@ -291,3 +298,11 @@ def _in_use(path: str) -> bool:
 
 __all__ = ["PATH_PREFIX", "SECRET_HEADER", "VALUE_HEADER", "TokenEndpoint", "TokenListeners",
            "describe", "load_secret"]
+
+
+def _token_or_none(keeper: Keeper, name: str) -> str | None:
+    try:
+        return keeper.token(name)
+    except AwstokenError as exc:  # storage unreadable and nothing cached
+        log.warning("awstoken: token endpoint: token %r: cannot read the storage: %s", name, exc)
+        return None

@@ -175,3 +175,56 @@ def test_ecr_locations_come_back_through_nginx_and_s3_redirects_pass(stack: Stac
         202, f"http://127.0.0.1:{stack.port}/v2/repo/blobs/uploads/uuid-1?_state=x")
     blob = stack.get("/v2/repo/blobs/sha256:00")
     assert (blob.status, blob.header("Location")) == (307, s3)  # the client goes to S3 itself
+
+
+def _statuses_until_refused(stack: Stack, bound: float) -> list[tuple[float, float, int]]:
+    """Requests one after another until nginx answers 503 (or ``bound`` seconds pass), then a
+    few more: ``(sent, answered, status)`` for each."""
+    out: list[tuple[float, float, int]] = []
+    deadline = time.time() + bound
+    while time.time() < deadline:
+        sent = time.time()
+        status = stack.get().status
+        out.append((sent, time.time(), status))
+        if status == 503:
+            break
+        time.sleep(0.1)
+    for _ in range(5):
+        sent = time.time()
+        status = stack.get().status
+        out.append((sent, time.time(), status))
+    return out
+
+
+def test_nginx_stops_sending_the_token_soon_after_awstoken_stops(stack: Stack) -> None:
+    # A cached answer is used for at most token_max_age; then nginx asks awstoken, and with
+    # awstoken gone it answers 503 instead of using the cached token on and on.
+    stack.keeper.manage("ecr", lambda: TOKEN_A)
+    assert stack.get().status == 200
+    stack.awstoken.loop.run(stack.awstoken.server.stop())
+    stopped = time.time()
+    seen = len(stack.upstream.seen)
+    replies = _statuses_until_refused(stack, MAX_AGE + 10)
+    refused = next((sent for sent, _, status in replies if status == 503), None)
+    assert refused is not None, "nginx kept using the cached token"
+    assert refused - stopped <= MAX_AGE + 1
+    assert all(status == 503 for sent, _, status in replies if sent >= refused)
+    assert len(stack.upstream.seen) - seen == sum(1 for *_, s in replies if s == 200)
+
+
+def test_nginx_never_sends_the_token_after_it_expires(stack: Stack) -> None:
+    # A token that expires 14 s from now and is not refreshed: awstoken's answers are cached
+    # less and less long (never past expiry - margin - 10 s), then refused (503) from
+    # expiry - margin on; nginx must follow, not keep its cached answer.
+    from awstoken import Token
+
+    expires = time.time() + 14
+    stack.keeper.storage.write("ecr", Token(value=TOKEN_A, expires_at=expires,
+                                            refreshed_at=time.time(), generation=1))
+    assert stack.get().status == 200
+    replies = _statuses_until_refused(stack, 20)
+    refused = next((sent for sent, _, status in replies if status == 503), None)
+    assert refused is not None, "nginx kept using the expired token"
+    # Every request that reached the upstream (200) was answered before the expiry.
+    assert all(answered < expires for _, answered, status in replies if status == 200)
+    assert all(status == 503 for sent, _, status in replies if sent >= refused)

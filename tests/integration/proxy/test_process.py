@@ -116,3 +116,57 @@ def test_sighup_without_a_file_to_reload_is_logged_not_fatal(upstream: Upstream,
         assert proc.wait(30) == 0
         _, err = proc.communicate()
     assert "SIGHUP received: nothing to reload" in err
+
+
+def test_merged_metrics_of_two_workers_keep_created_timestamps(tmp_path: Path) -> None:
+    # Two workers each count 503s for a route whose token never comes; the parent's /metrics
+    # sums the counters and keeps the earliest creation time (summing gave ~3.59e9).
+    from tests.fixtures.cli import awstoken_cli
+
+    port, admin = free_port(), free_port()
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[storage]
+type = "file"
+path = "{tmp_path / 'tokens'}"
+
+[tokens.never]
+command = "false"
+retry = "1h"
+
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+workers = 2
+access_log = false
+
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:9"
+token = "never"
+""")
+    started = time.time()
+    proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        wait_for_port(admin)
+        base = f"http://127.0.0.1:{port}"
+        # One connection per request: the kernel spreads them over both workers (SO_REUSEPORT);
+        # all 40 on one worker has a probability of 2**-39.
+        for _ in range(40):
+            assert call(base, "GET", "/v2/").status == 503
+        metrics = call(f"http://127.0.0.1:{admin}", "GET", "/metrics").body.decode()
+        values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                  for line in metrics.splitlines() if line and not line.startswith("#")}
+        assert values['awstoken_proxy_token_unavailable_total{route="/"}'] == 40
+        created = values['awstoken_proxy_token_unavailable_created{route="/"}']
+        assert started - 1 <= created <= time.time()
+        assert all(v <= time.time() for k, v in values.items() if "_created" in k)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from awstoken import Command, FileStorage, Keeper, basic_auth
@@ -44,6 +45,12 @@ def test_skopeo_pull_through_proxy_survives_password_rotation(
             assert (tmp_path / "pull1" / layer.removeprefix("sha256:")).exists()
 
             # Rotate: upstream first, then the source; the proxy still holds the old token.
+            # (Past the rotator's refresh gap first: a refusal of a token fetched less than
+            # that ago is final, as no refresh would run.)
+            record = keeper.record("ecr")
+            assert record is not None
+            while time.time() - record.refreshed_at <= 0.2:
+                time.sleep(0.02)
             docker_registry.set_password("second-password")
             password_file.write_text("second-password\n")
             second = run([binary, "copy", "--src-tls-verify=false",
