@@ -76,6 +76,14 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """A route's ``cache``: a directory of its own (``path``) and an optional size cap."""
+
+    path: str
+    max_size: int | None = None  # bytes; None: no cap
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One ``[[routes]]`` entry."""
 
@@ -85,6 +93,7 @@ class RouteSettings:
     header: str = "Authorization"
     strip_prefix: bool = False
     redirects: Literal["follow", "pass"] = "follow"
+    cache: CacheSettings | None = None  # pull-through cache of digest-addressed content
 
 
 @dataclass(frozen=True, slots=True)

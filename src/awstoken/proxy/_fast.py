@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 
 from .._keeper import Keeper
 from ._auth import InboundAuth
+from ._cache_http import ProxyCache
 from ._h1 import (
     BodyStream,
     Chunk,
@@ -61,7 +62,7 @@ class FastForwarder:
 
     def __init__(self, *, routes: RouteTable, keeper: Keeper, pool: Pool, auth: InboundAuth,
                  metrics: RouteMetrics, access_log: bool = True,
-                 refresh_wait: float = 15.0) -> None:
+                 refresh_wait: float = 15.0, cache: ProxyCache | None = None) -> None:
         self.routes = routes
         self.keeper = keeper
         self.pool = pool
@@ -69,6 +70,7 @@ class FastForwarder:
         self.metrics = metrics
         self.access_log = access_log
         self.refresher = TokenRefresher(keeper, wait=refresh_wait)
+        self.cache = cache
         self._origins: dict[str, Origin] = {}
 
     async def __call__(self, conn: ClientConnection, request: Request) -> None:
@@ -154,7 +156,10 @@ class FastForwarder:
         return origin
 
     async def _forward(self, conn: ClientConnection, request: Request, route: Route,
-                       value: str) -> int:
+                       value: str, *, cached: bool = False) -> int:
+        if self.cache is not None and route.cache is not None and not cached:
+            # Hits are answered there; misses come back here with cached=True.
+            return await self.cache.forward(self, conn, request, route, value)
         origin = self._origin(route.upstream_origin)
         target = route.upstream_target(request.target)
         headers = request_header_pairs(
@@ -253,6 +258,10 @@ class FastForwarder:
 
     async def _respond(self, conn: ClientConnection, request: Request, route: Route,
                        up: UpstreamConnection) -> int:
+        if self.cache is not None and route.cache is not None:
+            cached = await self.cache.respond(conn, request, route, up)
+            if cached is not None:
+                return cached  # a verified miss, streamed to the client and the store
         status = up.status
         headers = response_header_pairs(up.headers)
         proxy_origin = f"http://{request.host or conn.local}"
@@ -350,6 +359,8 @@ class FastForwarder:
             plain = decode(body, encoding)
         except Exception:
             plain = None
+        if plain is not None and self.cache is not None and route.cache is not None:
+            self.cache.learn(route, request, plain, proxy_origin)
         if plain is not None:
             content_type = up.content_type
             rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))

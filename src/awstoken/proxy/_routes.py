@@ -8,7 +8,7 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from .._errors import ConfigError
-from .._settings import RouteSettings
+from .._settings import CacheSettings, RouteSettings
 from ..storage._base import check_name
 
 
@@ -30,6 +30,7 @@ class Route:
     strip_prefix: bool = False
     redirects: Literal["follow", "pass"] = "follow"
     tls: bool = True
+    cache: CacheSettings | None = None
 
     @property
     def name(self) -> str:
@@ -111,7 +112,8 @@ def compile_route(settings: RouteSettings, index: int) -> Route:
     return Route(prefix=settings.prefix, upstream_origin=origin,
                  upstream_path=parts.path.rstrip("/"), token=settings.token,
                  header=settings.header, strip_prefix=settings.strip_prefix,
-                 redirects=settings.redirects, tls=parts.scheme == "https")
+                 redirects=settings.redirects, tls=parts.scheme == "https",
+                 cache=settings.cache)
 
 
 class RouteTable:

@@ -35,6 +35,7 @@ from .._settings import Settings
 from ..storage import MemoryStorage
 from ._admin import AdminApp
 from ._auth import InboundAuth
+from ._cache_http import ProxyCache
 from ._fast import FastForwarder
 from ._h1 import Frontend, Pool
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
@@ -83,6 +84,7 @@ class ProxyServer:
         self.auth = InboundAuth(settings.server)
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouteMetrics(self.registry)
+        self.cache = ProxyCache.for_routes(self.routes, self.registry)
         self.tls = tls_context(settings.server)  # also validates the TLS settings
         self._pool: Pool | None = None
         self._frontend: Frontend | None = None
@@ -138,9 +140,11 @@ class ProxyServer:
             server = self.settings.server
             self._pool = Pool(ssl_context=self.tls, connect_timeout=server.connect_timeout,
                               read_timeout=server.read_timeout)
+            if self.cache is not None:
+                self.cache.open()  # ConfigError when a cache directory is not ours
             self._frontend = factory = Frontend(FastForwarder(
                 routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
-                metrics=self.metrics, access_log=server.access_log))
+                metrics=self.metrics, access_log=server.access_log, cache=self.cache))
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -195,6 +199,8 @@ class ProxyServer:
             await self.token_listeners.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self.cache is not None:
+            self.cache.close()
         for server in (*self._listeners, *self._aux_listeners):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
