@@ -364,3 +364,74 @@ def test_cache_directory_of_another_user_is_refused(tmp_path: Path, registry: Re
     with pytest.raises(ConfigError, match="mode 0700"), \
             running_proxy(settings_for(registry, cache), keeper):
         pass
+
+
+def test_sigkill_mid_write_leaves_nothing_visible(tmp_path: Path, registry: Registry) -> None:
+    """``awstoken serve -c FILE`` killed while an object is half written: no object appears,
+    and the restarted proxy drops the orphan temporary file and caches the object."""
+    from tests.fixtures.cli import awstoken_cli
+    from tests.fixtures.ports import free_port, wait_for_port
+
+    data = os.urandom(4 * 1024 * 1024)
+    digest = registry.add("team/app", data)
+    path = f"/v2/team/app/blobs/{digest}"
+    cache = tmp_path / "cache"
+    port = free_port()
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[storage]
+type = "memory"
+
+[tokens.ecr]
+command = "echo good-token"
+format = "Bearer {{token}}"
+
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{free_port()}"
+
+[[routes]]
+prefix = "/v2/"
+upstream = "{registry.url}"
+token = "ecr"
+cache = {{ path = "cache", max_size = "1G" }}
+""")
+
+    def serve() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        return proc
+
+    registry.hold = threading.Event()
+    proc = serve()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        assert len(response.read(1024 * 1024)) == 1024 * 1024  # half is on its way
+        for _ in range(500):  # the temporary file has what was sent so far
+            written = [os.path.getsize(cache / "tmp" / n) for n in os.listdir(cache / "tmp")]
+            if written and written[0] >= len(data) // 2:
+                break
+            time.sleep(0.01)
+        assert written and written[0] >= len(data) // 2
+        proc.kill()
+        proc.wait(10)
+        conn.close()
+        assert objects(cache) == []
+        assert len(os.listdir(cache / "tmp")) == 1  # the orphan, invisible to readers
+        registry.hold.set()
+        proc = serve()
+        reply = call(f"http://127.0.0.1:{port}", "GET", path)
+        assert reply.status == 200 and reply.body == data
+        assert objects(cache, wait_for=1) == [f"blobs-sha256-{digest[7:]}"]
+        assert os.listdir(cache / "tmp") == []
+        assert call(f"http://127.0.0.1:{port}", "GET", path).body == data
+        assert registry.gets(path) == 2
+    finally:
+        registry.hold.set()
+        proc.kill()
+        proc.wait(10)
