@@ -465,6 +465,30 @@ class Store:
                 count += 1
         return count, total
 
+    # -- shared statistics (for ``awstoken cache``) ------------------------------------------
+
+    def add_stats(self, counts: dict[str, int]) -> None:
+        """Add ``counts`` to ``DIR/stats.json`` (under flock: every worker adds its own)."""
+        root = self._fds.get("root")
+        if root is None or not any(counts.values()):
+            return
+        try:
+            fd = os.open(STATS_FILE, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600, dir_fd=root)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            total = parse_stats(os.pread(fd, 65536, 0))
+            for name, value in counts.items():
+                total[name] = total.get(name, 0) + value
+            data = json.dumps(total, sort_keys=True).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            pass  # statistics are best effort; the disk may be full
+        finally:
+            os.close(fd)
+
     # -- one fetch at a time ---------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -565,6 +589,48 @@ class Fill:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp_name, dir_fd=tmp)
+
+
+STATS_FILE = "stats.json"
+STATS = ("hits", "misses", "served_bytes", "fetched_bytes", "evictions", "verify_failures")
+
+
+def parse_stats(data: bytes) -> dict[str, int]:
+    """The counters of a ``stats.json`` (unknown or malformed entries are ignored)."""
+    try:
+        raw = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if k in STATS and isinstance(v, int) and v >= 0}
+
+
+def read_usage(path: str) -> dict[str, Any]:
+    """What ``awstoken cache`` shows of one directory, without creating or changing it."""
+    objects = count = 0
+    try:
+        with os.scandir(os.path.join(path, "objects")) as entries:
+            for item in entries:
+                with contextlib.suppress(OSError):
+                    st = item.stat(follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        objects += st.st_size
+                        count += 1
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(os.path.join(path, STATS_FILE), os.O_RDONLY | _OPEN_FLAGS)
+        try:
+            stats = parse_stats(os.pread(fd, 65536, 0))
+        finally:
+            os.close(fd)
+    except OSError:
+        stats = {}
+    looked = stats.get("hits", 0) + stats.get("misses", 0)
+    return {"path": path, "objects": count, "bytes": objects,
+            **{name: stats.get(name, 0) for name in STATS},
+            "hit_ratio": round(stats.get("hits", 0) / looked, 4) if looked else None}
 
 
 def _alive(pid: int) -> bool:

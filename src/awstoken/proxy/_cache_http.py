@@ -51,12 +51,30 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+class _Counted:
+    """A prometheus counter that also adds to the store's shared statistics."""
+
+    def __init__(self, counter: Counter, name: str, cache: CacheMetrics) -> None:
+        self.counter = counter
+        self.name = name
+        self.cache = cache
+
+    def inc(self, route: str, amount: float = 1) -> None:
+        self.counter.labels(route).inc(amount)
+        pending = self.cache.pending.setdefault(route, {})
+        pending[self.name] = pending.get(self.name, 0) + int(amount)
+
+
 class CacheMetrics:
-    """The cache's counters, by route."""
+    """The cache's counters, by route: in ``/metrics``, and added every few seconds to
+    each directory's ``stats.json`` (what ``awstoken cache`` reads)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, text: str) -> Counter:
-            return Counter(f"awstoken_cache_{name}", text, ("route",), registry=registry)
+        self.pending: dict[str, dict[str, int]] = {}
+
+        def counter(name: str, text: str) -> _Counted:
+            return _Counted(Counter(f"awstoken_cache_{name}", text, ("route",),
+                                    registry=registry), name, self)
 
         self.hits = counter("hits", "Requests answered from the cache.")
         self.misses = counter("misses", "Cacheable requests fetched from the upstream.")
@@ -91,6 +109,7 @@ class ProxyCache:
         self.metrics = CacheMetrics(registry)
         self._confirmations: dict[tuple[str, str, str], float] = {}
         self._fills: dict[int, tuple[Store, Key]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def for_routes(cls, routes: RouteTable, registry: CollectorRegistry) -> ProxyCache | None:
@@ -99,11 +118,35 @@ class ProxyCache:
         return cls(routes, registry)
 
     def open(self) -> None:
-        """Create or check every directory (ConfigError when one is not ours)."""
+        """Create or check every directory (ConfigError when one is not ours); start
+        adding this process's counters to their statistics."""
         for store in set(self.stores.values()):
             store.open()
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_every(5.0))
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await asyncio.get_running_loop().run_in_executor(None, self.flush)
+
+    def flush(self) -> None:
+        """Add the counts since the last flush to each directory's ``stats.json``."""
+        pending, self.metrics.pending = self.metrics.pending, {}
+        by_store: dict[Store, dict[str, int]] = {}
+        for route, counts in pending.items():
+            store = self.stores.get(route)
+            if store is not None:
+                total = by_store.setdefault(store, {})
+                for name, value in counts.items():
+                    total[name] = total.get(name, 0) + value
+        for store, counts in by_store.items():
+            store.add_stats(counts)
 
     def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self.flush()
         for store in set(self.stores.values()):
             store.close()
 
@@ -163,7 +206,7 @@ class ProxyCache:
                 return await fw._forward(conn, request, route, value, cached=True)
             if status is not None:
                 return status
-            self.metrics.misses.labels(route.name).inc()
+            self.metrics.misses.inc(route.name)
             self._fills[id(request)] = (store, key)
             try:
                 return await fw._forward(conn, request, route, value, cached=True)
@@ -178,9 +221,9 @@ class ProxyCache:
         try:
             if not await self._confirmed(fw, conn, request, route, value, key):
                 return _REFUSED  # forwarded: the upstream's own answer goes to the client
-            self.metrics.hits.labels(route.name).inc()
+            self.metrics.hits.inc(route.name)
             status = await serve_entry(conn, request, entry, key)
-            self.metrics.served_bytes.labels(route.name).inc(conn.sent)
+            self.metrics.served_bytes.inc(route.name, conn.sent)
             return status
         finally:
             entry.close()
@@ -267,12 +310,12 @@ class ProxyCache:
             fill.abandon()
             return status
         await asyncio.get_running_loop().run_in_executor(None, store.commit, fill)
-        self.metrics.fetched_bytes.labels(route.name).inc(fill.size)
+        self.metrics.fetched_bytes.inc(route.name, fill.size)
         self.confirm(route, key)
         if store.max_size is not None:
             evicted, _ = await asyncio.get_running_loop().run_in_executor(None, store.evict)
             if evicted:
-                self.metrics.evictions.labels(route.name).inc(evicted)
+                self.metrics.evictions.inc(route.name, evicted)
         return status
 
     async def _stream(self, conn: ClientConnection, request: Request, route: Route,
@@ -338,7 +381,7 @@ class ProxyCache:
         return status
 
     def _verify_failed(self, route: Route, up: UpstreamConnection, fill: Fill) -> None:
-        self.metrics.verify_failures.labels(route.name).inc()
+        self.metrics.verify_failures.inc(route.name)
         log.warning("awstoken: route %s: upstream %s sent %d bytes that do not match %s; not "
                     "cached, client connection cut", route.name, up.origin.host, fill.size,
                     fill.key.digest)

@@ -435,3 +435,40 @@ cache = {{ path = "cache", max_size = "1G" }}
         registry.hold.set()
         proc.kill()
         proc.wait(10)
+
+
+def test_awstoken_cache_shows_size_and_hit_ratio(tmp_path: Path, registry: Registry,
+                                                 keeper: Keeper,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from awstoken._cli import main
+
+    data = os.urandom(200_000)
+    digest = registry.add("team/app", data)
+    cache = tmp_path / "cache"
+    with running_proxy(settings_for(registry, cache, max_size=10 * 1024 * 1024),
+                       keeper) as proxy:
+        for _ in range(4):
+            assert call(proxy.url, "GET", f"/v2/team/app/blobs/{digest}").body == data
+            objects(cache, wait_for=1)
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[tokens.ecr]
+command = "echo x"
+
+[[routes]]
+prefix = "/v2/"
+upstream = "{registry.url}"
+token = "ecr"
+cache = {{ path = "cache", max_size = "10M" }}
+""")
+    capsys.readouterr()
+    assert main(["cache", "-c", str(config), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["caches"][0]
+    assert shown["objects"] == 1 and shown["bytes"] > len(data)
+    assert (shown["hits"], shown["misses"], shown["hit_ratio"]) == (3, 1, 0.75)
+    assert shown["max_size"] == 10 * 1024 * 1024
+    assert main(["cache", "-c", str(config)]) == 0
+    table = capsys.readouterr().out
+    assert "75.0%" in table and "10.0 MiB" in table
