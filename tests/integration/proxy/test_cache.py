@@ -30,6 +30,7 @@ from tests.fixtures.proxy import RunningProxy, aiohttp_server, running_proxy
 from .conftest import Reply, call
 
 TOKEN = "Bearer good-token"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Registry:
     seen: Counter[tuple[str, str]] = field(default_factory=Counter)
     hold: threading.Event | None = None
     chunked: bool = False
+    manifests: dict[str, bytes] = field(default_factory=dict)
 
     def add(self, repo: str, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -60,6 +62,11 @@ def stand_in_registry() -> Iterator[Registry]:
         state.seen[(request.method, request.path)] += 1
         if request.headers.get("Authorization") != TOKEN:
             return web.Response(status=401)
+        if "/manifests/sha256:" in request.path:
+            body = state.manifests.get(request.path.rsplit(":", 1)[1])
+            if body is None:
+                return web.Response(status=404)
+            return web.Response(body=body, content_type=MANIFEST_TYPE)
         parts = request.path.split("/blobs/sha256:")
         if len(parts) != 2:
             return web.Response(status=404)
@@ -472,3 +479,77 @@ cache = {{ path = "cache", max_size = "10M" }}
     assert main(["cache", "-c", str(config)]) == 0
     table = capsys.readouterr().out
     assert "75.0%" in table and "10.0 MiB" in table
+
+
+def test_manifest_by_digest_is_cached_with_its_media_type(tmp_path: Path, registry: Registry,
+                                                          keeper: Keeper) -> None:
+    manifest = b'{"schemaVersion": 2, "mediaType": "' + MANIFEST_TYPE.encode() + b'"}'
+    digest = hashlib.sha256(manifest).hexdigest()
+    registry.manifests[digest] = manifest
+    path = f"/v2/team/app/manifests/sha256:{digest}"
+    cache = tmp_path / "cache"
+    with running_proxy(settings_for(registry, cache), keeper) as proxy:
+        assert call(proxy.url, "GET", path).body == manifest
+        assert objects(cache, wait_for=1) == [f"manifests-sha256-{digest}"]
+        hit = call(proxy.url, "GET", path)
+        assert hit.body == manifest and hit.header("Content-Type") == MANIFEST_TYPE
+        assert hit.header("Docker-Content-Digest") == f"sha256:{digest}"
+        assert registry.gets(path) == 1
+        # By tag: never cached.
+        assert call(proxy.url, "GET", "/v2/team/app/manifests/latest").status == 404
+        assert call(proxy.url, "GET", "/v2/team/app/manifests/latest").status == 404
+        assert registry.gets("/v2/team/app/manifests/latest") == 2
+
+
+def test_workers_share_one_fetch(tmp_path: Path, registry: Registry) -> None:
+    """Two worker processes of ``awstoken serve``: 8 concurrent first requests, spread by
+    the kernel over both, make one upstream fetch (flock across processes)."""
+    from tests.fixtures.cli import awstoken_cli
+    from tests.fixtures.ports import free_port, wait_for_port
+
+    data = os.urandom(2 * 1024 * 1024)
+    digest = registry.add("team/app", data)
+    path = f"/v2/team/app/blobs/{digest}"
+    port = free_port()
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[storage]
+type = "file"
+path = "{tmp_path / 'tokens'}"
+
+[tokens.ecr]
+command = "echo good-token"
+format = "Bearer {{token}}"
+
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{free_port()}"
+workers = 2
+
+[[routes]]
+prefix = "/v2/"
+upstream = "{registry.url}"
+token = "ecr"
+cache = "cache"
+""")
+    registry.hold = threading.Event()
+    proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        with ThreadPoolExecutor(8) as pool:
+            replies = [pool.submit(call, f"http://127.0.0.1:{port}", "GET", path)
+                       for _ in range(8)]
+            for _ in range(1000):
+                if registry.gets(path):
+                    break
+                time.sleep(0.01)
+            registry.hold.set()
+            results = [r.result(60) for r in replies]
+        assert all(r.status == 200 and r.body == data for r in results)
+        assert registry.gets(path) == 1
+    finally:
+        registry.hold.set()
+        proc.terminate()
+        proc.wait(30)
