@@ -468,8 +468,8 @@ async def send_file(conn: ClientConnection, fd: int, offset: int, count: int) ->
                 await loop.sendfile(transport, file, offset, count, fallback=False)
                 conn.sent += count
                 return
-            except (NotImplementedError, RuntimeError):
-                pass  # uvloop: no loop.sendfile (SendfileNotAvailableError is a RuntimeError)
+            except (NotImplementedError, asyncio.SendfileNotAvailableError):
+                pass  # uvloop has no loop.sendfile; both are raised before any byte is sent
         sock = transport.get_extra_info("socket")
         if sock is not None:
             await _sendfile_socket(conn, loop, sock.fileno(), fd, offset, count)

@@ -35,6 +35,7 @@ from .._settings import Settings
 from ..storage import MemoryStorage
 from ._admin import AdminApp
 from ._auth import InboundAuth
+from ._cache import Store
 from ._cache_http import ProxyCache
 from ._fast import FastForwarder
 from ._h1 import Frontend, Pool
@@ -282,6 +283,15 @@ async def _serve_one(settings: Settings, keeper: Keeper, *, reuse_port: bool = F
     return 0
 
 
+def check_cache_directories(settings: Settings) -> None:
+    """Create each route's cache directory, or refuse one that is not ours (ConfigError)."""
+    for route in settings.routes:
+        if route.cache is not None:
+            store = Store(route.cache.path, None, where=f"route {route.prefix!r} cache")
+            store.open()
+            store.close()
+
+
 def serve(settings: Settings, keeper: Keeper) -> int:
     """Run the proxy until SIGTERM or SIGINT; return the exit status.
 
@@ -294,6 +304,7 @@ def serve(settings: Settings, keeper: Keeper) -> int:
     InboundAuth(settings.server)
     tls_context(settings.server)
     load_secret(settings.server)
+    check_cache_directories(settings)
     workers = settings.server.workers
     tune_malloc()
     if workers < 1:

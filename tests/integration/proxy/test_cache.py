@@ -553,3 +553,33 @@ cache = "cache"
         registry.hold.set()
         proc.terminate()
         proc.wait(30)
+
+
+def test_awstoken_serve_refuses_a_cache_directory_open_to_others(tmp_path: Path) -> None:
+    from tests.fixtures.cli import awstoken_cli
+    from tests.fixtures.ports import free_port
+
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    os.chmod(cache, 0o1777)  # noqa: S103 (the point: anyone can plant files in it)
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[tokens.ecr]
+command = "echo good-token"
+
+[server]
+listen = "127.0.0.1:{free_port()}"
+admin_listen = "127.0.0.1:{free_port()}"
+workers = 2
+
+[[routes]]
+prefix = "/v2/"
+upstream = "http://127.0.0.1:9"
+token = "ecr"
+cache = "shared"
+""")
+    done = subprocess.run([*awstoken_cli(), "serve", "-c", str(config)], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 1, done.stderr
+    assert f"cache directory {str(cache)!r} must be owned by this user" in done.stderr
+    assert "mode 1777" in done.stderr and "Traceback" not in done.stderr
