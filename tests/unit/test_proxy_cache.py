@@ -113,3 +113,14 @@ def test_learned_hashes_are_bounded_and_expire() -> None:
     for name in ("/a", "/b", "/c"):
         learned.put("r", name, "sha256", HEX)
     assert learned.get("r", "/a") is None and learned.get("r", "/c") is not None
+
+
+def test_conflicting_hashes_for_one_file_disable_caching_it() -> None:
+    learned = Learned()
+    learned.put("r", "/packages/a.whl", "sha256", "b" * 64)
+    learned.put("r", "/packages/a.whl", "sha256", "b" * 64)
+    assert learned.get("r", "/packages/a.whl") == ("sha256", "b" * 64)
+    learned.put("r", "/packages/a.whl", "sha256", "c" * 64)  # another page, another hash
+    assert learned.get("r", "/packages/a.whl") is None
+    learned.put("r", "/packages/a.whl", "sha256", "b" * 64)
+    assert learned.get("r", "/packages/a.whl") is None  # until the entry expires

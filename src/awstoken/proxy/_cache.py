@@ -123,13 +123,21 @@ class Learned:
 
     def get(self, route: str, upstream_target: str) -> tuple[str, str] | None:
         entry = self._entries.get((route, upstream_target))
-        if entry is None or entry[2] < time.monotonic():
+        if entry is None or entry[2] < time.monotonic() or not entry[0]:
             return None
         return entry[0], entry[1]
 
     def put(self, route: str, upstream_target: str, algo: str, hex_: str) -> None:
         key = (route, upstream_target)
-        self._entries[key] = (algo, hex_.lower(), time.monotonic() + self.ttl)
+        now = time.monotonic()
+        hex_ = hex_.lower()
+        old = self._entries.get(key)
+        if old is not None and old[2] >= now and (old[0], old[1]) != (algo, hex_):
+            # Two index pages name different hashes for one file (one of them may be a
+            # package published to poison another's downloads): cache neither, so that
+            # the file is proxied as it is instead of failing verification.
+            algo = hex_ = ""
+        self._entries[key] = (algo, hex_, now + self.ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
