@@ -42,6 +42,8 @@ class Registry:
     hold: threading.Event | None = None
     chunked: bool = False
     manifests: dict[str, bytes] = field(default_factory=dict)
+    no_store: set[str] = field(default_factory=set)
+    cut: set[str] = field(default_factory=set)
 
     def add(self, repo: str, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -78,6 +80,8 @@ def stand_in_registry() -> Iterator[Registry]:
             data = data[:-1] + bytes([data[-1] ^ 1])
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
                                            "Docker-Content-Digest": f"sha256:{parts[1]}"})
+        if parts[1] in state.no_store:
+            resp.headers["Cache-Control"] = "no-store"
         if state.chunked:
             resp.enable_chunked_encoding()
         else:
@@ -87,6 +91,10 @@ def stand_in_registry() -> Iterator[Registry]:
             return resp
         half = len(data) // 2
         await resp.write(data[:half])
+        if parts[1] in state.cut:
+            assert request.transport is not None
+            request.transport.close()  # half a body, then the connection is gone
+            return resp
         if state.hold is not None:
             await asyncio.get_running_loop().run_in_executor(None, state.hold.wait, 30)
         await resp.write(data[half:])
@@ -583,3 +591,21 @@ cache = "shared"
     assert done.returncode == 1, done.stderr
     assert f"cache directory {str(cache)!r} must be owned by this user" in done.stderr
     assert "mode 1777" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_store_and_broken_bodies_are_not_cached(tmp_path: Path, registry: Registry,
+                                                   keeper: Keeper) -> None:
+    private = registry.add("team/app", os.urandom(300_000))
+    registry.no_store.add(private[7:])
+    broken = registry.add("team/app", os.urandom(3 * 1024 * 1024))
+    registry.cut.add(broken[7:])
+    cache = tmp_path / "cache"
+    with running_proxy(settings_for(registry, cache), keeper) as proxy:
+        for _ in range(2):
+            assert call(proxy.url, "GET", f"/v2/team/app/blobs/{private}").status == 200
+            with pytest.raises(http.client.IncompleteRead):
+                call(proxy.url, "GET", f"/v2/team/app/blobs/{broken}")
+        assert registry.gets(f"/v2/team/app/blobs/{private}") == 2
+        assert registry.gets(f"/v2/team/app/blobs/{broken}") == 2
+        assert objects(cache) == [] and os.listdir(cache / "tmp") == []
+        assert metric(proxy, "verify_failures") == 0
