@@ -457,6 +457,11 @@ class Store:
                     os.unlink(name, dir_fd=objects)
                     evicted += 1
                     total -= size
+                # Its lock file too (else locks/ keeps one file per object ever fetched).
+                # A fetch holding it keeps its lock on the unlinked file; at worst a
+                # concurrent second fetch of an evicted object: the same bytes, renamed.
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=locks)
         finally:
             os.close(lock)
         return evicted, total

@@ -318,6 +318,7 @@ def test_eviction_keeps_the_store_under_max_size(tmp_path: Path, registry: Regis
         assert sum(os.path.getsize(cache / "objects" / n) for n in left) <= 1_000_000
         assert names[3] in left and names[0] not in left and names[1] not in left
         assert metric(proxy, "evictions") == 2
+        assert sorted(os.listdir(cache / "locks")) == sorted([".evict", *left])
 
 
 def test_full_disk_falls_back_to_uncached(tmp_path: Path, registry: Registry, keeper: Keeper,
