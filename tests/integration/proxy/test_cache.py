@@ -610,3 +610,28 @@ def test_no_store_and_broken_bodies_are_not_cached(tmp_path: Path, registry: Reg
         assert registry.gets(f"/v2/team/app/blobs/{broken}") == 2
         assert objects(cache) == [] and os.listdir(cache / "tmp") == []
         assert metric(proxy, "verify_failures") == 0
+
+
+@pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_hits_on_one_keep_alive_connection(tmp_path: Path, registry: Registry, keeper: Keeper,
+                                           uvloop: bool) -> None:
+    """sendfile writes past the transport: the connection must stay usable after it."""
+    data = os.urandom(5 * 1024 * 1024)
+    digest = registry.add("team/app", data)
+    path = f"/v2/team/app/blobs/{digest}"
+    cache = tmp_path / "cache"
+    with running_proxy(settings_for(registry, cache), keeper, uvloop=uvloop) as proxy:
+        assert call(proxy.url, "GET", path).body == data
+        objects(cache, wait_for=1)
+        port = int(proxy.url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for method, headers, expected in (
+                    ("GET", {}, data), ("HEAD", {}, b""), ("GET", {"Range": "bytes=7-"}, data[7:]),
+                    ("GET", {}, data), ("GET", {"Range": "bytes=0-0"}, data[:1])):
+                conn.request(method, path, headers=headers)
+                response = conn.getresponse()
+                assert response.read() == expected
+        finally:
+            conn.close()
+        assert registry.gets(path) == 1
