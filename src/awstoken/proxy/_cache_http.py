@@ -188,15 +188,15 @@ class ProxyCache:
         store = self.stores.get(route.name)
         method = request.method
         key = None
-        if store is not None and request.body is None and method in ("GET", "HEAD") and \
-                store.usable:
+        if store is not None and request.body is None and method in ("GET", "HEAD"):
             key = self.key(route, route.upstream_target(request.target))
         if key is None or store is None:
             return await fw._forward(conn, request, route, value, cached=True)
         status = await self._hit(fw, conn, request, route, value, store, key)
         if status is not None and status != _REFUSED:
             return status
-        if status == _REFUSED or method != "GET" or \
+        # Nothing is written while the disk refuses (full, read-only): hits still are read.
+        if status == _REFUSED or method != "GET" or not store.usable or \
                 _header(request.headers, "range") is not None:
             return await fw._forward(conn, request, route, value, cached=True)
         async with store.lease(key):

@@ -635,3 +635,34 @@ def test_hits_on_one_keep_alive_connection(tmp_path: Path, registry: Registry, k
         finally:
             conn.close()
         assert registry.gets(path) == 1
+
+
+def test_read_only_disk_falls_back_to_uncached(tmp_path: Path, registry: Registry,
+                                               keeper: Keeper,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The cache's tmpfs remounted read-only under a running proxy: answers stay whole."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        first = registry.add("team/app", os.urandom(500_000))
+        second = registry.add("team/app", os.urandom(500_000))
+        cache = mount / "cache"
+        with running_proxy(settings_for(registry, cache), keeper) as proxy:
+            assert call(proxy.url, "GET", f"/v2/team/app/blobs/{first}").status == 200
+            objects(cache, wait_for=1)
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+            for _ in range(3):
+                reply = call(proxy.url, "GET", f"/v2/team/app/blobs/{second}")
+                assert reply.status == 200 and len(reply.body) == 500_000
+            # What was cached before is still served from the read-only disk.
+            assert call(proxy.url, "GET", f"/v2/team/app/blobs/{first}").status == 200
+            assert registry.gets(f"/v2/team/app/blobs/{first}") == 1
+            assert registry.gets(f"/v2/team/app/blobs/{second}") == 3
+        lines = [r for r in caplog.records if "unusable" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
