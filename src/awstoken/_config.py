@@ -23,6 +23,7 @@ from ._errors import AwstokenError, ConfigError
 from ._logging import FORMATS, parse_level
 from ._settings import (
     Address,
+    CacheSettings,
     RouteSettings,
     ServerSettings,
     Settings,
@@ -733,7 +734,53 @@ def parse_public_url(value: object) -> str:
 # -- [[routes]] --------------------------------------------------------------------------------
 
 ROUTE_KEYS = ("prefix", "upstream", "token", "header", "strip_prefix", "redirects",
-              "follow_http", "follow_private")
+              "follow_http", "follow_private", "cache")
+CACHE_KEYS = ("path", "max_size")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_SIZE_EXPECTED = 'a number of bytes or a string like "500M", "10G" (powers of 1024)'
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a string like ``"500M"``, ``"10G"``, ``"1.5GiB"``."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(repr(value))
+        scale = 1024 ** " KMGT".index(match.group(2).upper() or " ")
+        size = int(float(match.group(1)) * scale)
+    else:
+        raise ValueError(_kind(value))
+    if size <= 0:
+        raise ValueError(f"{value!r} (not positive)")
+    return size
+
+
+def _cache(table: _Table) -> CacheSettings | Any:
+    """``cache = "DIR"`` or ``cache = { path = "DIR", max_size = "10G" }``."""
+    if "cache" not in table.data:
+        return MISSING
+    value = table.data["cache"]
+    if isinstance(value, str):
+        path = table.file_path("cache")
+        return MISSING if path is MISSING else CacheSettings(path=path)
+    if not isinstance(value, dict):
+        return table.error("cache", 'expected a directory path or a table '
+                                    f'{{ path = "DIR", max_size = "10G" }}, got {_kind(value)}')
+    sub = table.sub("cache")
+    if sub is None:
+        return MISSING
+    sub.unknown(CACHE_KEYS)
+    path = sub.file_path("path")
+    if path is MISSING and "path" not in sub.data:
+        return sub.error("path", "missing; expected the cache directory")
+    max_size = sub.get("max_size", parse_size, _SIZE_EXPECTED)
+    if path is MISSING:
+        return MISSING
+    return CacheSettings(path=path, max_size=None if max_size is MISSING else max_size)
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PREFIX = re.compile(r"/[^\s?#]*")
 
@@ -794,6 +841,7 @@ def _routes(report: _Report, value: object, token_names: set[str],
             redirects=table.choice("redirects", ("follow", "pass")),
             follow_http=table.boolean("follow_http"),
             follow_private=table.boolean("follow_private"),
+            cache=_cache(table),
         )
         if all(k in fields for k in ("prefix", "upstream", "token")):
             routes.append(RouteSettings(**fields))

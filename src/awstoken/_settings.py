@@ -101,6 +101,14 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """A route's ``cache``: a directory of its own (``path``) and an optional size cap."""
+
+    path: str
+    max_size: int | None = None  # bytes; None: no cap
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSettings:
     """One ``[[routes]]`` entry."""
 
@@ -112,6 +120,7 @@ class RouteSettings:
     redirects: Literal["follow", "pass"] = "follow"
     follow_http: bool = False  # followed redirects may go to plain http:// targets
     follow_private: bool = False  # ... and to loopback, private, link-local addresses
+    cache: CacheSettings | None = None  # pull-through cache of digest-addressed content
 
 
 @dataclass(frozen=True, slots=True)

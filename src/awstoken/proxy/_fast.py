@@ -19,6 +19,7 @@ from .._errors import AwstokenError
 from .._keeper import Keeper
 from .._refusal import DEFAULT_REFRESH_WAIT
 from ._auth import InboundAuth
+from ._cache_http import ProxyCache
 from ._h1 import (
     BodyStream,
     Chunk,
@@ -88,7 +89,8 @@ class FastForwarder:
                  refresh_wait: float = DEFAULT_REFRESH_WAIT, refresh_min_gap: float | None = None,
                  replay_max_bytes: int = REPLAY_MAX_BYTES,
                  replay_spool_max_bytes: int = REPLAY_SPOOL_MAX_BYTES,
-                 max_index_bytes: int = MAX_INDEX_BYTES, public_url: str | None = None) -> None:
+                 max_index_bytes: int = MAX_INDEX_BYTES, public_url: str | None = None,
+                 cache: ProxyCache | None = None) -> None:
         self.routes = routes
         #: What Location headers and index bodies name as the proxy (None: the address each
         #: client connected to). Never the client's Host header: behind a shared cache, a
@@ -109,6 +111,7 @@ class FastForwarder:
         self.replay_max_bytes = replay_max_bytes
         self.replay_spool_max_bytes = replay_spool_max_bytes
         self.max_index_bytes = max_index_bytes
+        self.cache = cache
         self._origins: dict[str, Origin] = {}
 
     async def __call__(self, conn: ClientConnection, request: Request) -> None:
@@ -210,7 +213,10 @@ class FastForwarder:
         return origin
 
     async def _forward(self, conn: ClientConnection, request: Request, route: Route,
-                       value: str) -> int:
+                       value: str, *, cached: bool = False) -> int:
+        if self.cache is not None and route.cache is not None and not cached:
+            # Hits are answered there; misses come back here with cached=True.
+            return await self.cache.forward(self, conn, request, route, value)
         origin = self._origin(route.upstream_origin)
         target = route.upstream_target(request.target)
         headers = request_header_pairs(
@@ -403,6 +409,10 @@ class FastForwarder:
 
     async def _respond(self, conn: ClientConnection, request: Request, route: Route,
                        up: UpstreamConnection) -> int:
+        if self.cache is not None and route.cache is not None:
+            cached = await self.cache.respond(conn, request, route, up)
+            if cached is not None:
+                return cached  # a verified miss, streamed to the client and the store
         status = up.status
         headers = response_header_pairs(up.headers)
         proxy_origin = self._proxy_origin(conn)
@@ -508,6 +518,8 @@ class FastForwarder:
                 plain = decode(body, encoding, limit)
         except DecodeError as exc:
             raise self._index_failure(route, up, str(exc)) from None
+        if self.cache is not None and route.cache is not None:
+            self.cache.learn(route, request, plain, proxy_origin)
         content_type = up.content_type
         rewritten = rewrite(plain, route.upstream_base, route.public_base(proxy_origin))
         if route.strip_prefix and is_html(content_type):

@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .._errors import ConfigError
-from .._settings import RouteSettings
+from .._settings import CacheSettings, RouteSettings
 from ..storage._base import check_name
 
 
@@ -33,6 +33,7 @@ class Route:
     tls: bool = True
     follow_http: bool = False
     follow_private: bool = False
+    cache: CacheSettings | None = None
 
     @property
     def name(self) -> str:
@@ -181,7 +182,8 @@ def compile_route(settings: RouteSettings, index: int) -> Route:
                  upstream_path=parts.path.rstrip("/"), token=settings.token,
                  header=settings.header, strip_prefix=settings.strip_prefix,
                  redirects=settings.redirects, tls=parts.scheme == "https",
-                 follow_http=settings.follow_http, follow_private=settings.follow_private)
+                 follow_http=settings.follow_http, follow_private=settings.follow_private,
+                 cache=settings.cache)
 
 
 class RouteTable:

@@ -39,6 +39,8 @@ from .._reload import TokenPlan, describe_changes, keep_restart_only
 from .._settings import Settings
 from ._admin import AdminApp
 from ._auth import InboundAuth
+from ._cache import Store
+from ._cache_http import ProxyCache
 from ._fast import FastForwarder
 from ._h1 import ClientConnection, Frontend, Pool, Request
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
@@ -88,6 +90,7 @@ class ProxyServer:
         self.auth = InboundAuth(settings.server)
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouteMetrics(self.registry)
+        self.cache = ProxyCache.for_routes(self.routes, self.registry)
         self.tls = tls_context(settings.server)  # also validates the TLS settings
         self._pool: Pool | None = None
         self._frontend: Frontend | None = None
@@ -145,6 +148,8 @@ class ProxyServer:
             server = self.settings.server
             self._pool = Pool(ssl_context=self.tls, connect_timeout=server.connect_timeout,
                               read_timeout=server.read_timeout)
+            if self.cache is not None:
+                self.cache.open()  # ConfigError when a cache directory is not ours
             self._fast = self._fast_forwarder()
             # Through _dispatch: a reload swaps the forwarder under open connections.
             self._frontend = factory = Frontend(
@@ -181,7 +186,7 @@ class ProxyServer:
                                   refresh_min_gap=server.refresh_min_gap,
                                   replay_max_bytes=server.replay_max_bytes,
                                   replay_spool_max_bytes=server.replay_spool_max_bytes,
-                                  max_index_bytes=server.max_index_bytes)
+                                  max_index_bytes=server.max_index_bytes, cache=self.cache)
         if self._fast is not None:  # a reload: the listeners (our own ports) stay
             forwarder.own_ports.update(self._fast.own_ports)
         return forwarder
@@ -205,6 +210,10 @@ class ProxyServer:
         if bool(routes.routes) != self.with_proxy:
             raise ConfigError("adding the first [[routes]] or removing the last one needs a "
                               "restart (the proxy listener starts or stops)")
+        caches = {r.prefix: r.cache for r in settings.routes if r.cache is not None}
+        if caches != {r.prefix: r.cache for r in self.settings.routes if r.cache is not None}:
+            raise ConfigError("adding, changing or removing a route's cache needs a restart "
+                              "(its store is opened at start)")
         names = token_names(settings, routes)
         auth = InboundAuth(settings.server)
         secret = load_secret(settings.server) if self.with_token_endpoint else None
@@ -273,6 +282,8 @@ class ProxyServer:
             await self.token_listeners.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self.cache is not None:
+            self.cache.close()
         for server in (*self._listeners, *self._aux_listeners):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -453,6 +464,15 @@ async def _serve_one(settings: Settings, keeper: Keeper, *,
     return control.exit_code
 
 
+def check_cache_directories(settings: Settings) -> None:
+    """Create each route's cache directory, or refuse one that is not ours (ConfigError)."""
+    for route in settings.routes:
+        if route.cache is not None:
+            store = Store(route.cache.path, None, where=f"route {route.prefix!r} cache")
+            store.open()
+            store.close()
+
+
 def serve_worker(settings: Settings, keeper: Keeper, metrics_socket: str,
                  ready: BinaryIO) -> int:
     """Run one worker's proxy listener (see ``_worker``); write ``ready`` once it is bound."""
@@ -491,6 +511,7 @@ def serve(settings: Settings, keeper: Keeper, *, on_ready: Callable[[], object] 
     InboundAuth(settings.server)
     tls_context(settings.server)
     load_secret(settings.server)
+    check_cache_directories(settings)
     workers = settings.server.workers
     tune_malloc()
     raise_open_file_limit()
