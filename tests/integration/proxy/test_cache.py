@@ -519,7 +519,7 @@ def test_workers_share_one_fetch(tmp_path: Path, registry: Registry) -> None:
     data = os.urandom(2 * 1024 * 1024)
     digest = registry.add("team/app", data)
     path = f"/v2/team/app/blobs/{digest}"
-    port = free_port()
+    port, admin = free_port(), free_port()
     config = tmp_path / "awstoken.toml"
     config.write_text(f"""
 [storage]
@@ -532,7 +532,7 @@ format = "Bearer {{token}}"
 
 [server]
 listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{free_port()}"
+admin_listen = "127.0.0.1:{admin}"
 workers = 2
 
 [[routes]]
@@ -547,6 +547,13 @@ cache = "cache"
                             stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
+        wait_for_port(admin)
+        # Ready once every worker is bound and the token is stored (sources start only then):
+        # a request before that would get a 503, not test the shared fetch.
+        for _ in range(600):
+            if call(f"http://127.0.0.1:{admin}", "GET", "/readyz").status == 200:
+                break
+            time.sleep(0.05)
         with ThreadPoolExecutor(8) as pool:
             replies = [pool.submit(call, f"http://127.0.0.1:{port}", "GET", path)
                        for _ in range(8)]
