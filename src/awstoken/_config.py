@@ -310,7 +310,8 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: Keys every token accepts, whatever its source.
 TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout",
-                                "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout")
+                                "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout",
+                                "registries", "indexes")
 
 _ACCOUNT = re.compile(r"\d{12}")
 _ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
@@ -356,7 +357,37 @@ def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSett
         sink_mode=table.get("sink_mode", _private_mode, _MODE_EXPECTED),
         on_rotate=table.get("on_rotate", _argv, "a non-empty list of strings (an argv, run "
                             "without a shell; the token arrives on stdin)"),
-        hook_timeout=table.duration("hook_timeout")))
+        hook_timeout=table.duration("hook_timeout"),
+        registries=table.get("registries", _registries, 'an array of registry hosts like '
+                             '["123456789012.dkr.ecr.us-east-1.amazonaws.com", "registry:5000"]'),
+        indexes=table.get("indexes", _indexes, 'an array of index URLs like '
+                          '["https://pypi.example.com/simple/"]')))
+
+
+_REGISTRY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?")
+
+
+def _registries(value: Any) -> tuple[str, ...]:
+    """Registry hosts (``host`` or ``host:port``, as docker names them), lowercased."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    for item in value:
+        if not _REGISTRY.fullmatch(item):
+            raise ValueError(f"{item!r} is not a host or host:port (no scheme, no path)")
+    return tuple(v.lower() for v in value)
+
+
+def _indexes(value: Any) -> tuple[str, ...]:
+    """Index URL prefixes (http or https, no credentials in them)."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    for item in value:
+        parts = urllib.parse.urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{item!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("a URL has credentials in it; awstoken supplies them")
+    return tuple(value)
 
 
 _MODE_EXPECTED = ('permissions like "0600" or "0640" (a string of octal digits, or 0o640), '

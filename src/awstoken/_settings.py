@@ -48,6 +48,10 @@ class TokenSettings:
     sink_mode: int = 0o600  # the sink file's permissions (0640: a reader group, e.g. nginx's)
     on_rotate: tuple[str, ...] | None = None  # argv run after each rotation, token on stdin
     hook_timeout: float = 30.0
+    # The credential doors: registry hosts (docker credential helper, kubelet) and index URL
+    # prefixes (keyring) this token answers for.
+    registries: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
