@@ -131,8 +131,8 @@ def _url_key(url: str) -> tuple[str, str, str] | None:
         port = parts.port
     except ValueError:
         return None
-    if parts.username is not None or parts.password is not None:
-        return None  # never answer for a URL that carries its own credentials
+    if parts.password is not None:
+        return None  # never answer for a URL that carries its own password (a user is fine)
     scheme = "" if bare else parts.scheme
     return scheme, _netloc(parts.hostname, port, parts.scheme), parts.path or "/"
 

@@ -80,6 +80,7 @@ def test_index_matching_by_prefix_then_host_and_look_alikes() -> None:
     assert index_token(settings, "pypi.example") == "a"  # bare host, as pip asks too
     assert index_token(settings, "127.0.0.1:8080") == "c"
     assert index_token(settings, "http://127.0.0.1:8080/simple/") == "c"
+    assert index_token(settings, "http://aws@127.0.0.1:8080/simple/") == "c"  # user only
     for other in ("https://pypi.example.evil/simple/", "http://pypi.example/simple/",
                   "https://pypi.example:8443/simple/", "https://evil/pypi.example/simple/",
                   "https://user:pw@pypi.example/simple/", "http://127.0.0.1:8081/",
