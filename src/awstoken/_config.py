@@ -22,6 +22,7 @@ from . import _jsonout
 from ._errors import AwstokenError, ConfigError
 from ._settings import (
     Address,
+    FileWrite,
     RouteSettings,
     ServerSettings,
     Settings,
@@ -311,7 +312,7 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
 #: Keys every token accepts, whatever its source.
 TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout",
                                 "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout",
-                                "registries", "indexes")
+                                "registries", "indexes", "sink_format", "writes")
 
 _ACCOUNT = re.compile(r"\d{12}")
 _ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
@@ -361,7 +362,74 @@ def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSett
         registries=table.get("registries", _registries, 'an array of registry hosts like '
                              '["123456789012.dkr.ecr.us-east-1.amazonaws.com", "registry:5000"]'),
         indexes=table.get("indexes", _indexes, 'an array of index URLs like '
-                          '["https://pypi.example.com/simple/"]')))
+                          '["https://pypi.example.com/simple/"]'),
+        sink_format=_sink_format(table),
+        writes=_writes(table)))
+
+
+_FORMATS_EXPECTED = ('one of "docker-config", "pip-conf", "pypirc", "npmrc", "netrc"')
+
+
+def _targets_error(fmt: str, table: _Table, url: object) -> str | None:
+    """Why a file of format ``fmt`` would have no registry or URL to write, or None."""
+    if url is not None:
+        return None
+    if fmt == "docker-config":
+        opts = table.data
+        implied = opts.get("source") == "ecr" and "registry_id" in opts and "region" in opts
+        return None if "registries" in opts or implied else (
+            "needs registries = [...] on the token (or an ecr source with registry_id and region)")
+    return None if "indexes" in table.data else "needs indexes = [...] on the token"
+
+
+def _sink_format(table: _Table) -> str | Any:
+    from ._formats import FORMATS
+
+    fmt = table.choice("sink_format", FORMATS)
+    if fmt is MISSING:
+        return MISSING
+    if "sink" not in table.data:
+        return table.error("sink_format", "needs sink = PATH (the file to merge the entry into)")
+    problem = _targets_error(fmt, table, None)
+    return table.error("sink_format", f"{fmt!r} {problem}") if problem else fmt
+
+
+def _writes(table: _Table) -> tuple[FileWrite, ...] | Any:
+    from ._formats import FORMATS
+
+    value = table.data.get("writes")
+    if value is None:
+        return MISSING
+    if not isinstance(value, list) or not value:
+        return table.error("writes", 'expected an array of tables like [{path = "~/.npmrc", '
+                                     'format = "npmrc"}]')
+    writes = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            table.error(f"writes[{i}]", f"expected a table, got {_kind(item)}")
+            continue
+        sub = _Table(table.report, table.key(f"writes[{i}]"), item, table.base_dir)
+        sub.unknown(("path", "format", "url"))
+        path = sub.file_path("path")
+        if "path" not in item:
+            sub.error("path", "missing; expected a file path")
+        fmt = sub.choice("format", FORMATS, required=True)
+        url = sub.get("url", _write_url, "a registry host or an http(s) URL without credentials")
+        if fmt is not MISSING:
+            problem = _targets_error(fmt, table, None if url is MISSING else url)
+            if problem:
+                fmt = sub.error("format", f"{fmt!r} {problem} (or url = ...)")
+        if path is not MISSING and fmt is not MISSING and not ("url" in item and url is MISSING):
+            writes.append(FileWrite(path, fmt, None if url is MISSING else url))
+    return tuple(writes)
+
+
+def _write_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("")
+    if "://" in value:
+        return _indexes([value])[0]
+    return _registries([value])[0]
 
 
 _REGISTRY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?")

@@ -87,15 +87,24 @@ def registries(settings: Settings) -> dict[str, str]:
         for host in token.registries:
             found.setdefault(host, name)
     for name, token in settings.tokens.items():
-        opts = token.options
-        if token.source == "ecr" and opts.get("registry_id") and opts.get("region"):
-            found.setdefault(f"{opts['registry_id']}.dkr.ecr.{opts['region']}.amazonaws.com", name)
+        for host in token_registries(token)[len(token.registries):]:
+            found.setdefault(host, name)
     for route in settings.routes:
         host = registry_host(route.upstream)
         routed = settings.tokens.get(route.token)
         if routed is not None and (_ECR_HOST.fullmatch(host) or routed.source in ("ecr", "ecr-public")):
             found.setdefault(host, route.token)
     return found
+
+
+def token_registries(token: TokenSettings) -> tuple[str, ...]:
+    """The registry hosts of one token: ``registries``, then the host its ECR source implies."""
+    opts = token.options
+    if token.source == "ecr" and opts.get("registry_id") and opts.get("region"):
+        implied = f"{opts['registry_id']}.dkr.ecr.{opts['region']}.amazonaws.com"
+        if implied not in token.registries:
+            return (*token.registries, implied)
+    return token.registries
 
 
 def registry_token(settings: Settings, server_url: str) -> str:

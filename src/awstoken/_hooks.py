@@ -13,12 +13,13 @@ import logging
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("awstoken")
 
 Content = Literal["value", "raw"]
+Render = Callable[[str | None, Token], str]
 DEFAULT_HOOK_TIMEOUT = 30.0
 _CONTENTS = ("value", "raw")
 
@@ -122,8 +124,11 @@ class FileSink(_CountedHook):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, content: Content = "value",
-                 mode: int = 0o600) -> None:
+                 mode: int = 0o600, render: Render | None = None) -> None:
         super().__init__(content)
+        # render(old text or None, token) -> new text: merge an entry into a file the user
+        # already has (awstoken._formats); the file's existing mode is then kept.
+        self.render = render
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise HookError(f"file sink {os.fspath(path)}: mode must be a permission between "
                             f"0o000 and 0o777, not {mode!r}")
@@ -137,13 +142,36 @@ class FileSink(_CountedHook):
         return f"file sink {self.path}"
 
     def _run(self, name: str, fetched: Fetched, token: Token) -> None:
-        data = self._payload(fetched, token).encode("utf-8")
+        mode = self.mode
+        if self.render is None:
+            data = self._payload(fetched, token).encode("utf-8")
+        else:
+            data, mode = self._merged(name, token)
         try:
-            write_atomic(self.path, data, self.mode)
+            write_atomic(self.path, data, mode)
         except OSError as exc:
             raise HookError(f"token {name!r}: {self.describe()}: cannot write: "
                             f"{exc.strerror or type(exc).__name__}") from None
         log.debug("awstoken: token %r: wrote %s", name, self.path)
+
+    def _merged(self, name: str, token: Token) -> tuple[bytes, int]:
+        """The rendered file and its mode (the existing file's, else ``self.mode``)."""
+        assert self.render is not None
+        what = f"token {name!r}: {self.describe()}"
+        try:
+            with open(self.path, "rb") as fh:
+                mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+                old: str | None = fh.read().decode("utf-8")
+        except FileNotFoundError:
+            old, mode = None, self.mode
+        except UnicodeDecodeError:
+            raise HookError(f"{what}: not UTF-8 text; left untouched") from None
+        except OSError as exc:
+            raise HookError(f"{what}: cannot read: {exc.strerror or type(exc).__name__}") from None
+        try:
+            return self.render(old, token).encode("utf-8"), mode
+        except HookError as exc:
+            raise HookError(f"{what}: {exc}; left untouched") from None
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -261,7 +289,19 @@ def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
     """
     hooks: list[RotateHook] = []
     if token.sink is not None:
-        hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode))
+        render = None
+        if token.sink_format is not None:
+            from ._formats import renderer
+
+            render = renderer(token, token.sink_format)
+        hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode,
+                              render=render))
+    if token.writes:
+        from ._formats import renderer
+
+        hooks.extend(FileSink(write.path, mode=token.sink_mode,
+                              render=renderer(token, write.format, write.url))
+                     for write in token.writes)
     if token.on_rotate is not None:
         hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout))
     return hooks

@@ -29,6 +29,15 @@ class StorageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FileWrite:
+    """One ``writes = [{path, format, url}]`` entry: a config file kept fresh."""
+
+    path: str
+    format: str  # one of awstoken._formats.FORMATS
+    url: str | None = None  # the registry or index it is for (default: registries/indexes)
+
+
+@dataclass(frozen=True, slots=True)
 class TokenSettings:
     """One ``[tokens.NAME]`` table."""
 
@@ -52,6 +61,8 @@ class TokenSettings:
     # prefixes (keyring) this token answers for.
     registries: tuple[str, ...] = ()
     indexes: tuple[str, ...] = ()
+    sink_format: str | None = None  # merge an entry into the sink file (awstoken._formats)
+    writes: tuple[FileWrite, ...] = ()  # more files kept fresh, each with its format
 
 
 @dataclass(frozen=True, slots=True)
