@@ -108,3 +108,31 @@ def test_netrc() -> None:
     assert _netrc(merge("netrc", None, E)).hosts["pypi.example"][2] == "tok%:@/ 1"
     with pytest.raises(FormatError, match="netrc: cannot parse"):
         merge("netrc", "machine a.example colour blue\n", E)
+
+
+def test_config_errors_name_the_key() -> None:
+    from awstoken import ConfigError
+    from awstoken._config import loads
+
+    cases = {
+        'sink_format = "npmrc"\nindexes = ["https://n/"]\n': r"tokens\.t\.sink_format: needs sink",
+        'sink = "f"\nsink_format = "docker-config"\n': r"tokens\.t\.sink_format: 'docker-config' "
+                                                      r"needs registries",
+        'sink = "f"\nsink_format = "npmrc"\n': r"tokens\.t\.sink_format: 'npmrc' needs indexes",
+        'sink = "f"\nsink_format = "nprmc"\n': r"did you mean 'npmrc'",
+        'writes = [{path = "f", format = "netrc"}]\n': r"tokens\.t\.writes\[0\]\.format: 'netrc' "
+                                                       r"needs indexes",
+        'writes = [{format = "netrc", url = "https://h/"}]\n': r"writes\[0\]\.path: missing",
+        'writes = [{path = "f", format = "netrc", url = "https://u:p@h/"}]\n':
+            r"writes\[0\]\.url: .*credentials",
+        'writes = [{path = "f", format = "netrc", color = 1, url = "https://h/"}]\n':
+            r"writes\[0\]\.color: unknown key",
+        'writes = "f"\n': r"tokens\.t\.writes: expected an array",
+    }
+    for body, pattern in cases.items():
+        with pytest.raises(ConfigError, match=pattern):
+            loads(f'[tokens.t]\ncommand = "x"\n{body}')
+    ok = loads('[tokens.t]\ncommand = "x"\nwrites = [{path = "/f", format = "netrc", '
+               'url = "https://h/"}, {path = "/g", format = "docker-config", url = "r:5000"}]\n')
+    assert [(w.path, w.format, w.url) for w in ok.tokens["t"].writes] == [
+        ("/f", "netrc", "https://h/"), ("/g", "docker-config", "r:5000")]
