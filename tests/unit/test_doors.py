@@ -123,3 +123,14 @@ def test_obtain_reports_the_failure_and_keeps_backoff(tmp_path: Path) -> None:
         obtain(settings, "a", storage=storage)
     with pytest.raises(NotFound, match="failure 1 in a row"):
         obtain(settings, "a", storage=storage)  # backed off: no second run
+
+
+def test_kubelet_helpers() -> None:
+    from awstoken._kubelet import go_duration, image_registry
+
+    assert [go_duration(s) for s in (0, -5, 59.9, 60, 3599, 3600, 20700)] == [
+        "0s", "0s", "59s", "1m0s", "59m59s", "1h0m0s", "5h45m0s"]
+    assert image_registry(f"{ECR}/team/app:1") == ECR
+    assert image_registry("Registry.Example:5000/a/b@sha256:00") == "registry.example:5000"
+    assert image_registry("localhost/app") == "localhost"
+    assert image_registry("nginx") == image_registry("library/nginx:1") == "docker.io"
