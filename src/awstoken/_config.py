@@ -16,7 +16,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _jsonout
 from ._errors import AwstokenError, ConfigError
@@ -383,6 +383,8 @@ def _targets_error(fmt: str, table: _Table, url: object) -> str | None:
 
 
 def _sink_format(table: _Table) -> str | Any:
+    if "sink_format" not in table.data:
+        return MISSING
     from ._formats import FORMATS
 
     fmt = table.choice("sink_format", FORMATS)
@@ -395,11 +397,11 @@ def _sink_format(table: _Table) -> str | Any:
 
 
 def _writes(table: _Table) -> tuple[FileWrite, ...] | Any:
-    from ._formats import FORMATS
-
     value = table.data.get("writes")
     if value is None:
         return MISSING
+    from ._formats import FORMATS
+
     if not isinstance(value, list) or not value:
         return table.error("writes", 'expected an array of tables like [{path = "~/.npmrc", '
                                      'format = "npmrc"}]')
@@ -820,6 +822,18 @@ def _routes(report: _Report, value: object, token_names: set[str],
 TOP_KEYS = ("storage", "tokens", "server", "routes")
 
 
+def _aws_ok(tokens: object) -> bool:
+    """Whether botocore is there, asked only when a token has a native source: a file of
+    command sources (a credential door's hot path) does not import awstoken.aws."""
+    if not isinstance(tokens, dict) or all(
+            not isinstance(t, dict) or t.get("source", "command") == "command"
+            for t in tokens.values()):
+        return True
+    from .aws import botocore_available
+
+    return botocore_available()
+
+
 def load(path: str | os.PathLike[str]) -> Settings:
     """Read and validate the configuration file at ``path``; raise :class:`ConfigError`.
 
@@ -845,10 +859,8 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     root = _Table(report, "", raw, base_dir or Path.cwd())
     root.unknown(TOP_KEYS)
-    from .aws import botocore_available
-
     storage = _storage(root.sub("storage"))
-    tokens, names = _tokens(report, root.sub("tokens"), botocore_available())
+    tokens, names = _tokens(report, root.sub("tokens"), _aws_ok(raw.get("tokens")))
     server = _server(root.sub("server"))
     routes = _routes(report, raw["routes"], names, root.base_dir) if "routes" in raw else ()
     if server.token_listen and not names:
@@ -858,8 +870,22 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
     return Settings(storage=storage, tokens=tokens, server=server, routes=routes, path=file)
 
 
-# The builders live in _build.py; re-exported so `from awstoken._config import build_*` works.
-from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators  # noqa: E402
+# The builders live in _build.py; re-exported (on first access, so that loading a file does
+# not import the rotator, hooks and storages) so `from awstoken._config import build_*` works.
+if TYPE_CHECKING:
+    from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators
+
+_BUILDERS = frozenset({"build_keeper", "build_source", "build_storage", "build_transform",
+                       "start_rotators"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BUILDERS:
+        from . import _build
+
+        return getattr(_build, name)
+    raise AttributeError(f"module 'awstoken._config' has no attribute {name!r}")
+
 
 __all__ = ["build_keeper", "build_source", "build_storage", "build_transform", "load", "loads",
            "parse_duration", "parse_listen", "parse_token_listen", "start_rotators"]

@@ -21,12 +21,15 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._errors import AwstokenError, ConfigError
-from ._rotator import Rotator, Schedule
 from ._settings import Settings, TokenSettings
 from ._token import Token
-from .storage._base import Lease, Storage
+
+if TYPE_CHECKING:
+    from ._rotator import Rotator
+    from .storage._base import Lease, Storage
 
 CONFIG_ENV = "AWSTOKEN_CONFIG"
 #: A token with less than this many seconds left is not handed out: the tool still has to
@@ -228,14 +231,23 @@ def obtain(settings: Settings, name: str, *, storage: Storage | None = None,
     """
     own = storage is None
     if storage is None:
-        from ._build import build_storage
-
-        storage = build_storage(settings.storage)
+        storage = _build_storage(settings)
     try:
         return _obtain(settings, name, storage, clock, margin)
     finally:
         if own:
             storage.close()
+
+
+def _build_storage(settings: Settings) -> Storage:
+    if settings.storage.type == "file":
+        # Directly: the builders module imports the rotator, hooks and every storage.
+        from .storage.file import FileStorage
+
+        return FileStorage(settings.storage.path)
+    from ._build import build_storage
+
+    return build_storage(settings.storage)
 
 
 def _usable(record: Token | None, now: float, margin: float) -> str | None:
@@ -256,7 +268,7 @@ def _obtain(settings: Settings, name: str, storage: Storage, clock: Callable[[],
         raise NotFound(f"{settings.path}: no [tokens.{name}] table")
     started = clock()
     deadline = time.monotonic() + token.timeout + 5.0
-    rotator: _DoorRotator | None = None
+    rotator: Rotator | None = None
     try:
         while True:
             if rotator is None:
@@ -264,7 +276,7 @@ def _obtain(settings: Settings, name: str, storage: Storage, clock: Callable[[],
                 if lease is not None:
                     # This process leads now (no keeper holds the lock): step() refreshes
                     # if the record is due, exactly as a keeper's rotator would.
-                    rotator = _DoorRotator.leading(token, storage, lease, margin)
+                    rotator = _door_rotator(token, storage, lease, margin)
             fetched = False
             if rotator is not None:
                 before = rotator.refreshes + rotator.failures
@@ -304,31 +316,29 @@ def _why(name: str, record: Token | None, now: float, leading: bool) -> str:
     return f"token {name!r}: no usable token"
 
 
-class _DoorRotator(Rotator):
-    """A rotator run once by a door that found no keeper: also refreshes a token inside the
-    door's margin of its expiry."""
+def _door_rotator(token: TokenSettings, storage: Storage, lease: Lease, margin: float) -> Rotator:
+    """A rotator that leads ``token`` with ``lease`` (this process found no keeper).
 
-    margin: float = DOOR_MARGIN
+    It also refreshes a token inside the door's margin of its expiry. Imported only here:
+    a door that reads a usable token never loads the rotator, the sources or the hooks.
+    """
+    from ._build import build_source, build_transform
+    from ._hooks import hooks_from_settings
+    from ._rotator import Rotator, Schedule
 
-    @classmethod
-    def leading(cls, token: TokenSettings, storage: Storage, lease: Lease,
-                margin: float) -> _DoorRotator:
-        from ._build import build_source, build_transform
-        from ._hooks import hooks_from_settings
+    class DoorRotator(Rotator):
+        def _due(self, record: Token | None) -> float:
+            due = super()._due(record)
+            if record is not None and record.expires_at is not None and not record.failures:
+                due = min(due, record.expires_at - margin)
+            return due
 
-        try:
-            rotator = cls(token.name, build_source(token), build_transform(token), storage,
-                          schedule=Schedule(interval=token.interval, retry=token.retry),
-                          on_rotate=hooks_from_settings(token))
-        except BaseException:
-            lease.release()
-            raise
-        rotator.margin = margin
-        rotator._lease = lease
-        return rotator
-
-    def _due(self, record: Token | None) -> float:
-        due = super()._due(record)
-        if record is not None and record.expires_at is not None and not record.failures:
-            due = min(due, record.expires_at - self.margin)
-        return due
+    try:
+        rotator = DoorRotator(token.name, build_source(token), build_transform(token), storage,
+                              schedule=Schedule(interval=token.interval, retry=token.retry),
+                              on_rotate=hooks_from_settings(token))
+    except BaseException:
+        lease.release()
+        raise
+    rotator._lease = lease
+    return rotator

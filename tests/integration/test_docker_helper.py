@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -142,20 +141,6 @@ def test_with_a_keeper_daemon_the_helper_never_runs_the_source(tmp_path: Path) -
         stop(keeper)  # type: ignore[arg-type]
         if keeper.stderr:
             keeper.stderr.close()
-
-
-def test_import_path_is_lean(tmp_path: Path) -> None:
-    config = _command_config(tmp_path, CountingSource.make(tmp_path, "pw"), "r.example")
-    store(tmp_path / "tokens", "repo", basic("AWS", "pw"))
-    code = ("import io, sys\nfrom awstoken._docker_helper import main\n"
-            "out = io.StringIO()\nassert main(['get'], stdin=io.StringIO('r.example'), stdout=out) == 0\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'botocore', 'aiohttp', "
-            "'httptools', 'uvloop', 'prometheus_client', 'redis', 'keyring'}), "
-            "[m for m in sys.modules if m.startswith('awstoken.proxy')])\n")
-    got = subprocess.run([sys.executable, "-c", code], env=no_aws_env(tmp_path, config),
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert got.returncode == 0, got.stderr
-    assert got.stdout.strip() == "[] []"
 
 
 def test_skopeo_pushes_and_pulls_with_the_helper(
