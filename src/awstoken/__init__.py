@@ -14,8 +14,10 @@ without module state. The native AWS sources (:class:`ECR`, :class:`ECRPublic`,
 """
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+# Not `from typing import TYPE_CHECKING`: importing typing costs a credential door more than
+# the rest of its answer (type checkers treat this name the same way).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._api import (
         create,
@@ -74,7 +76,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'awstoken' has no attribute {name!r}")

@@ -13,8 +13,6 @@ Only the standard library and awstoken's core are imported here; a native AWS so
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 import time
@@ -182,31 +180,9 @@ def credentials(value: str, token: TokenSettings) -> tuple[str, str]:
     token (base64 of ``AWS:...``) too; ``Bearer X`` and any other value give X with the
     token's ``basic_user``, else ``AWS`` for ECR and ``aws`` for the rest (CodeArtifact).
     """
-    scheme, _, rest = value.partition(" ")
-    ecr = token.source in ("ecr", "ecr-public")
-    default_user = token.basic_user or ("AWS" if ecr else "aws")
-    if scheme.lower() == "basic" and rest:
-        pair = _b64_pair(rest.strip())
-        if pair is not None:
-            return pair
-    if scheme.lower() == "bearer" and rest:
-        return default_user, rest.strip()
-    if ecr:
-        pair = _b64_pair(value)
-        if pair is not None:
-            return pair
-    return default_user, value
+    from ._fastdoor import split
 
-
-def _b64_pair(text: str) -> tuple[str, str] | None:
-    try:
-        decoded = base64.b64decode(text, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    user, sep, password = decoded.partition(":")
-    if not sep or not user or not password or not decoded.isprintable():
-        return None
-    return user, password
+    return split(value, token.source in ("ecr", "ecr-public"), token.basic_user)
 
 
 # -- getting the token -------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -183,3 +185,62 @@ def test_ecr_route_implies_the_registry(tmp_path: Path, port: int) -> None:
     got = run_door([door("docker-credential-awstoken"), "get"], no_aws_env(tmp_path, config), ECR)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["Secret"] == "from-route"
+
+
+def _imports_config(env: dict[str, str], url: str) -> tuple[bool, subprocess.CompletedProcess[str]]:
+    """Run the helper with -X importtime: did it take the full path (load the config)?"""
+    got = run_door([sys.executable, "-X", "importtime", door("docker-credential-awstoken"), "get"],
+                   env, url)
+    return "awstoken._config" in got.stderr, got
+
+
+def test_the_fast_path_answers_from_the_index_and_follows_config_changes(tmp_path: Path) -> None:
+    source = CountingSource.make(tmp_path, "pw", delay=0)
+    config = _command_config(tmp_path, source, "registry.example.com")
+    store(tmp_path / "tokens", "repo", basic("AWS", "fast-pw"))
+    env = no_aws_env(tmp_path, config)
+    full, first = _imports_config(env, "registry.example.com")
+    assert full and first.returncode == 0
+    index = next((tmp_path / "awstoken-dir").glob("doors-*.json"))
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
+    assert "fast-pw" not in index.read_text()  # the index holds no secret
+    fast, second = _imports_config(env, "https://registry.example.com/v2/")
+    assert not fast and second.returncode == 0
+    assert json.loads(second.stdout) == {"ServerURL": "https://registry.example.com/v2/",
+                                         "Username": "AWS", "Secret": "fast-pw"}
+    # A rotated record is what the fast path reads next.
+    store(tmp_path / "tokens", "repo", basic("AWS", "rotated-pw"))
+    assert json.loads(_imports_config(env, "registry.example.com")[1].stdout)["Secret"] == "rotated-pw"
+    # The configuration changes: the index no longer matches it, the full path answers.
+    config.write_text(config.read_text().replace('"registry.example.com"', '"other.example.com"'))
+    full, gone = _imports_config(env, "registry.example.com")
+    assert full and (gone.returncode, gone.stdout) == (1, NOT_FOUND)
+    full, moved = _imports_config(env, "other.example.com")
+    assert full and json.loads(moved.stdout)["Secret"] == "rotated-pw"
+    assert not _imports_config(env, "other.example.com")[0]
+    # A record inside the door's margin of expiry goes the full path (which refreshes it).
+    store(tmp_path / "tokens", "repo", basic("AWS", "old-pw"), lifetime=10)
+    full, refreshed = _imports_config(env, "other.example.com")
+    assert full and json.loads(refreshed.stdout)["Secret"] == "pw"
+    assert source.count == 1
+
+
+def test_an_index_others_can_write_is_not_trusted(tmp_path: Path) -> None:
+    """The attack: someone who can write the index could point a host at their token."""
+    config = _command_config(tmp_path, CountingSource.make(tmp_path, "pw"), "registry.example.com")
+    store(tmp_path / "tokens", "repo", basic("AWS", "real-pw"))
+    env = no_aws_env(tmp_path, config)
+    assert _imports_config(env, "registry.example.com")[1].returncode == 0
+    index = next((tmp_path / "awstoken-dir").glob("doors-*.json"))
+    for file, mode in ((index, 0o622), (index.parent, 0o777)):
+        file.chmod(mode)
+        full, got = _imports_config(env, "registry.example.com")
+        assert full and json.loads(got.stdout)["Secret"] == "real-pw"
+        file.chmod(0o600 if file == index else 0o700)
+    # A symlinked index is not followed either.
+    target = tmp_path / "planted.json"
+    target.write_text(index.read_text())
+    index.unlink()
+    index.symlink_to(target)
+    full, got = _imports_config(env, "registry.example.com")
+    assert full and json.loads(got.stdout)["Secret"] == "real-pw"
