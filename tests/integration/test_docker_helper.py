@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import FileStorage
+from tests.fixtures.binaries import require_binary
 from tests.fixtures.doors import CountingSource, basic, door, no_aws_env, run_door, store
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import stop
@@ -244,3 +245,29 @@ def test_an_index_others_can_write_is_not_trusted(tmp_path: Path) -> None:
     index.symlink_to(target)
     full, got = _imports_config(env, "registry.example.com")
     assert full and json.loads(got.stdout)["Secret"] == "real-pw"
+
+
+@pytest.mark.parametrize("tool", ["buildah", "podman"])
+def test_buildah_and_podman_pull_with_the_helper(
+        tmp_path: Path, docker_registry: Registry, skopeo: tuple[str, dict[str, str]],
+        tool: str, short_dir: Path) -> None:
+    binary_path = require_binary(tool)
+    binary, skopeo_env = skopeo
+    host = f"127.0.0.1:{docker_registry.port}"
+    layout = tmp_path / "layout"
+    make_oci_layout(layout, b"buildah payload " * 100)
+    push = run_door([binary, "copy", "--dest-tls-verify=false", "--dest-creds", "AWS:first-password",
+                     f"oci:{layout}:latest", f"docker://{host}/team/app:1"], skopeo_env, timeout=120)
+    assert push.returncode == 0, push.stderr
+    source = CountingSource.make(tmp_path, "first-password", delay=0)
+    config = _command_config(tmp_path, source, host)
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"credHelpers": {host: "awstoken"}}))
+    env = {**no_aws_env(tmp_path, config), "HOME": skopeo_env["HOME"],
+           "XDG_RUNTIME_DIR": skopeo_env["XDG_RUNTIME_DIR"]}
+    storage = ["--root", str(tmp_path / "buildah-root"), "--runroot", str(short_dir),
+               "--storage-driver", "vfs"]
+    got = run_door([binary_path, *storage, "pull", "--authfile", str(authfile), "--tls-verify=false",
+                    f"{host}/team/app:1"], env, timeout=180)
+    assert got.returncode == 0, got.stderr
+    assert source.count == 1
