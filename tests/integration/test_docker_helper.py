@@ -271,3 +271,22 @@ def test_buildah_and_podman_pull_with_the_helper(
                     f"{host}/team/app:1"], env, timeout=180)
     assert got.returncode == 0, got.stderr
     assert source.count == 1
+
+
+def test_the_docker_cli_reads_the_helper_without_a_daemon(tmp_path: Path) -> None:
+    """docker login asks the helper first; with no daemon it stops after showing the user."""
+    docker = require_binary("docker")
+    source = CountingSource.make(tmp_path, "cli-password", delay=0)
+    config = _command_config(tmp_path, source, "registry.example.com")
+    docker_config = tmp_path / "docker"
+    docker_config.mkdir()
+    (docker_config / "config.json").write_text(
+        json.dumps({"credHelpers": {"registry.example.com": "awstoken"}}))
+    env = no_aws_env(tmp_path, config, {"DOCKER_CONFIG": str(docker_config),
+                                        "DOCKER_HOST": "unix:///nonexistent"})
+    login = run_door([docker, "login", "registry.example.com"], env)
+    assert "Authenticating with existing credentials... [Username: AWS]" in login.stdout + login.stderr
+    assert "cli-password" not in login.stdout + login.stderr
+    assert source.count == 1
+    logout = run_door([docker, "logout", "registry.example.com"], env)
+    assert logout.returncode == 0 and "read-only" in logout.stderr
