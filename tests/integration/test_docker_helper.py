@@ -114,7 +114,19 @@ def test_burst_of_50_without_a_daemon_makes_one_source_call(tmp_path: Path) -> N
     procs = [subprocess.Popen([door("docker-credential-awstoken"), "get"], env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(50)]
-    results = [proc.communicate("registry.example.com", timeout=120) for proc in procs]
+    # Every process gets its request before any answer is read: they run at once (calling
+    # communicate() one by one would feed and finish them one after the other).
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("registry.example.com")
+        proc.stdin.close()
+    results = []
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        results.append((proc.stdout.read(), proc.stderr.read()))  # a few lines each
+        proc.wait(timeout=120)
+        proc.stdout.close()
+        proc.stderr.close()
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
         assert json.loads(out)["Secret"] == "burst-password"
