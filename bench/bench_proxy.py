@@ -1,15 +1,16 @@
 """Proxy benchmark: awstoken serve vs nginx with a fixed proxy_set_header, one run.
 
     .venv/bin/python bench/bench_proxy.py [--seconds 5] [--stream-mib 1024] [--rounds 3]
-        [--engines fast,aiohttp] [--only small|stream]
+        [--src DIR,DIR...] [--only small|stream]
 
 Against one local origin (nginx, 1 worker): the origin directly, nginx as a proxy with a
 fixed ``proxy_set_header Authorization`` (256k proxy buffers), and ``awstoken.proxy.serve``
-(1 worker, uvloop, access log off) with each engine asked for. Small responses: wrk -t1
--c32, req/s, p50/p99, CPU per request of the proxy process. Streaming: one GET of a sparse
-file through each proxy with curl, MB/s and the proxy's peak RSS (VmHWM). The proxy is
-pinned to CPU 1, wrk, curl and the origin to CPU 0 (a 2-core machine). Bounded in time;
-talks to 127.0.0.1 only.
+(1 worker, uvloop, access log off), once per source tree given with ``--src`` (default:
+this checkout's ``src``; add another checkout's ``src`` to compare before and after in one
+run). Small responses: wrk -t1 -c32, req/s, p50/p99, CPU per request of the proxy process.
+Streaming: one GET of a sparse file through each proxy with curl, MB/s and the proxy's peak
+RSS (VmHWM). The proxy is pinned to CPU 1, wrk, curl and the origin to CPU 0 (a 2-core
+machine). Bounded in time; talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--stream-mib", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--engines", default="fast", help="comma-separated: fast,aiohttp")
+    parser.add_argument("--src", default=str(HERE.parent / "src"),
+                        help="comma-separated source trees (each a checkout's src/) to compare")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=("small", "stream"),
                         help="measure only small responses or only streaming")
     args = parser.parse_args()
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    trees = [Path(s.strip()).resolve() for s in args.src.split(",") if s.strip()]
     with nginx() as ng:
         big = ng.dir / "files" / "big"
         with open(big, "wb") as fh:
@@ -77,12 +79,14 @@ def main() -> None:
         stream(f"{origin}{path}", None)  # the sparse file's pages into the cache first
         with contextlib.ExitStack() as stack:
             targets = [("nginx proxy_pass + proxy_set_header", ng.proxy_port, ng.proc.pid)]
-            for engine in engines:
+            for tree in trees:
                 port = free_port()
                 argv = [sys.executable, str(HERE / "proxy_main.py"), origin, str(port),
-                        str(args.workers), engine]
-                proc = stack.enter_context(process(argv, port, cpu=cpu, env=env))
-                targets.append((f"awstoken serve, {engine} engine ({args.workers} worker)", port,
+                        str(args.workers)]
+                proc = stack.enter_context(process(argv, port, cpu=cpu,
+                                                   env={**env, "PYTHONPATH": str(tree)}))
+                label = "" if len(trees) == 1 else f", {tree.parent.name}"
+                targets.append((f"awstoken serve ({args.workers} worker{label})", port,
                                 proc.pid))
             # Rounds interleave the targets, so a burst of load on this shared machine hits
             # them alike; each ratio is taken within its round, and the median reported.

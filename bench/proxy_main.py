@@ -1,6 +1,6 @@
 """The awstoken proxy for the benchmark: a fixed token in memory, one route, no access log.
 
-    python bench/proxy_main.py UPSTREAM PORT [WORKERS [ENGINE]]
+    python bench/proxy_main.py UPSTREAM PORT [WORKERS]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ TOKEN_HEADER = "Basic QVdTOmJlbmNoLXRva2Vu"
 def main() -> int:
     upstream, port = sys.argv[1], int(sys.argv[2])
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-    engine = sys.argv[4] if len(sys.argv) > 4 else "fast"
     if workers > 1:
         import tempfile
 
@@ -27,7 +26,7 @@ def main() -> int:
     storage.write("ecr", Token(value=TOKEN_HEADER))
     settings = Settings(
         server=ServerSettings(listen=("127.0.0.1", port), admin_listen=None, workers=workers,
-                              access_log=False, engine=engine),
+                              access_log=False),
         routes=(RouteSettings(prefix="/", upstream=upstream, token="ecr"),))
     return serve(settings, Keeper(storage))
 

@@ -613,8 +613,16 @@ SERVER_KEYS = ("listen", "workers", "admin_listen", "htpasswd", "bearer_tokens_e
                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "shutdown_timeout",
                "access_log", "token_listen", "token_socket_mode", "token_max_age",
                "token_secret_env", "engine")
-ENGINES = ("fast", "aiohttp")
+#: The request paths ``server.engine`` may name. The aiohttp request path was retired
+#: (docs/benchmarks.md, "Why one engine"); the key stays so existing files keep loading.
+ENGINES = ("fast",)
 _LISTEN_EXPECTED = '"host:port", like "127.0.0.1:8080" or "[::1]:8080"'
+
+
+def _engine(value: object) -> str:
+    if value not in ENGINES:
+        raise ValueError(repr(value))
+    return "fast"
 
 
 def parse_listen(value: object) -> tuple[str, int]:
@@ -746,7 +754,7 @@ def _server(table: _Table | None) -> ServerSettings:
         read_timeout=table.duration("read_timeout"),
         shutdown_timeout=table.duration("shutdown_timeout", positive=False),
         access_log=table.boolean("access_log"),
-        engine=table.choice("engine", ENGINES),
+        engine=table.get("engine", _engine, "'fast' (the aiohttp request path was retired)"),
     ))
 
 

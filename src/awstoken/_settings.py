@@ -87,7 +87,7 @@ class ServerSettings:
     token_socket_mode: int = 0o660  # permissions of the token endpoint's unix sockets
     token_max_age: float = 5.0  # Cache-Control max-age of a 204 (0: no-store): nginx's cache time
     token_secret_env: str | None = None  # env var with a secret the X-Awstoken-Secret header must carry
-    engine: Literal["fast", "aiohttp"] = "fast"  # the request path (see docs/benchmarks.md)
+    engine: Literal["fast"] = "fast"  # the request path (see docs/benchmarks.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ while True:
     n += 1
     storage.write("t", awstoken.Token("Basic " + str(n) * 4000, refreshed_at=time.time(),
                                       generation=n))
+    if n == 1:
+        print("written", flush=True)
 """
 
 
@@ -28,10 +30,15 @@ def test_a_writer_killed_mid_write_never_leaves_a_torn_record(tmp_path: Path) ->
     rng = random.Random(7)
     generations = []
     for _ in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store)])
-        time.sleep(0.3 + rng.random() * 0.3)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store)],
+                                stdout=subprocess.PIPE, text=True)
+        # Kill only once a first record exists: on a loaded machine the interpreter's start
+        # alone can outlast any fixed delay, and "no record yet" is not what is tested.
+        assert proc.stdout is not None and proc.stdout.readline() == "written\n"
+        time.sleep(rng.random() * 0.3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         record = awstoken.FileStorage(store).read("t")  # raises StorageError if torn
         assert record is not None and record.value is not None
         digit = str(record.generation)

@@ -80,7 +80,7 @@ connect_timeout = 5
 read_timeout = "2m"
 shutdown_timeout = 0
 access_log = false
-engine = "aiohttp"
+engine = "fast"
 
 [[routes]]
 prefix = "/v2/"
@@ -130,7 +130,7 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
     assert server.htpasswd == str(tmp_path / "users.htpasswd")
     assert server.allow == ("10.0.0.0/8", "::1/128")
     assert (server.workers, server.verify_tls, server.access_log) == (4, False, False)
-    assert server.engine == "aiohttp"
+    assert server.engine == "fast"
     assert (server.connect_timeout, server.read_timeout, server.shutdown_timeout) == (5, 120, 0)
     assert settings.routes == (
         RouteSettings(prefix="/v2/", upstream="https://123456789012.dkr.ecr.eu-west-1."
@@ -364,7 +364,9 @@ BAD: list[tuple[str, str, str, str]] = [
      "at most 300 seconds"),
     ("token-secret-env", EP + "token_secret_env = 'MY-SECRET'\n", "server.token_secret_env",
      "the name of an environment variable"),
-    ("engine", "[server]\nengine = 'fastest'\n", "server.engine", "'fast' or 'aiohttp'"),
+    ("engine", "[server]\nengine = 'fastest'\n", "server.engine", "'fast'"),
+    ("engine-retired", "[server]\nengine = 'aiohttp'\n", "server.engine",
+     "the aiohttp request path was retired"),
 ]
 
 

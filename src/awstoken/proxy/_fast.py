@@ -1,4 +1,4 @@
-"""The fast engine's request path: the same policy as the aiohttp engine over ``_h1``.
+"""The proxy's request path over ``_h1``.
 
 Inbound check, route, token, upstream exchange (401/403 refresh and one retry, redirects
 followed without the token), then the answer: small bodies in one write, index bodies
@@ -57,7 +57,7 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
 
 
 class FastForwarder:
-    """The request handler of the fast engine (one call per request, on its connection)."""
+    """The request handler of the proxy listener (one call per request, on its connection)."""
 
     def __init__(self, *, routes: RouteTable, keeper: Keeper, pool: Pool, auth: InboundAuth,
                  metrics: RouteMetrics, access_log: bool = True,

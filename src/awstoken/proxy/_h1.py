@@ -981,12 +981,3 @@ class Pool:
             conn.abort()
         self.idle.clear()
         await asyncio.sleep(0)
-
-
-def unverified_context() -> ssl.SSLContext:
-    """TLS without certificate checks, for ``verify_tls = false`` only."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-

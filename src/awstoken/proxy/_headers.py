@@ -1,29 +1,24 @@
 """Header policy: what goes upstream and what comes back (repeated headers are kept).
 
 The policy works on ``(name, value)`` pairs in arrival order (:func:`request_header_pairs`,
-:func:`response_header_pairs`), which both engines use; the ``CIMultiDict`` forms are thin
-wrappers for the aiohttp engine.
+:func:`response_header_pairs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
-
 # RFC 9110 section 7.6.1 connection-specific fields, plus the old Proxy-Connection, and the
 # framing fields the proxy sets itself (Content-Length is restored when known).
-HOP_BY_HOP = frozenset(istr(h) for h in (
-    "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
-    "TE", "Trailer", "Transfer-Encoding", "Upgrade"))
-_HOP = frozenset(h.lower() for h in HOP_BY_HOP)
+_HOP = frozenset((
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade"))
 _REQUEST_DROP = _HOP | {"host", "authorization", "expect", "x-forwarded-for",
                         "x-forwarded-proto", "x-forwarded-host"}
 _RESPONSE_DROP = _HOP | {"content-length"}
 # Headers that never follow a redirect to another host.
-CROSS_HOST_DROP = frozenset(istr(h) for h in ("Authorization", "Cookie", "X-Forwarded-For",
-                                              "X-Forwarded-Host", "X-Forwarded-Proto"))
-_CROSS_HOST_DROP = frozenset(h.lower() for h in CROSS_HOST_DROP)
+_CROSS_HOST_DROP = frozenset(("authorization", "cookie", "x-forwarded-for", "x-forwarded-host",
+                              "x-forwarded-proto"))
 
 Pairs = list[tuple[str, str]]
 
@@ -83,15 +78,3 @@ def cross_host_pairs(pairs: Iterable[tuple[str, str]], token_header: str) -> Pai
     token_key = token_header.lower()
     return [(k, v) for k, v in pairs if (low := k.lower()) not in _CROSS_HOST_DROP
             and low != token_key]
-
-
-def upstream_request_headers(headers: CIMultiDictProxy[str], *, token_header: str,
-                             client_ip: str | None, proto: str, host: str | None) -> CIMultiDict[str]:
-    """:func:`request_header_pairs` for an aiohttp request's headers."""
-    return CIMultiDict(request_header_pairs(list(headers.items()), token_header=token_header,
-                                            client_ip=client_ip, proto=proto, host=host))
-
-
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """:func:`response_header_pairs` for an aiohttp response's headers."""
-    return CIMultiDict(response_header_pairs(list(headers.items())))

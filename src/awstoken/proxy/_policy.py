@@ -1,4 +1,4 @@
-"""Request policy shared by both engines: error bodies, upstream failures, token refresh."""
+"""Request policy: error bodies, upstream failures, token refresh after a refusal."""
 
 from __future__ import annotations
 

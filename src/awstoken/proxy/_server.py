@@ -19,76 +19,31 @@ import ctypes
 import logging
 import os
 import signal
-import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
-from .._config import ENGINES
 from .._errors import ConfigError
 from .._keeper import Keeper
-from .._settings import ServerSettings, Settings
+from .._settings import Settings
 from ..storage import MemoryStorage
 from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._fast import FastForwarder
-from ._forward import Forwarder
-from ._h1 import Frontend, Pool, unverified_context
+from ._h1 import Frontend, Pool
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._prom import merge_exposition
 from ._routes import RouteTable
 from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
-from ._upstream import Upstream, tls_context
+from ._upstream import tls_context
 
 log = logging.getLogger("awstoken.proxy")
-
-#: Request heads up to this size are accepted (and upstream response heads read).
-MAX_FIELD_SIZE = 64 * 1024
-
-
-class _ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp's server logger, with a malformed request as one line instead of a traceback.
-
-    Any client can send garbage: a traceback per bad request would flood the log, and the
-    parser's message quotes the offending bytes (which may be the client's credentials), so
-    only its first line is kept.
-    """
-
-    def exception(self, msg: object, *args: object, exc_info: object = True,
-                  **kwargs: Any) -> None:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError):
-            first = (exc.message or "").strip().splitlines()
-            reason = first[0].rstrip(":") if first else f"status {exc.code}"
-            remote = args[0] if args else "-"
-            log.info("awstoken: %d for a malformed request from %s: %s", exc.code, remote,
-                     reason)
-            return
-        super().exception(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
-
-
-def check_engine(settings: Settings) -> str:
-    """The configured engine, validated."""
-    engine = settings.server.engine
-    if engine not in ENGINES:
-        raise ConfigError(f"server.engine must be one of {', '.join(map(repr, ENGINES))}, "
-                          f"not {engine!r}")
-    return engine
-
-
-def fast_tls_context(settings: ServerSettings) -> ssl.SSLContext:
-    """The fast engine's upstream TLS: verified unless ``verify_tls`` is off."""
-    context = tls_context(settings)
-    return context if isinstance(context, ssl.SSLContext) else unverified_context()
-
 
 def token_names(settings: Settings, routes: RouteTable) -> list[str]:
     """Every token the server depends on; routes must name configured tokens."""
@@ -130,11 +85,7 @@ class ProxyServer:
         self.auth = InboundAuth(settings.server)
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouteMetrics(self.registry)
-        self.engine = check_engine(settings)
-        self.upstream = Upstream(settings.server)  # also validates the TLS settings
-        self.forwarder = Forwarder(routes=self.routes, keeper=keeper, upstream=self.upstream,
-                                   auth=self.auth, metrics=self.metrics,
-                                   access_log=settings.server.access_log)
+        self.tls = tls_context(settings.server)  # also validates the TLS settings
         self._pool: Pool | None = None
         self._frontend: Frontend | None = None
         self.reuse_port = reuse_port
@@ -148,7 +99,6 @@ class ProxyServer:
         self.with_token_endpoint = token_endpoint and bool(settings.server.token_listen)
         self.token_secret = load_secret(settings.server) if self.with_token_endpoint else None
         self.token_listeners: TokenListeners | None = None
-        self._web: web.Server | None = None
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
         self._aux_listeners: list[asyncio.Server] = []
@@ -187,20 +137,12 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         if self.with_proxy:
             host, port = self.settings.server.listen
-            factory: Callable[[], asyncio.BaseProtocol]
-            if self.engine == "fast":
-                server = self.settings.server
-                self._pool = Pool(ssl_context=fast_tls_context(server),
-                                  connect_timeout=server.connect_timeout,
-                                  read_timeout=server.read_timeout)
-                self._frontend = factory = Frontend(FastForwarder(
-                    routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
-                    metrics=self.metrics, access_log=server.access_log))
-            else:
-                self._web = factory = web.Server(
-                    self.forwarder, handler_cancellation=True, access_log=None,
-                    max_field_size=MAX_FIELD_SIZE,
-                    logger=_ProtocolLog(logging.getLogger("aiohttp.server")))
+            server = self.settings.server
+            self._pool = Pool(ssl_context=self.tls, connect_timeout=server.connect_timeout,
+                              read_timeout=server.read_timeout)
+            self._frontend = factory = Frontend(FastForwarder(
+                routes=self.routes, keeper=self.keeper, pool=self._pool, auth=self.auth,
+                metrics=self.metrics, access_log=server.access_log))
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -245,9 +187,6 @@ class ProxyServer:
         self._stopped = True
         for server in self._listeners:
             server.close()
-        if self._web is not None:
-            self._web.pre_shutdown()
-            await self._web.shutdown(self.settings.server.shutdown_timeout)
         if self._frontend is not None:
             await self._frontend.shutdown(self.settings.server.shutdown_timeout)
         for server in self._aux_listeners:
@@ -256,7 +195,6 @@ class ProxyServer:
             await aux.shutdown(1.0)
         if self.token_listeners is not None:
             await self.token_listeners.stop()
-        await self.upstream.close()
         if self._pool is not None:
             await self._pool.close()
         for server in (*self._listeners, *self._aux_listeners):
@@ -350,9 +288,8 @@ def serve(settings: Settings, keeper: Keeper) -> int:
     check_something_to_serve(settings)
     RouteTable(settings.routes)
     InboundAuth(settings.server)
-    Upstream(settings.server)
+    tls_context(settings.server)
     load_secret(settings.server)
-    check_engine(settings)
     workers = settings.server.workers
     tune_malloc()
     if workers < 1:

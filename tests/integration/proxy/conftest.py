@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -11,30 +10,6 @@ import pytest
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("httptools")
-
-
-ENGINES = ("fast", "aiohttp")
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests that start the proxy (through ``running_proxy``, or a process that takes its
-    engine from ``tests.fixtures.proxy.ENGINE``) run against both engines; the others (which
-    start ``awstoken serve`` from their own files) run once, on the default."""
-    names = vars(metafunc.module)
-    if "running_proxy" in names or "proxy_fixtures" in names:
-        metafunc.parametrize("engine", ENGINES, indirect=True)
-
-
-@pytest.fixture(autouse=True)
-def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The engine ``running_proxy`` starts for this test (``[server] engine``)."""
-    from tests.fixtures import proxy
-
-    previous, proxy.ENGINE = proxy.ENGINE, getattr(request, "param", "fast")
-    try:
-        yield proxy.ENGINE
-    finally:
-        proxy.ENGINE = previous
 
 
 @dataclass

@@ -7,7 +7,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.fixtures import proxy as proxy_fixtures
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
@@ -30,7 +29,6 @@ format = "Bearer {{token}}"
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
-engine = "{proxy_fixtures.ENGINE}"
 
 [[routes]]
 prefix = "/"

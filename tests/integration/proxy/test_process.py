@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fixtures import proxy as proxy_fixtures
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
 
@@ -26,7 +25,7 @@ def serving(upstream: Upstream, tmp_path: Path,
     port, admin = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.proxy.serve_main", upstream.url, str(port),
-         str(admin), str(tmp_path / "tokens"), str(workers), proxy_fixtures.ENGINE],
+         str(admin), str(tmp_path / "tokens"), str(workers)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_port(port)
