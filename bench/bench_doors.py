@@ -116,6 +116,8 @@ def run(tmp: Path, aws: str, endpoint: str, rounds: int) -> None:
                                            ECR_HOST, door_env),
         "awstoken kubelet-credential-provider": ([str(BIN / "awstoken"),
                                                   "kubelet-credential-provider"], request, door_env),
+        "awstoken-kubelet-credential-provider": ([str(BIN / "awstoken-kubelet-credential-provider")],
+                                                 request, door_env),
     }
     if (BIN / "keyring").exists():
         commands["keyring --mode creds get URL"] = (

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from ._doors import NotFound, credentials, load_settings, obtain, registries, registry_token
+from ._doors import NotFound, credentials, load_settings, obtain, registries, registry_token, remember
 from ._errors import AwstokenError
 from ._settings import Settings
 
@@ -89,22 +89,8 @@ def _get(config: str | None, server_url: str, stdout: TextIO, stderr: TextIO) ->
     user, secret = credentials(answer.value, settings.tokens[name])
     json.dump({"ServerURL": server_url, "Username": user, "Secret": secret}, stdout)
     print(file=stdout)
-    if settings.storage.type == "file" and settings.path is not None:
-        _remember(settings)
+    remember(settings)
     return 0
-
-
-def _remember(settings: Settings) -> None:
-    """Leave the index the next call's fast path reads (see _fastdoor)."""
-    from ._fastdoor import write_index
-    from .storage.file import default_directory
-
-    assert settings.path is not None
-    storage = settings.storage.path or str(default_directory())
-    write_index(settings.path, storage, {
-        host: (name, settings.tokens[name].source in ("ecr", "ecr-public"),
-               settings.tokens[name].basic_user)
-        for host, name in registries(settings).items()})
 
 
 def console() -> None:

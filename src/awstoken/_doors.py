@@ -98,6 +98,20 @@ def registries(settings: Settings) -> dict[str, str]:
     return found
 
 
+def remember(settings: Settings) -> None:
+    """Leave the index the next door's fast path reads (see _fastdoor); file storage only."""
+    if settings.storage.type != "file" or settings.path is None:
+        return
+    from ._fastdoor import write_index
+    from .storage.file import default_directory
+
+    storage = settings.storage.path or str(default_directory())
+    write_index(settings.path, storage, {
+        host: (name, settings.tokens[name].source in ("ecr", "ecr-public"),
+               settings.tokens[name].basic_user, settings.tokens[name].interval)
+        for host, name in registries(settings).items()})
+
+
 def token_registries(token: TokenSettings) -> tuple[str, ...]:
     """The registry hosts of one token: ``registries``, then the host its ECR source implies."""
     opts = token.options

@@ -26,6 +26,10 @@ import sys
 import time
 import zlib
 
+TYPE_CHECKING = False  # not from typing: importing it costs more than the whole answer
+if TYPE_CHECKING:
+    from typing import Any
+
 #: As ``_doors.DOOR_MARGIN``: a token with less left goes the full path (which refreshes it).
 MARGIN = 30.0
 _VERSION = 1
@@ -105,31 +109,47 @@ def _read_private(path: str) -> bytes | None:
 
 def docker_get(server_url: str, config: str | None) -> dict[str, str] | None:
     """The helper's answer from the index and the stored record, or None (take the full path)."""
-    config = config or os.environ.get("AWSTOKEN_CONFIG")
-    if not config or not server_url:
-        return None
     try:
-        real, path = index_path(config)
-        signature = _signature(real)
-        raw = _read_private(path)
-        if raw is None:
+        found = _index_entry(config, _host(server_url))
+        if found is None:
             return None
-        index = json.loads(raw)
-        if (index.get("version") != _VERSION or index.get("config") != real
-                or index.get("signature") != signature):
+        index, entry = found
+        name, ecr, basic_user, _ = entry
+        record = _usable_record(index["storage"], name)
+        if record is None:
             return None
-        entry = index["registries"].get(_host(server_url))
-        if entry is None:
-            return None
-        name, ecr, basic_user = entry
-        record = json.loads(_read_record(index["storage"], name))
-        value, expires_at = record.get("value"), record.get("expires_at")
-        if not isinstance(value, str) or (expires_at is not None and time.time() + MARGIN >= expires_at):
-            return None
-        user, secret = split(value, bool(ecr), basic_user)
+        user, secret = split(str(record["value"]), bool(ecr), str(basic_user) if basic_user else None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return {"ServerURL": server_url, "Username": user, "Secret": secret}
+
+
+def _index_entry(config: str | None, host: str) -> tuple[dict[str, Any], list[Any]] | None:
+    """(the index, its entry for ``host``) when the index matches the configuration file."""
+    config = config or os.environ.get("AWSTOKEN_CONFIG")
+    if not config or not host:
+        return None
+    real, path = index_path(config)
+    signature = _signature(real)
+    raw = _read_private(path)
+    if raw is None:
+        return None
+    index = json.loads(raw)
+    if (index.get("version") != _VERSION or index.get("config") != real
+            or index.get("signature") != signature):
+        return None
+    entry = index["registries"].get(host)
+    return None if entry is None else (index, entry)
+
+
+def _usable_record(directory: object, name: object) -> dict[str, Any] | None:
+    if not isinstance(directory, str) or not isinstance(name, str):
+        return None
+    record = json.loads(_read_record(directory, name))
+    value, expires_at = record.get("value"), record.get("expires_at")
+    if not isinstance(value, str) or (expires_at is not None and time.time() + MARGIN >= expires_at):
+        return None
+    return dict(record)
 
 
 def _read_record(directory: str, name: str) -> bytes:
@@ -150,7 +170,10 @@ def _host(server_url: str) -> str:
     return host[:-4] if host.endswith(":443") else host
 
 
-def write_index(config: str, storage: str, registries: dict[str, tuple[str, bool, str | None]]) -> None:
+Entry = tuple[str, bool, "str | None", float]
+
+
+def write_index(config: str, storage: str, registries: dict[str, Entry]) -> None:
     """Record what the full path found for ``config`` (best effort: never fails a door)."""
     try:
         real, path = index_path(config)
@@ -194,3 +217,96 @@ def docker_console() -> None:
     from ._docker_helper import main
 
     sys.exit(main(args))
+
+
+# -- the kubelet credential provider ------------------------------------------------------------
+
+#: As ``_rotator.DEFAULT_ADVISORY``: a keeper refreshes this long before expiry (at most a
+#: third of the token's lifetime).
+ADVISORY = 15 * 60.0
+KUBELET_VERSIONS = ("v1", "v1beta1", "v1alpha1")
+KUBELET_GROUP = "credentialprovider.kubelet.k8s.io"
+
+
+def refresh_due(refreshed_at: float, expires_at: float | None, interval: float) -> float:
+    """When a keeper refreshes the record (``Schedule.refresh_due`` with default windows)."""
+    due = refreshed_at + interval
+    if expires_at is not None:
+        due = min(due, expires_at - min(ADVISORY, max(expires_at - refreshed_at, 0.0) / 3))
+    return due
+
+
+def cache_seconds(refreshed_at: float, expires_at: float | None, interval: float, now: float) -> float:
+    """How long the kubelet may cache a token: until its refresh is due, or, when that has
+    passed (no keeper running), until the door's margin before its expiry."""
+    seconds = refresh_due(refreshed_at, expires_at, interval) - now
+    if expires_at is not None:
+        if seconds <= 0:
+            seconds = expires_at - MARGIN - now
+        seconds = min(seconds, expires_at - MARGIN - now)
+    return max(seconds, 0.0)
+
+
+def go_duration(seconds: float) -> str:
+    """A Go ``time.Duration`` string (``"5h45m0s"``, ``"0s"``) for whole seconds."""
+    total = max(int(seconds), 0)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def image_registry(image: str) -> str:
+    """The registry host of an image reference (``HOST[:PORT]/repo[:tag][@digest]``)."""
+    first, sep, _ = image.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        return "docker.io"  # a Docker Hub short name ("nginx", "library/nginx")
+    return first.lower()
+
+
+def kubelet_response(request_text: str, config: str | None) -> dict[str, object] | None:
+    """The CredentialProviderResponse from the index, or None (take the full path)."""
+    try:
+        request = json.loads(request_text)
+        api = request.get("apiVersion")
+        image = request.get("image")
+        if (api not in [f"{KUBELET_GROUP}/{v}" for v in KUBELET_VERSIONS]
+                or request.get("kind") != "CredentialProviderRequest"
+                or not isinstance(image, str) or not image.strip()):
+            return None
+        host = image_registry(image.strip())
+        found = _index_entry(config, host)
+        if found is None:
+            return None
+        index, (name, ecr, basic_user, interval) = found
+        record = _usable_record(index["storage"], name)
+        if record is None:
+            return None
+        user, secret = split(str(record["value"]), bool(ecr), str(basic_user) if basic_user else None)
+        expires_at = record.get("expires_at")
+        seconds = cache_seconds(float(record.get("refreshed_at") or 0.0),
+                                None if expires_at is None else float(expires_at),
+                                float(interval), time.time())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {"apiVersion": api, "kind": "CredentialProviderResponse", "cacheKeyType": "Registry",
+            "cacheDuration": go_duration(seconds), "auth": {host: {"username": user, "password": secret}}}
+
+
+def kubelet_console() -> None:
+    """``awstoken-kubelet-credential-provider``: the index's answer when it has one."""
+    request = sys.stdin.read(1 << 20)
+    if sys.argv[1:] == []:
+        answer = kubelet_response(request, None)
+        if answer is not None:
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.exit(0)
+    import io
+
+    from ._kubelet import main
+
+    config = sys.argv[2] if sys.argv[1:2] in (["-c"], ["--config"]) and len(sys.argv) == 3 else None
+    sys.exit(main(config, stdin=io.StringIO(request)))

@@ -30,42 +30,22 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ._doors import DOOR_MARGIN, Answer, NotFound, credentials, load_settings, obtain, registry_token
+from ._doors import NotFound, credentials, load_settings, obtain, registry_token, remember
 from ._errors import AwstokenError
-from ._rotator import Schedule
+from ._fastdoor import (
+    KUBELET_GROUP,
+    KUBELET_VERSIONS,
+    cache_seconds,
+    go_duration,
+    image_registry,
+)
 from ._settings import Settings
 
-GROUP = "credentialprovider.kubelet.k8s.io"
-VERSIONS = ("v1", "v1beta1", "v1alpha1")
+GROUP = KUBELET_GROUP
+VERSIONS = KUBELET_VERSIONS
 PROG = "awstoken kubelet-credential-provider"
 #: The request is a few hundred bytes; refuse to read more than this.
 MAX_REQUEST = 1 << 20
-
-
-def go_duration(seconds: float) -> str:
-    """A Go ``time.Duration`` string (``"5h45m0s"``, ``"0s"``) for whole seconds."""
-    total = max(int(seconds), 0)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
-def cache_seconds(answer: Answer, settings: Settings, now: float) -> float:
-    """How long the kubelet may cache ``answer``: until the token is due for refresh, or,
-    when that has passed (no keeper running), until the door's margin before expiry."""
-    token = settings.tokens[answer.name]
-    record = answer.record
-    due = Schedule(interval=token.interval, retry=token.retry).refresh_due(record)
-    seconds = due - now
-    if seconds <= 0:
-        seconds = (record.expires_at - DOOR_MARGIN - now) if record.expires_at is not None else 0.0
-    if record.expires_at is not None:
-        seconds = min(seconds, record.expires_at - DOOR_MARGIN - now)
-    return max(seconds, 0.0)
 
 
 def parse_request(text: str) -> tuple[str, str]:
@@ -89,14 +69,6 @@ def parse_request(text: str) -> tuple[str, str]:
     return str(api), image.strip()
 
 
-def image_registry(image: str) -> str:
-    """The registry host of an image reference (``HOST[:PORT]/repo[:tag][@digest]``)."""
-    first, sep, _ = image.partition("/")
-    if not sep or not ("." in first or ":" in first or first == "localhost"):
-        return "docker.io"  # a Docker Hub short name ("nginx", "library/nginx")
-    return first.lower()
-
-
 def respond(settings: Settings, api: str, image: str, *,
             clock: Callable[[], float] = time.time) -> dict[str, Any]:
     """The CredentialProviderResponse for ``image``; raise NotFound on a miss."""
@@ -104,8 +76,11 @@ def respond(settings: Settings, api: str, image: str, *,
     name = registry_token(settings, host)
     answer = obtain(settings, name, clock=clock)
     user, password = credentials(answer.value, settings.tokens[name])
+    token, record = settings.tokens[name], answer.record
+    seconds = cache_seconds(record.refreshed_at, record.expires_at, token.interval, clock())
+    remember(settings)
     return {"apiVersion": api, "kind": "CredentialProviderResponse", "cacheKeyType": "Registry",
-            "cacheDuration": go_duration(cache_seconds(answer, settings, clock())),
+            "cacheDuration": go_duration(seconds),
             "auth": {host: {"username": user, "password": password}}}
 
 

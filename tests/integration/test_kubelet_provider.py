@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,13 @@ def _request(image: str, version: str = "v1") -> str:
                        "image": image})
 
 
-def _provide(env: dict[str, str], request: str) -> tuple[int, dict[str, Any] | None, str]:
-    got = run_door([door("awstoken"), "kubelet-credential-provider"], env, request)
+FULL = ["awstoken", "kubelet-credential-provider"]
+FAST = ["awstoken-kubelet-credential-provider"]
+
+
+def _provide(env: dict[str, str], request: str,
+             command: list[str] = FULL) -> tuple[int, dict[str, Any] | None, str]:
+    got = run_door([door(command[0]), *command[1:]], env, request)
     return got.returncode, json.loads(got.stdout) if got.stdout else None, got.stderr
 
 
@@ -138,5 +144,29 @@ def test_the_example_config_names_this_command() -> None:
     text = EXAMPLE.read_text()
     assert "kind: CredentialProviderConfig" in text
     assert "apiVersion: credentialprovider.kubelet.k8s.io/v1" in text
-    assert 'args: ["kubelet-credential-provider"]' in text
+    assert "name: awstoken-kubelet-credential-provider" in text
     assert "matchImages:" in text and "AWSTOKEN_CONFIG" in text
+
+
+def test_the_fast_script_answers_like_the_full_path(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[tokens.reg]\ncommand = "false"\nbasic_user = "robot"\n'
+                               'registries = ["registry.example.com"]\ninterval = "1h"\n')
+    env = no_aws_env(tmp_path, config)
+    store(tmp_path / "tokens", "reg", basic("robot", "pw"), lifetime=7200)
+    request = _request("registry.example.com/app:1", "v1beta1")
+    answers = []
+    for command in (FAST, FULL, FAST):  # no index yet, the full path writes it, then a hit
+        code, response, err = _provide(env, request, command)
+        assert code == 0, err
+        assert response is not None
+        _check_response_shape(response, f"{GROUP}/v1beta1")
+        answers.append(response)
+    assert answers[0]["auth"] == answers[1]["auth"] == answers[2]["auth"] == {
+        "registry.example.com": {"username": "robot", "password": "pw"}}
+    for response in answers:
+        assert 3600 - 120 <= _seconds(response["cacheDuration"]) <= 3600
+    hit = run_door([sys.executable, "-X", "importtime", door(FAST[0])], env, request)
+    assert hit.returncode == 0 and "awstoken._config" not in hit.stderr
+    # Bad requests and misses go the full path, which says why.
+    code, response, err = _provide(env, "not json", FAST)
+    assert (code, response) == (1, None) and "not JSON" in err

@@ -134,3 +134,15 @@ def test_kubelet_helpers() -> None:
     assert image_registry("Registry.Example:5000/a/b@sha256:00") == "registry.example:5000"
     assert image_registry("localhost/app") == "localhost"
     assert image_registry("nginx") == image_registry("library/nginx:1") == "docker.io"
+
+
+@pytest.mark.parametrize(("refreshed", "expires", "interval"), [
+    (1000.0, None, 3600.0), (1000.0, 1000.0 + 43200, 21600.0), (1000.0, 1000.0 + 900, 21600.0),
+    (1000.0, 1000.0 + 3600, 600.0), (1000.0, 900.0, 60.0)])
+def test_the_fast_paths_refresh_due_is_the_schedules(refreshed: float, expires: float | None,
+                                                      interval: float) -> None:
+    from awstoken import Schedule
+    from awstoken._fastdoor import refresh_due
+
+    record = Token(value="v", expires_at=expires, refreshed_at=refreshed)
+    assert refresh_due(refreshed, expires, interval) == Schedule(interval=interval).refresh_due(record)
