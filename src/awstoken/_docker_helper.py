@@ -91,8 +91,3 @@ def _get(config: str | None, server_url: str, stdout: TextIO, stderr: TextIO) ->
     print(file=stdout)
     remember(settings)
     return 0
-
-
-def console() -> None:
-    """The full path as a console entry point (the script itself is ``_fastdoor``'s)."""
-    sys.exit(main())
