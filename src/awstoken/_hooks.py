@@ -9,6 +9,7 @@ also count their runs and failures (:class:`HookStats`) for status output and me
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shlex
@@ -159,15 +160,23 @@ class FileSink(_CountedHook):
         assert self.render is not None
         what = f"token {name!r}: {self.describe()}"
         try:
-            with open(self.path, "rb") as fh:
-                mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+            # Never through a symlink: its target may be anything (another user's file).
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise HookError(f"{what}: not a regular file; left untouched")
+                mode = stat.S_IMODE(info.st_mode)
                 old: str | None = fh.read().decode("utf-8")
         except FileNotFoundError:
             old, mode = None, self.mode
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HookError(f"{what}: is a symbolic link; left untouched (point sink at "
+                                "the file itself)") from None
+            raise HookError(f"{what}: cannot read: {exc.strerror or type(exc).__name__}") from None
         except UnicodeDecodeError:
             raise HookError(f"{what}: not UTF-8 text; left untouched") from None
-        except OSError as exc:
-            raise HookError(f"{what}: cannot read: {exc.strerror or type(exc).__name__}") from None
         try:
             return self.render(old, token).encode("utf-8"), mode
         except HookError as exc:

@@ -200,3 +200,22 @@ def test_an_unparsable_file_is_left_untouched_with_a_clear_error(tmp_path: Path)
     assert "docker-config: not valid JSON (line 1)" in error and "left untouched" in error
     assert str(config_json) in error and "pw-1" not in error
     assert config_json.read_text() == "{ broken"
+
+
+def test_a_symlinked_file_is_not_followed(tmp_path: Path) -> None:
+    """The attack: a link planted at the path would make awstoken copy its target (another
+    user's file) into a file of its own, or rewrite it."""
+    target = tmp_path / "someone-elses-secrets"
+    target.write_text("machine bank.example login victim password hunter2\n")
+    netrc = tmp_path / "netrc"
+    netrc.symlink_to(target)
+    rotator, password = _rotator(tmp_path, 'basic_user = "aws"\nindexes = ["https://i.example/"]\n'
+                                           f'sink = "{netrc}"\nsink_format = "netrc"\n', "pypi")
+    password.write_text("pw-1")
+    rotator.refresh()
+    hook = rotator.on_rotate[0]
+    assert isinstance(hook, FileSink)
+    assert hook.stats.failures == 1
+    assert "is a symbolic link; left untouched" in (hook.stats.last_error or "")
+    assert netrc.is_symlink()
+    assert target.read_text() == "machine bank.example login victim password hunter2\n"
