@@ -16,6 +16,7 @@ from tests.fixtures.binaries import require_binary
 from tests.fixtures.doors import CountingSource, basic, door, no_aws_env, run_door, store
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import stop
+from tests.fixtures.redis import RedisServer
 from tests.fixtures.registry import Registry, make_oci_layout
 
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -302,3 +303,31 @@ def test_the_docker_cli_reads_the_helper_without_a_daemon(tmp_path: Path) -> Non
     assert source.count == 1
     logout = run_door([docker, "logout", "registry.example.com"], env)
     assert logout.returncode == 0 and "read-only" in logout.stderr
+
+
+def test_redis_storage_burst_makes_one_source_call(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Shared storage across hosts: the doors lead through Redis's lease, as keepers do."""
+    pytest.importorskip("redis")
+    source = CountingSource.make(tmp_path, "redis-password", delay=1.0)
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f'[storage]\ntype = "redis"\nurl = "{redis_server.url}"\n\n'
+                      f'[tokens.repo]\ncommand = ["{source.script}"]\nbasic_user = "AWS"\n'
+                      'registries = ["registry.example.com"]\n')
+    env = no_aws_env(tmp_path, config)
+    procs = [subprocess.Popen([door("docker-credential-awstoken"), "get"], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(10)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("registry.example.com")
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(timeout=120)
+        proc.stdout.close()
+        proc.stderr.close()
+        assert proc.returncode == 0, err
+        assert json.loads(out)["Secret"] == "redis-password"
+    assert source.count == 1
+    assert not list((tmp_path / "awstoken-dir").glob("doors-*.json"))  # no fast path on Redis
