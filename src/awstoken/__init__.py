@@ -77,6 +77,8 @@ _LAZY: dict[str, str] = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "storage":  # a subpackage that `import awstoken` used to load
+        return importlib.import_module(".storage", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'awstoken' has no attribute {name!r}")
