@@ -2,7 +2,7 @@
 # Install the real peers the integration tests run (Debian packages), when missing.
 # Needs root (CI runs as root). Locally, tests whose peer is missing are skipped instead.
 set -euo pipefail
-packages=(redis-server openssl nginx libnginx-mod-http-lua docker-registry skopeo wrk hyperfine apache2-utils systemd caddy)
+packages=(redis-server openssl nginx libnginx-mod-http-lua docker-registry skopeo buildah podman wrk hyperfine apache2-utils systemd caddy)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

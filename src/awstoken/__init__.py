@@ -13,56 +13,82 @@ without module state. The native AWS sources (:class:`ECR`, :class:`ECRPublic`,
 :mod:`awstoken.aws` and are importable from here too; botocore loads only when one is used.
 """
 
-from typing import TYPE_CHECKING, Any
+import importlib
 
-from ._api import (
-    create,
-    default_keeper,
-    manage,
-    rotate,
-    set_interval,
-    set_retry,
-    set_storage,
-    set_timeout,
-    token,
-)
-from ._errors import (
-    AwstokenError,
-    CommandError,
-    CommandTimeout,
-    ConfigError,
-    HookError,
-    HookTimeout,
-    SourceError,
-    StorageError,
-    TokenExpiredError,
-    TokenUnavailableError,
-    TokenValueError,
-)
-from ._hooks import CommandHook, FileSink, HookStats
-from ._keeper import Keeper
-from ._rotator import RotateHook, Rotator, Schedule
-from ._sources import Command, Fetched, FunctionSource, Source
-from ._token import Token
-from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
-from .storage import FileStorage, Lease, MemoryStorage, RedisStorage, Storage
-
+# Not `from typing import TYPE_CHECKING`: importing typing costs a credential door more than
+# the rest of its answer (type checkers treat this name the same way).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._api import (
+        create,
+        default_keeper,
+        manage,
+        rotate,
+        set_interval,
+        set_retry,
+        set_storage,
+        set_timeout,
+        token,
+    )
+    from ._errors import (
+        AwstokenError,
+        CommandError,
+        CommandTimeout,
+        ConfigError,
+        HookError,
+        HookTimeout,
+        SourceError,
+        StorageError,
+        TokenExpiredError,
+        TokenUnavailableError,
+        TokenValueError,
+    )
+    from ._hooks import CommandHook, FileSink, HookStats
+    from ._keeper import Keeper
+    from ._rotator import RotateHook, Rotator, Schedule
+    from ._sources import Command, Fetched, FunctionSource, Source
+    from ._token import Token
+    from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
     from .aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
+    from .storage import FileStorage, Lease, MemoryStorage, RedisStorage, Storage
 
 __version__ = "0.1.0.dev0"
 
-# Names served by awstoken.aws, imported on first access so that `import awstoken` never
-# imports botocore.
-_AWS_SOURCES = frozenset({"CodeArtifact", "ECR", "ECRPublic", "EKS", "RDS"})
+# Every public name is imported from its module on first access (PEP 562): the credential
+# doors (short-lived processes started by docker, pip, the kubelet) import only what they
+# use, and `import awstoken` never imports botocore (the native sources live in .aws).
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("create", "default_keeper", "manage", "rotate", "set_interval",
+                     "set_retry", "set_storage", "set_timeout", "token"), "._api"),
+    **dict.fromkeys(("AwstokenError", "CommandError", "CommandTimeout", "ConfigError",
+                     "HookError", "HookTimeout", "SourceError", "StorageError",
+                     "TokenExpiredError", "TokenUnavailableError", "TokenValueError"), "._errors"),
+    **dict.fromkeys(("CommandHook", "FileSink", "HookStats"), "._hooks"),
+    "Keeper": "._keeper",
+    **dict.fromkeys(("RotateHook", "Rotator", "Schedule"), "._rotator"),
+    **dict.fromkeys(("Command", "Fetched", "FunctionSource", "Source"), "._sources"),
+    "Token": "._token",
+    **dict.fromkeys(("Transform", "basic", "basic_auth", "bearer", "template",
+                     "validate_value"), "._transforms"),
+    **dict.fromkeys(("ECR", "EKS", "RDS", "CodeArtifact", "ECRPublic"), ".aws"),
+    **dict.fromkeys(("FileStorage", "Lease", "MemoryStorage", "RedisStorage", "Storage"),
+                    ".storage"),
+}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _AWS_SOURCES:
-        from . import aws
+def __getattr__(name: str) -> object:
+    if name == "storage":  # a subpackage that `import awstoken` used to load
+        return importlib.import_module(".storage", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'awstoken' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(aws, name)
-    raise AttributeError(f"module 'awstoken' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -16,7 +16,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _jsonout
 from ._errors import AwstokenError, ConfigError
@@ -24,6 +24,7 @@ from ._logging import FORMATS, parse_level
 from ._settings import (
     Address,
     CacheSettings,
+    FileWrite,
     RouteSettings,
     ServerSettings,
     Settings,
@@ -320,7 +321,7 @@ _SOURCE_KEYS: dict[str, tuple[str, ...]] = {
 #: Keys every token accepts, whatever its source.
 TOKEN_KEYS: tuple[str, ...] = ("source", "format", "basic_user", "interval", "retry", "timeout",
                                 "sink", "sink_content", "sink_mode", "on_rotate", "hook_timeout",
-                                "hook_env")
+                                "hook_env", "registries", "indexes", "sink_format", "writes")
 
 _ACCOUNT = re.compile(r"\d{12}")
 _ACCOUNT_EXPECTED = 'a 12-digit AWS account id as a string (quoted: "123456789012")'
@@ -367,13 +368,112 @@ def _token(report: _Report, name: str, table: _Table, aws_ok: bool) -> TokenSett
         on_rotate=table.get("on_rotate", _argv, "a non-empty list of strings (an argv, run "
                             "without a shell; the token arrives on stdin)"),
         hook_timeout=table.duration("hook_timeout"),
-        hook_env=table.get("hook_env", _env_names, "a list of environment variable names")))
+        hook_env=table.get("hook_env", _env_names, "a list of environment variable names"),
+        registries=table.get("registries", _registries, 'an array of registry hosts like '
+                             '["123456789012.dkr.ecr.us-east-1.amazonaws.com", "registry:5000"]'),
+        indexes=table.get("indexes", _indexes, 'an array of index URLs like '
+                          '["https://pypi.example.com/simple/"]'),
+        sink_format=_sink_format(table),
+        writes=_writes(table)))
 
 
 def _env_names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(
             isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in value):
         raise ValueError("")
+    return tuple(value)
+
+
+_FORMATS_EXPECTED = ('one of "docker-config", "pip-conf", "pypirc", "npmrc", "netrc"')
+
+
+def _targets_error(fmt: str, table: _Table, url: object) -> str | None:
+    """Why a file of format ``fmt`` would have no registry or URL to write, or None."""
+    if url is not None:
+        return None
+    if fmt == "docker-config":
+        opts = table.data
+        implied = opts.get("source") == "ecr" and "registry_id" in opts and "region" in opts
+        return None if "registries" in opts or implied else (
+            "needs registries = [...] on the token (or an ecr source with registry_id and region)")
+    return None if "indexes" in table.data else "needs indexes = [...] on the token"
+
+
+def _sink_format(table: _Table) -> str | Any:
+    if "sink_format" not in table.data:
+        return MISSING
+    from ._formats import FORMATS
+
+    fmt = table.choice("sink_format", FORMATS)
+    if fmt is MISSING:
+        return MISSING
+    if "sink" not in table.data:
+        return table.error("sink_format", "needs sink = PATH (the file to merge the entry into)")
+    problem = _targets_error(fmt, table, None)
+    return table.error("sink_format", f"{fmt!r} {problem}") if problem else fmt
+
+
+def _writes(table: _Table) -> tuple[FileWrite, ...] | Any:
+    value = table.data.get("writes")
+    if value is None:
+        return MISSING
+    from ._formats import FORMATS
+
+    if not isinstance(value, list) or not value:
+        return table.error("writes", 'expected an array of tables like [{path = "~/.npmrc", '
+                                     'format = "npmrc"}]')
+    writes = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            table.error(f"writes[{i}]", f"expected a table, got {_kind(item)}")
+            continue
+        sub = _Table(table.report, table.key(f"writes[{i}]"), item, table.base_dir)
+        sub.unknown(("path", "format", "url"))
+        path = sub.file_path("path")
+        if "path" not in item:
+            sub.error("path", "missing; expected a file path")
+        fmt = sub.choice("format", FORMATS, required=True)
+        url = sub.get("url", _write_url, "a registry host or an http(s) URL without credentials")
+        if fmt is not MISSING:
+            problem = _targets_error(fmt, table, None if url is MISSING else url)
+            if problem:
+                fmt = sub.error("format", f"{fmt!r} {problem} (or url = ...)")
+        if path is not MISSING and fmt is not MISSING and not ("url" in item and url is MISSING):
+            writes.append(FileWrite(path, fmt, None if url is MISSING else url))
+    return tuple(writes)
+
+
+def _write_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("")
+    if "://" in value:
+        return _indexes([value])[0]
+    return _registries([value])[0]
+
+
+_REGISTRY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?")
+
+
+def _registries(value: Any) -> tuple[str, ...]:
+    """Registry hosts (``host`` or ``host:port``, as docker names them), lowercased."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    for item in value:
+        if not _REGISTRY.fullmatch(item):
+            raise ValueError(f"{item!r} is not a host or host:port (no scheme, no path)")
+    return tuple(v.lower() for v in value)
+
+
+def _indexes(value: Any) -> tuple[str, ...]:
+    """Index URL prefixes (http or https, no credentials in them)."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError("")
+    for item in value:
+        parts = urllib.parse.urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{item!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("a URL has credentials in it; awstoken supplies them")
     return tuple(value)
 
 
@@ -853,6 +953,18 @@ def _routes(report: _Report, value: object, token_names: set[str],
 TOP_KEYS = ("storage", "tokens", "server", "routes")
 
 
+def _aws_ok(tokens: object) -> bool:
+    """Whether botocore is there, asked only when a token has a native source: a file of
+    command sources (a credential door's hot path) does not import awstoken.aws."""
+    if not isinstance(tokens, dict) or all(
+            not isinstance(t, dict) or t.get("source", "command") == "command"
+            for t in tokens.values()):
+        return True
+    from .aws import botocore_available
+
+    return botocore_available()
+
+
 def load(path: str | os.PathLike[str]) -> Settings:
     """Read and validate the configuration file at ``path``; raise :class:`ConfigError`.
 
@@ -878,10 +990,8 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     root = _Table(report, "", raw, base_dir or Path.cwd())
     root.unknown(TOP_KEYS)
-    from .aws import botocore_available
-
     storage = _storage(root.sub("storage"))
-    tokens, names = _tokens(report, root.sub("tokens"), botocore_available())
+    tokens, names = _tokens(report, root.sub("tokens"), _aws_ok(raw.get("tokens")))
     server = _server(root.sub("server"))
     routes = _routes(report, raw["routes"], names, root.base_dir) if "routes" in raw else ()
     if server.token_listen and not names:
@@ -891,8 +1001,22 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
     return Settings(storage=storage, tokens=tokens, server=server, routes=routes, path=file)
 
 
-# The builders live in _build.py; re-exported so `from awstoken._config import build_*` works.
-from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators  # noqa: E402
+# The builders live in _build.py; re-exported (on first access, so that loading a file does
+# not import the rotator, hooks and storages) so `from awstoken._config import build_*` works.
+if TYPE_CHECKING:
+    from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators
+
+_BUILDERS = frozenset({"build_keeper", "build_source", "build_storage", "build_transform",
+                       "start_rotators"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BUILDERS:
+        from . import _build
+
+        return getattr(_build, name)
+    raise AttributeError(f"module 'awstoken._config' has no attribute {name!r}")
+
 
 __all__ = ["build_keeper", "build_source", "build_storage", "build_transform", "load", "loads",
            "parse_duration", "parse_listen", "parse_token_listen", "start_rotators"]

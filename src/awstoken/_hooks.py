@@ -9,16 +9,18 @@ also count their runs and failures (:class:`HookStats`) for status output and me
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("awstoken")
 
 Content = Literal["value", "raw"]
+Render = Callable[[str | None, Token], str]
 DEFAULT_HOOK_TIMEOUT = 30.0
 _CONTENTS = ("value", "raw")
 
@@ -125,8 +128,11 @@ class FileSink(_CountedHook):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, content: Content = "value",
-                 mode: int = 0o600) -> None:
+                 mode: int = 0o600, render: Render | None = None) -> None:
         super().__init__(content)
+        # render(old text or None, token) -> new text: merge an entry into a file the user
+        # already has (awstoken._formats); the file's existing mode is then kept.
+        self.render = render
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise HookError(f"file sink {os.fspath(path)}: mode must be a permission between "
                             f"0o000 and 0o777, not {mode!r}")
@@ -140,15 +146,46 @@ class FileSink(_CountedHook):
         return f"file sink {self.path}"
 
     def _run(self, name: str, fetched: Fetched, token: Token) -> None:
-        data = self._payload(fetched, token).encode("utf-8")
+        mode = self.mode
+        if self.render is None:
+            data = self._payload(fetched, token).encode("utf-8")
+        else:
+            data, mode = self._merged(name, token)
         try:
-            write_atomic(self.path, data, self.mode)
+            write_atomic(self.path, data, mode)
         except _fs.UnsafePath as exc:
             raise HookError(f"token {name!r}: {self.describe()}: refused: {exc}") from None
         except OSError as exc:
             raise HookError(f"token {name!r}: {self.describe()}: cannot write: "
                             f"{exc.strerror or type(exc).__name__}") from None
         log.debug("awstoken: token %r: wrote %s", name, self.path)
+
+    def _merged(self, name: str, token: Token) -> tuple[bytes, int]:
+        """The rendered file and its mode (the existing file's, else ``self.mode``)."""
+        assert self.render is not None
+        what = f"token {name!r}: {self.describe()}"
+        try:
+            # Never through a symlink: its target may be anything (another user's file).
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise HookError(f"{what}: not a regular file; left untouched")
+                mode = stat.S_IMODE(info.st_mode)
+                old: str | None = fh.read().decode("utf-8")
+        except FileNotFoundError:
+            old, mode = None, self.mode
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HookError(f"{what}: is a symbolic link; left untouched (point sink at "
+                                "the file itself)") from None
+            raise HookError(f"{what}: cannot read: {exc.strerror or type(exc).__name__}") from None
+        except UnicodeDecodeError:
+            raise HookError(f"{what}: not UTF-8 text; left untouched") from None
+        try:
+            return self.render(old, token).encode("utf-8"), mode
+        except HookError as exc:
+            raise HookError(f"{what}: {exc}; left untouched") from None
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
@@ -260,7 +297,19 @@ def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
     """
     hooks: list[RotateHook] = []
     if token.sink is not None:
-        hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode))
+        render = None
+        if token.sink_format is not None:
+            from ._formats import renderer
+
+            render = renderer(token, token.sink_format)
+        hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode,
+                              render=render))
+    if token.writes:
+        from ._formats import renderer
+
+        hooks.extend(FileSink(write.path, mode=token.sink_mode,
+                              render=renderer(token, write.format, write.url))
+                     for write in token.writes)
     if token.on_rotate is not None:
         hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout,
                                  pass_env=token.hook_env))

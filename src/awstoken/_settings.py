@@ -32,6 +32,15 @@ class StorageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FileWrite:
+    """One ``writes = [{path, format, url}]`` entry: a config file kept fresh."""
+
+    path: str
+    format: str  # one of awstoken._formats.FORMATS
+    url: str | None = None  # the registry or index it is for (default: registries/indexes)
+
+
+@dataclass(frozen=True, slots=True)
 class TokenSettings:
     """One ``[tokens.NAME]`` table."""
 
@@ -52,6 +61,12 @@ class TokenSettings:
     on_rotate: tuple[str, ...] | None = None  # argv run after each rotation, token on stdin
     hook_timeout: float = 30.0
     hook_env: tuple[str, ...] = ()  # variables of awstoken's environment the hook also gets
+    # The credential doors: registry hosts (docker credential helper, kubelet) and index URL
+    # prefixes (keyring) this token answers for.
+    registries: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
+    sink_format: str | None = None  # merge an entry into the sink file (awstoken._formats)
+    writes: tuple[FileWrite, ...] = ()  # more files kept fresh, each with its format
 
 
 @dataclass(frozen=True, slots=True)

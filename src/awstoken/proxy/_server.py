@@ -63,10 +63,12 @@ def token_names(settings: Settings, routes: RouteTable) -> list[str]:
 
 
 def check_something_to_serve(settings: Settings) -> None:
-    """Raise ConfigError when the settings configure neither routes nor a token endpoint."""
-    if not settings.routes and not settings.server.token_listen:
-        raise ConfigError("nothing to serve: configure [[routes]] (the proxy) or "
-                          "server.token_listen (the token endpoint for nginx auth_request)")
+    """Raise ConfigError when the settings configure no routes, no token endpoint and no
+    tokens (tokens alone make a keeper: it keeps them fresh for the credential doors)."""
+    if not settings.routes and not settings.server.token_listen and not settings.tokens:
+        raise ConfigError("nothing to serve: configure [tokens.NAME] (a keeper for the "
+                          "credential helpers), [[routes]] (the proxy) or server.token_listen "
+                          "(the token endpoint for nginx auth_request)")
 
 
 class ProxyServer:

@@ -162,7 +162,9 @@ def test_a_stale_socket_is_replaced_and_a_live_one_refused(short_dir: Path) -> N
 
 def test_nothing_to_serve_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="nothing to serve"):
-        ProxyServer(Settings(tokens={"ecr": TokenSettings(name="ecr")}), Keeper(MemoryStorage()))
+        ProxyServer(Settings(), Keeper(MemoryStorage()))
+    # Tokens alone are a keeper (for the credential doors): valid.
+    ProxyServer(Settings(tokens={"ecr": TokenSettings(name="ecr")}), Keeper(MemoryStorage()))
 
 
 def test_awstoken_serve_runs_only_the_token_endpoint(tmp_path: Path, short_dir: Path) -> None:
