@@ -331,4 +331,7 @@ def _door_rotator(token: TokenSettings, storage: Storage, lease: Lease, margin: 
         lease.release()
         raise
     rotator._lease = lease
+    # Not a restarted keeper: each pull is a new process, and a failing source must stay
+    # backed off across them (50 pulls, one AWS call), so the stored backoff holds here.
+    rotator._tried_as_leader = True
     return rotator

@@ -23,8 +23,9 @@ from ._errors import AwstokenError, ConfigError
 from ._redact import redact_url, url_has_password
 from ._settings import Settings
 
-NOTHING_TO_SERVE = ("nothing to serve: configure [[routes]] (the proxy) or server.token_listen "
-                    "(the token endpoint for nginx auth_request)")
+NOTHING_TO_SERVE = ("nothing to serve: configure [tokens.NAME] (a keeper for the credential "
+                    "helpers), [[routes]] (the proxy) or server.token_listen (the token endpoint "
+                    "for nginx auth_request)")
 
 
 def preflight(settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
@@ -49,7 +50,8 @@ def _env_set(key: str, variable: str | None, environ: Mapping[str, str]) -> list
 
 
 def _serving(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    if not settings.routes and not settings.server.token_listen:
+    # Tokens alone make a keeper: it keeps them fresh for the credential doors.
+    if not settings.routes and not settings.server.token_listen and not settings.tokens:
         return [NOTHING_TO_SERVE]
     return []
 

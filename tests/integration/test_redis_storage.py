@@ -583,8 +583,10 @@ def test_a_record_planted_with_a_forged_fence_is_replaced_by_the_next_refresh(
     rotator = keeper.rotate("t", fetch, "Bearer {token}")
     wait_until(lambda: follower.get("t") == "Bearer tok1")
     raw = redis_server.client()
-    planted = Token(value="Bearer planted", expires_at=time.time() + 3600, refreshed_at=1.0,
-                    generation=7, fence=10**15)
+    # Plausible times (an implausible expiry is refused by record validation on its own):
+    # only the forged fence is wrong here.
+    planted = Token(value="Bearer planted", expires_at=time.time() + 3600,
+                    refreshed_at=time.time() - 7200, generation=7, fence=10**15)
     raw.set("awstoken:token:t", planted.to_json())
     raw.publish("awstoken:events", b"t\n" + planted.to_json())
     rotator.wake()  # the planted record is due (refreshed long ago): the leader refreshes

@@ -33,7 +33,7 @@ def _server(extra: str = "") -> str:
 
 
 CASES = {
-    "empty file": (lambda m: "", "nothing to serve: configure [[routes]]"),
+    "empty file": (lambda m: "", "nothing to serve: configure [tokens.NAME]"),
     "socket directory missing": (
         lambda m: source(m) + '[server]\ntoken_listen = "unix:no-such-dir/t.sock"\n',
         "server.token_listen: unix:"),

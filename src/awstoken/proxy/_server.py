@@ -37,6 +37,7 @@ from .._errors import ConfigError
 from .._keeper import Keeper
 from .._reload import TokenPlan, describe_changes, keep_restart_only
 from .._settings import Settings
+from .._validate import NOTHING_TO_SERVE
 from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._cache import Store
@@ -66,9 +67,7 @@ def check_something_to_serve(settings: Settings) -> None:
     """Raise ConfigError when the settings configure no routes, no token endpoint and no
     tokens (tokens alone make a keeper: it keeps them fresh for the credential doors)."""
     if not settings.routes and not settings.server.token_listen and not settings.tokens:
-        raise ConfigError("nothing to serve: configure [tokens.NAME] (a keeper for the "
-                          "credential helpers), [[routes]] (the proxy) or server.token_listen "
-                          "(the token endpoint for nginx auth_request)")
+        raise ConfigError(NOTHING_TO_SERVE)
 
 
 class ProxyServer:
