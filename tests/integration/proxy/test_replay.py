@@ -4,6 +4,7 @@ all (past ``replay_spool_max_bytes``), whether the upstream read the body or ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import os
@@ -90,13 +91,18 @@ class _EarlyRefusal:
         self.keep_alive = keep_alive
         self.loop = LoopThread()
         self.seen: list[tuple[str, int]] = []
+        self.writers: set[asyncio.StreamWriter] = set()
         self.server = self.loop.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await self._one(reader, writer):
-            pass
-        writer.close()
+        self.writers.add(writer)
+        try:
+            while await self._one(reader, writer):
+                pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
@@ -131,7 +137,17 @@ class _EarlyRefusal:
         return self.keep_alive
 
     def close(self) -> None:
-        self.server.close()
+        async def shut() -> None:
+            # Connections still open (keep-alive) are closed here, on their loop: left to the
+            # garbage collector, Python 3.13 warns ("loop is closed", unclosed transport).
+            self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+            for writer in list(self.writers):
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+        self.loop.run(shut())
         self.loop.close()
 
 
