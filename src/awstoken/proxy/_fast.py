@@ -16,8 +16,8 @@ from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
 from .._errors import AwstokenError
-from .._keeper import Keeper
-from .._refusal import DEFAULT_REFRESH_WAIT
+from .._rotation.keeper import Keeper
+from .._rotation.refusal import DEFAULT_REFRESH_WAIT
 from ._auth import InboundAuth
 from ._cache_http import ProxyCache
 from ._h1 import (
