@@ -23,6 +23,7 @@ from awstoken import FileStorage, Keeper, MemoryStorage, TokenUnavailableError
 
 from ..fixtures.ports import free_port
 from ..fixtures.pypiserver import PypiServer, run_pypiserver, write_htpasswd
+from ..fixtures.wait import wait_until
 
 httpx = pytest.importorskip("httpx")
 requests = pytest.importorskip("requests")
@@ -57,7 +58,7 @@ class Index:
         """
         record = self.keeper.record("pypi")
         if record is not None:
-            _wait(lambda: time.time() - record.refreshed_at > 0.06)
+            wait_until(lambda: time.time() - record.refreshed_at > 0.06)
         write_htpasswd(self.server.htpasswd, {"alice": password})
         self.password_file.write_text(password)
 
@@ -85,7 +86,7 @@ def _index(server: PypiServer, tmp_path: Path, storage: awstoken.Storage) -> Ite
     keeper.rotate("pypi", source, awstoken.basic_auth("alice"), min_refresh_gap=0.05)
     index = Index(server, keeper, password_file, fetches)
     try:
-        _wait(lambda: keeper.token("pypi") is not None)
+        wait_until(lambda: keeper.token("pypi") is not None)
         yield index
     finally:
         keeper.stop()
@@ -121,17 +122,6 @@ def redirecting_index(tmp_path: Path) -> Iterator[tuple[Index, str]]:
         with run_pypiserver(tmp_path / "htpasswd", packages, fallback_url=fallback) as server:
             for index in _index(server, tmp_path, MemoryStorage()):
                 yield index, f"{server.url}/simple/not-here/"
-
-
-def _wait(predicate: object, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def _upload_body() -> tuple[bytes, str]:
@@ -188,7 +178,7 @@ def test_httpx_does_not_replay_a_streamed_body_but_asks_for_a_refresh(index: Ind
                                headers={"content-type": content_type})
         assert response.status_code == 403
         assert response.history == []
-        _wait(lambda: index.generation() == 2)  # the refresh was asked for and happened
+        wait_until(lambda: index.generation() == 2)  # the refresh was asked for and happened
         assert client.get(index.simple).status_code == 200
     assert index.uploaded() == []
 
@@ -199,7 +189,7 @@ def test_httpx_multipart_files_are_streamed_so_not_replayed(index: Index) -> Non
         response = client.post(index.server.url + "/", data={":action": "file_upload"},
                                files={"content": SDIST})
         assert response.status_code == 403
-        _wait(lambda: index.generation() == 2)
+        wait_until(lambda: index.generation() == 2)
         # Built and read first, the same upload is replayable.
         index.rotate_password("third-password")
         request = client.build_request("POST", index.server.url + "/",
@@ -333,7 +323,7 @@ def test_requests_does_not_replay_a_generator_body(index: Index) -> None:
     response = requests.post(index.server.url + "/", data=_stream(), auth=auth, timeout=10,
                              headers={"content-type": content_type})
     assert response.status_code == 403
-    _wait(lambda: index.generation() == 2)
+    wait_until(lambda: index.generation() == 2)
     assert index.uploaded() == []
 
 
@@ -413,7 +403,7 @@ def test_aiohttp_does_not_replay_a_streamed_body(index: Index) -> None:
                 return int(response.status)
 
     assert asyncio.run(main()) == 403
-    _wait(lambda: index.generation() == 2)
+    wait_until(lambda: index.generation() == 2)
     assert index.uploaded() == []
 
 

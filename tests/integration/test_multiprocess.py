@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import awstoken
 from tests.fixtures import processes
+from tests.fixtures.wait import wait_until
 
 WORKER = Path(__file__).with_name("rotate_worker.py")
 
@@ -130,13 +131,6 @@ def test_rotators_survive_fork(tmp_path: Path) -> None:
         awstoken.default_keeper().stop()
 
 
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
-
-
 def test_a_refusal_forces_a_refresh_past_a_planted_future_dated_record(
         tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     # Issue 10: a record dated ahead (refreshed "in 4 minutes", expiring in 6 days: both
@@ -147,8 +141,8 @@ def test_a_refusal_forces_a_refresh_past_a_planted_future_dated_record(
     command = f"echo $$ >> {counter}; echo tok-$(wc -l < {counter})-0123456789"
     processes.issue("Bearer tok-1-0123456789", "Bearer tok-2-0123456789")
     procs += start_workers(1, store, 3600.0, command, tmp_path / "reads", "1.0")
-    _wait(lambda: len(runs(counter)) == 1 and (store / "shared.json").exists(), 30,
-          "first refresh")
+    wait_until(lambda: len(runs(counter)) == 1 and (store / "shared.json").exists(), 30,
+               "first refresh")
     now = time.time()
     planted = {"value": "Bearer planted-token-0001", "expires_at": now + 6 * 86400,
                "refreshed_at": now + 240, "generation": 50, "leader": "evil:1"}
@@ -158,6 +152,6 @@ def test_a_refusal_forces_a_refresh_past_a_planted_future_dated_record(
     assert follower.token("shared") == "Bearer planted-token-0001"
     time.sleep(1.2)  # past the worker's min_refresh_gap since its first refresh
     follower.request_refresh("shared")  # what the proxy does on an upstream 401
-    _wait(lambda: len(runs(counter)) >= 2, 20, "a forced refresh")
-    _wait(lambda: follower.token("shared") == "Bearer tok-2-0123456789", 10, "the new token")
+    wait_until(lambda: len(runs(counter)) >= 2, 20, "a forced refresh")
+    wait_until(lambda: follower.token("shared") == "Bearer tok-2-0123456789", 10, "the new token")
     follower.storage.close()

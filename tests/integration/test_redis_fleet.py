@@ -22,6 +22,7 @@ import pytest
 
 from awstoken import Token
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.wait import wait_until
 
 WORKER = Path(__file__).with_name("redis_worker.py")
 
@@ -120,14 +121,6 @@ def fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     yield make
     for f in made:
         f.stop()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def assert_one_refresher(runs: list[Run], interval: float) -> None:

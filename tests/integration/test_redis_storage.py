@@ -18,6 +18,7 @@ from awstoken.storage.redis import _lease_clock
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.ports import free_port
 from tests.fixtures.redis import RedisServer, TcpRelay
+from tests.fixtures.wait import wait_until
 
 Factory = Callable[..., RedisStorage]
 
@@ -34,14 +35,6 @@ def make_storage() -> Iterator[Factory]:
     yield make
     for storage in made:
         storage.close()
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.01)
 
 
 def token(value: str = "Bearer v1", *, life: float | None = 300.0, generation: int = 1) -> Token:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.fixtures.processes import stop
+from tests.fixtures.wait import wait_until
 
 PROGRAM = """
 import logging, sys, time, awstoken
@@ -33,22 +33,13 @@ def _record(directory: Path) -> dict[str, object] | None:
         return None
 
 
-def _wait(predicate: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_restarted_process_does_not_wait_out_the_previous_backoff(tmp_path: Path) -> None:
     store = tmp_path / "store"
     # The first process fails: a 600 s retry means its stored backoff is at least 10 minutes.
     first = subprocess.Popen([sys.executable, "-c", PROGRAM, str(store), "exit 3", "600"],
                              stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert _wait(lambda: (_record(store) or {}).get("failures", 0) >= 1, 30), "no failure stored"
+        wait_until(lambda: (_record(store) or {}).get("failures", 0) >= 1, 30, "a failure stored")
     finally:
         first.kill()
         first.wait()
@@ -58,10 +49,10 @@ def test_a_restarted_process_does_not_wait_out_the_previous_backoff(tmp_path: Pa
     second = subprocess.Popen([sys.executable, "-c", PROGRAM, str(store), "echo fresh", "600"],
                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        fetched = _wait(lambda: (_record(store) or {}).get("value") == "fresh", 30)
+        wait_until(lambda: (_record(store) or {}).get("value") == "fresh", 30,
+                   "the restarted process to fetch at once, not after the stored backoff")
     finally:
         stop(second)  # type: ignore[arg-type]
         assert second.stderr is not None
-        err = second.stderr.read().decode()
+        print(second.stderr.read().decode())  # pytest shows it if the test failed
         second.stderr.close()
-    assert fetched, f"the restarted process waited for the stored backoff:\n{err}"

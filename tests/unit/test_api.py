@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import awstoken
+from tests.fixtures.wait import wait_until
 
 
 @pytest.fixture
@@ -23,15 +24,6 @@ def module_state(tmp_path: Path) -> Iterator[awstoken.FileStorage]:
     awstoken.set_interval(6 * 3600)
     awstoken.set_retry(30)
     storage.close()
-
-
-def wait_for(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_public_api_is_curated() -> None:
@@ -63,7 +55,7 @@ def test_rotate_returns_at_once_and_token_appears(module_state: awstoken.FileSto
     awstoken.rotate("slow", "sleep 1; printf 'abc\\n'", lambda t: "Basic " + t)
     assert time.monotonic() - started < 0.5  # the command runs in the background
     assert awstoken.token("slow") is None
-    wait_for(lambda: awstoken.token("slow") is not None)
+    wait_until(lambda: awstoken.token("slow") is not None)
     assert awstoken.token("slow") == "Basic abc"
 
 
@@ -91,7 +83,7 @@ def test_set_interval_and_retry_apply_to_rotate(module_state: awstoken.FileStora
     awstoken.set_retry(5)
     rotator = awstoken.rotate("fast", f"echo x >> {counter}; wc -l < {counter}")
     assert rotator.schedule.interval == 0.3 and rotator.schedule.retry == 5
-    wait_for(lambda: counter.exists() and len(counter.read_text().splitlines()) >= 3)
+    wait_until(lambda: counter.exists() and len(counter.read_text().splitlines()) >= 3)
     with pytest.raises(awstoken.AwstokenError, match="interval must be a positive"):
         awstoken.set_interval(0)
     with pytest.raises(awstoken.AwstokenError, match="retry must be a positive"):

@@ -26,10 +26,10 @@ from tests.fixtures.nginx import (
     render,
     running_nginx,
     running_server,
-    wait_until,
-)
+    )
 from tests.fixtures.nginx import request as http_request
 from tests.fixtures.ports import free_port
+from tests.fixtures.wait import wait_until
 
 # Longer than 4096 bytes (nginx's default header buffer, and its limit for a word in a
 # configuration file), as ECR tokens can be.
@@ -117,7 +117,7 @@ def test_the_upstream_receives_the_current_token_then_the_rotated_one(stack: Sta
         assert stack.get().status == 200
         return stack.upstream.seen[-1].authorization == TOKEN_B
 
-    assert wait_until(upstream_has_b, MAX_AGE + 5, interval=0.2)
+    wait_until(upstream_has_b, MAX_AGE + 5, "the rotated token at the upstream")
     # Within the cache time (max-age 5 s) plus scheduling slack.
     assert time.monotonic() - rotated <= MAX_AGE + 2
     for _ in range(5):  # and it stays

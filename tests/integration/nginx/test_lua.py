@@ -23,10 +23,10 @@ from tests.fixtures.nginx import (
     render,
     require_lua_module,
     running_nginx,
-    wait_until,
-)
+    )
 from tests.fixtures.nginx import request as http_request
 from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.wait import wait_until
 
 RAW_TOKEN = "QVdTOmx1YS10b2tlbg" * 400  # 7.2 KB, longer than nginx's 4 KiB buffers
 
@@ -114,7 +114,7 @@ def test_lua_reads_the_token_from_the_endpoint_and_from_the_sink(
             assert f"awstoken: no token in {sink}" in nginx.error_log()
 
             awstoken_process()  # type: ignore[operator]
-            assert wait_until(lambda: sock.exists() and sink.exists(), 20)
+            wait_until(lambda: sock.exists() and sink.exists(), 20, "the endpoint socket and the sink")
             assert os.stat(sink).st_mode & 0o777 == 0o640
             expected = "Basic " + RAW_TOKEN
             for port in (endpoint_port, sink_port):

@@ -12,6 +12,7 @@ from awstoken import FileStorage, Keeper, RedisStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import Upstream, running_proxy
 from tests.fixtures.redis import REDIS_PASSWORD, RedisServer
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -32,13 +33,6 @@ def admin(url: str | None, path: str) -> tuple[int, str]:
     assert url is not None
     reply = call(url, "GET", path)
     return reply.status, reply.body.decode()
-
-
-def wait_until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_a_local_storage_exports_no_storage_health(tmp_path: Path, upstream: Upstream) -> None:

@@ -18,8 +18,9 @@ import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
-from tests.fixtures.faults import open_fds, wait_until
+from tests.fixtures.faults import open_fds
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -174,7 +175,7 @@ def test_a_flood_of_bad_requests_leaves_no_descriptor_behind(proxy: RunningProxy
         for data in BAD_REQUESTS.values():
             exchange(proxy.url, data, quiet=0.01)
     assert call(proxy.url, "GET", "/v2/ok").status == 200
-    assert wait_until(lambda: open_fds() <= before + 2), (open_fds(), before)
+    wait_until(lambda: open_fds() <= before + 2, what=f"open fds back to {before} + 2")
 
 
 def test_admin_paths_are_not_served_on_the_proxy_listener(upstream: Upstream) -> None:

@@ -21,9 +21,10 @@ from typing import Any
 
 from awstoken import Token
 from tests.fixtures.cli import awstoken_cli
-from tests.fixtures.fleet import Member, Run, ServeFleet, assert_one_refresher, wait_until
+from tests.fixtures.fleet import Member, Run, ServeFleet, assert_one_refresher
 from tests.fixtures.proxy import Upstream
 from tests.fixtures.redis import REDIS_PASSWORD, RedisServer
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 

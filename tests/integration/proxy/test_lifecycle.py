@@ -12,8 +12,7 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,17 +21,9 @@ import pytest
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 class Serving:
@@ -48,8 +39,8 @@ class Serving:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> None:
-        assert wait_until(lambda: self.log.count(text) >= count or self.proc.poll() is not None,
-                          timeout), f"no {text!r} in the log:\n{self.log}"
+        wait_until(lambda: self.log.count(text) >= count or self.proc.poll() is not None,
+                   timeout, f"{count} x {text!r} in the log {self.log_path} (or an exit)")
         assert self.log.count(text) >= count, f"no {text!r} in the log:\n{self.log}"
 
     def token_seen(self, path: str) -> str | None:
@@ -139,8 +130,8 @@ def test_sighup_reloads_routes_and_tokens_and_keeps_requests_in_flight(
         routes={"/a": "a", "/b": "b"}))
     with serving(config, port, tmp_path) as server:
         wait_for_port(port)
-        assert wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a")
-        assert wait_until(lambda: server.token_seen("/b/echo") == "Bearer tok-b")
+        wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a", 30, "Bearer tok-a on /a/echo")
+        wait_until(lambda: server.token_seen("/b/echo") == "Bearer tok-b", 30, "Bearer tok-b on /b/echo")
         # In flight on a route the reload removes: it finishes as it started.
         in_flight, received = start_download(port, f"/b/stream/{BIG}")
         # a: command changed; b: removed (token and route); c: added (token and route).
@@ -156,8 +147,8 @@ def test_sighup_reloads_routes_and_tokens_and_keeps_requests_in_flight(
         assert finish_download(in_flight, received) == (200, BIG)
         # The cached token of a is served at once (never a 503), then the changed command's.
         assert server.token_seen("/a/echo") in ("Bearer tok-a", "Bearer tok-a2")
-        assert wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a2")
-        assert wait_until(lambda: server.token_seen("/c/echo") == "Bearer tok-c")
+        wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a2", 30, "Bearer tok-a2 on /a/echo")
+        wait_until(lambda: server.token_seen("/c/echo") == "Bearer tok-c", 30, "Bearer tok-c on /c/echo")
         assert call(server.base, "GET", "/b/echo").status == 404
         assert counter.read_text().count("a") == 2  # one run at start, one for the change
         # An invalid file: one clear line, the running configuration stays.
@@ -212,7 +203,7 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream) -> None
         os.kill(int(workers[0]), signal.SIGKILL)
         server.wait_log(f"(pid {workers[0]}) exited with status -9; restarting it")
         server.wait_log("proxy listening", count=3)
-        assert wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a")
+        wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a", 30, "Bearer tok-a on /a/echo")
         assert len(children.read_text().split()) == 2
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0

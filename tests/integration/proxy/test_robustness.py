@@ -16,6 +16,7 @@ import pytest
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -49,15 +50,6 @@ def raw_exchange(url: str, data: bytes, read: bool = True) -> bytes:
         return b"".join(chunks)
 
 
-def wait_until(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_malformed_requests_get_400_and_proxy_stays_up(proxy: RunningProxy) -> None:
     before = open_fds()
     for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
@@ -67,7 +59,7 @@ def test_malformed_requests_get_400_and_proxy_stays_up(proxy: RunningProxy) -> N
         answer = raw_exchange(proxy.url, garbage)
         assert re.match(rb"HTTP/1\.[01] 400 ", answer) or answer == b"", answer[:80]
     assert call(proxy.url, "GET", "/echo").status == 200
-    assert wait_until(lambda: open_fds() <= before + 2)
+    wait_until(lambda: open_fds() <= before + 2, what=f"open fds back to {before} + 2")
 
 
 def test_client_disconnect_mid_stream(proxy: RunningProxy, upstream: Upstream) -> None:
@@ -80,7 +72,7 @@ def test_client_disconnect_mid_stream(proxy: RunningProxy, upstream: Upstream) -
             assert received.startswith(b"HTTP/1.1 200")
     assert call(proxy.url, "GET", "/echo").status == 200
     # Both sides of each abandoned exchange are closed, not left to a timeout.
-    assert wait_until(lambda: open_fds() <= before + 2), (open_fds(), before)
+    wait_until(lambda: open_fds() <= before + 2, what=f"open fds back to {before} + 2")
 
 
 def test_upstream_dies_mid_stream(proxy: RunningProxy) -> None:
@@ -99,7 +91,7 @@ def test_upstream_never_answers_times_out(proxy: RunningProxy) -> None:
     assert reply.status == 504
     assert time.monotonic() - started < 10
     assert call(proxy.url, "GET", "/echo").status == 200
-    assert wait_until(lambda: open_fds() <= before + 2)
+    wait_until(lambda: open_fds() <= before + 2, what=f"open fds back to {before} + 2")
 
 
 def test_upstream_refusing_connections_is_502(upstream: Upstream) -> None:

@@ -23,8 +23,8 @@ import pytest
 from awstoken import FileStorage, Keeper
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.binaries import require_binary
-from tests.fixtures.faults import wait_until
 from tests.fixtures.proxy import aiohttp_server, running_proxy
+from tests.fixtures.wait import wait_until
 
 SECONDS = int(os.environ.get("AWSTOKEN_SOAK_SECONDS", "5"))
 
@@ -95,7 +95,7 @@ def test_rotation_every_second_under_wrk_load(tmp_path: Path,
     try:
         with running_proxy(settings, keeper) as proxy:
             rotator = keeper.rotate("ecr", minting.mint, "Bearer {token}", interval=1.0)
-            assert wait_until(lambda: keeper.token("ecr") is not None)
+            wait_until(lambda: keeper.token("ecr") is not None)
             run = subprocess.run(
                 [wrk, "-t2", "-c16", f"-d{SECONDS}s", "--timeout", "5s",
                  f"{proxy.url}/v2/library/app/blobs/sha256:00"],

@@ -21,8 +21,8 @@ import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
-from tests.fixtures.faults import wait_until
 from tests.fixtures.proxy import RunningProxy, Upstream, aiohttp_server, raw_upstream, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 from .test_bad_http import exchange, statuses
@@ -418,7 +418,7 @@ def test_idle_and_trickling_connections_are_capped_and_timed_out(
             limit_lines = [r for r in caplog.records if "max_connections" in r.getMessage()]
             assert len(limit_lines) == 1
             # Once the idle ones time out, new clients are served.
-            assert wait_until(lambda: call(proxy.url, "GET", "/v2/").status == 200, timeout=15)
+            wait_until(lambda: call(proxy.url, "GET", "/v2/").status == 200, timeout=15)
             # Each idle socket was closed by the proxy: timed out (EOF), or turned away (503).
             answers = []
             for sock in idle:
@@ -480,7 +480,7 @@ def test_failing_passwords_cannot_starve_the_admin_listener(upstream: Upstream,
             thread.start()
         try:
             # The checks are bounded: surplus clients are told to come back (503) at once...
-            assert wait_until(lambda: 503 in answers, timeout=30), answers
+            wait_until(lambda: 503 in answers, timeout=30, what=f"a 503 among {answers}")
             # ... and the admin listener answers while the checks are still queued.
             ready = call(proxy.admin_url or "", "GET", "/readyz", timeout=60)
             pending = 150 - len(answers)

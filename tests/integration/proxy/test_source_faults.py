@@ -21,8 +21,9 @@ import pytest
 from awstoken import Command, Keeper, MemoryStorage
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.aws_standins import StandIn
-from tests.fixtures.faults import process_alive, wait_until, zombie_children
+from tests.fixtures.faults import process_alive, zombie_children
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -120,7 +121,7 @@ def start(keeper: Keeper, flaky: Flaky, *, interval: float) -> None:
                             retry=0.2)
     # Short backoff cap and poll so several failures fit in a test of seconds.
     rotator.schedule = replace(rotator.schedule, max_retry=1.0, poll=0.1)
-    assert wait_until(lambda: keeper.token("ecr") is not None)
+    wait_until(lambda: keeper.token("ecr") is not None)
 
 
 @pytest.mark.parametrize("mode", sorted(FAILURES))
@@ -140,7 +141,7 @@ def test_a_failing_source_keeps_the_old_token_and_says_why(
         record = keeper.record("ecr")
         return record.failures if record is not None else 0
 
-    assert wait_until(lambda: failures() >= 2, timeout=15)
+    wait_until(lambda: failures() >= 2, timeout=15)
     # The last good token is still on every forwarded request.
     reply = call(proxy.url, "GET", "/v2/x")
     assert reply.status == 200
@@ -168,14 +169,14 @@ def test_a_failing_source_keeps_the_old_token_and_says_why(
     if mode == "hang":
         script_pid, child_pid = map(int, (flaky.state / "pids").read_text().split())
         # The command's whole process group is gone and nothing is left unreaped.
-        assert wait_until(lambda: not process_alive(child_pid), timeout=5)
+        wait_until(lambda: not process_alive(child_pid), timeout=5)
         assert not process_alive(script_pid)
         assert script_pid not in zombie_children()
     assert zombie_children() == []
     # Recovery: the next attempt after the source works again brings a new token.
     flaky.set("ok")
-    assert wait_until(lambda: keeper.token("ecr") not in (None, good), timeout=10)
-    assert wait_until(lambda: failures() == 0)
+    wait_until(lambda: keeper.token("ecr") not in (None, good), timeout=10)
+    wait_until(lambda: failures() == 0)
     assert metric(proxy.admin_url, "awstoken_token_consecutive_failures") == 0.0
     assert call(proxy.url, "GET", "/v2/x").status == 200
     assert seen_tokens(upstream)[-1] == keeper.token("ecr")
@@ -215,7 +216,7 @@ def test_expiry_while_the_source_fails_is_503_with_a_reason_then_recovers(
     assert readyz.status == 503
     assert "AccessDenied" in json.loads(readyz.body)["tokens"]["ecr"]["error"]
     flaky.set("ok")
-    assert wait_until(lambda: keeper.token("ecr") is not None, timeout=10)
+    wait_until(lambda: keeper.token("ecr") is not None, timeout=10)
     reply = call(proxy.url, "GET", "/v2/x")
     assert reply.status == 200
     assert seen_tokens(upstream)[-1] not in (None, good)
@@ -238,13 +239,13 @@ def test_aws_throttling_keeps_the_token_and_backs_off(
             rotator = keeper.rotate("pypi", CodeArtifact("my-domain"), basic_auth("aws"),
                                     interval=0.3, retry=0.2)
             rotator.schedule = replace(rotator.schedule, max_retry=1.0, poll=0.1)
-            assert wait_until(lambda: keeper.token("pypi") is not None)
+            wait_until(lambda: keeper.token("pypi") is not None)
             good = keeper.token("pypi")
             caplog.set_level(logging.WARNING, logger="awstoken")
             codeartifact.mode = "throttle"
             calls = len(codeartifact.received)
-            assert wait_until(lambda: (r := keeper.record("pypi")) is not None and
-                              r.failures >= 3, timeout=15)
+            wait_until(lambda: (r := keeper.record("pypi")) is not None and
+                       r.failures >= 3, timeout=15)
             record = keeper.record("pypi")
             assert record is not None and record.error is not None
             assert "ThrottlingException" in record.error
@@ -262,7 +263,7 @@ def test_aws_throttling_keeps_the_token_and_backs_off(
                        for m in messages), messages
             assert not any(codeartifact.token in m for m in messages)
             codeartifact.mode = "ok"
-            assert wait_until(lambda: (r := keeper.record("pypi")) is not None and
-                              r.failures == 0, timeout=10)
+            wait_until(lambda: (r := keeper.record("pypi")) is not None and
+                       r.failures == 0, timeout=10)
     finally:
         keeper.stop()

@@ -19,8 +19,9 @@ import pytest
 
 from awstoken import FileStorage, Keeper
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
-from tests.fixtures.faults import read_only, wait_until
+from tests.fixtures.faults import read_only
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -60,10 +61,10 @@ def serving(tmp_path: Path, upstream: Upstream) -> Iterator[Serving]:
                 return state.issued[-1]
 
             keeper.rotate("ecr", source, "Bearer {token}", interval=0.5, retry=0.2)
-            assert wait_until(lambda: keeper.token("ecr") is not None)
+            wait_until(lambda: keeper.token("ecr") is not None)
             # In memory first, then on disk: wait for the disk, or a test that makes the
             # directory read-only at once could catch the first write in the middle.
-            assert wait_until(lambda: stored_value(directory) is not None)
+            wait_until(lambda: stored_value(directory) is not None)
             yield state
     finally:
         keeper.stop()
@@ -91,10 +92,10 @@ def test_directory_removed_while_serving(serving: Serving,
     shutil.rmtree(serving.directory)
     serving.hammer(1.5)
     # Made again, private, and written to by the next refresh.
-    assert wait_until(lambda: (serving.directory / "ecr.json").exists())
+    wait_until(lambda: (serving.directory / "ecr.json").exists())
     assert stat.S_IMODE(serving.directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((serving.directory / "ecr.json").stat().st_mode) == 0o600
-    assert wait_until(lambda: stored_value(serving.directory) == serving.keeper.token("ecr"))
+    wait_until(lambda: stored_value(serving.directory) == serving.keeper.token("ecr"))
     assert len(serving.issued) > before
     no_tracebacks(caplog)
 
@@ -116,8 +117,8 @@ def test_directory_replaced_by_a_file_while_serving(serving: Serving,
     assert len(revalidate) <= 1, revalidate
     no_tracebacks(caplog)
     serving.directory.unlink()
-    assert wait_until(lambda: stored_value(serving.directory) is not None)
-    assert wait_until(lambda: stored_value(serving.directory) == serving.keeper.token("ecr"))
+    wait_until(lambda: stored_value(serving.directory) is not None)
+    wait_until(lambda: stored_value(serving.directory) == serving.keeper.token("ecr"))
     serving.hammer(0.3)
 
 
@@ -145,4 +146,4 @@ def test_directory_made_read_only_while_serving(serving: Serving,
                for m in messages), messages
     no_tracebacks(caplog)
     # Writable again: the next refresh is stored.
-    assert wait_until(lambda: stored_value(serving.directory) == serving.keeper.token("ecr"))
+    wait_until(lambda: stored_value(serving.directory) == serving.keeper.token("ecr"))

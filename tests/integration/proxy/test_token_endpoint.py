@@ -18,9 +18,10 @@ from awstoken._config.settings import RouteSettings, ServerSettings, Settings, T
 from awstoken.proxy import ProxyServer
 from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
-from tests.fixtures.nginx import request, running_server, wait_until
+from tests.fixtures.nginx import request, running_server
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import LoopThread, Upstream
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -102,10 +103,10 @@ def test_max_age_never_outlives_the_token(short_dir: Path) -> None:
         assert short in ("max-age=3", "max-age=2"), short
         assert request(sock, "GET", "/token/pypi").header("Cache-Control") == "max-age=30"
         # Closer to the end: still handed out, but not for caching; then not at all.
-        assert wait_until(lambda: request(sock, "GET", "/token/ecr").header("Cache-Control")
-                          == "no-store", 10)
+        wait_until(lambda: request(sock, "GET", "/token/ecr").header("Cache-Control")
+                   == "no-store", 10)
         assert request(sock, "GET", "/token/ecr").status == 204
-        assert wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 15)
+        wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 15)
 
 
 def test_the_proxy_and_admin_listeners_do_not_serve_tokens(upstream: Upstream,
@@ -191,8 +192,8 @@ token_listen = "unix:{sock}"
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_port(admin)
-        assert wait_until(lambda: sock.exists() and request(str(sock), "GET", "/token/ecr")
-                          .status == 204, 20)
+        wait_until(lambda: sock.exists() and request(str(sock), "GET", "/token/ecr")
+                   .status == 204, 20)
         reply = request(str(sock), "GET", "/token/ecr")
         assert reply.header("X-Awstoken-Value") == "Basic cli-secret-value"
         proc.send_signal(signal.SIGTERM)
@@ -240,11 +241,11 @@ token = "ecr"
     try:
         wait_for_port(port)
         wait_for_port(admin)
-        assert wait_until(lambda: sock.exists() and request(str(sock), "GET", "/token/ecr")
-                          .status == 204, 20)
+        wait_until(lambda: sock.exists() and request(str(sock), "GET", "/token/ecr")
+                   .status == 204, 20)
         assert request(str(sock), "GET", "/token/ecr").header("X-Awstoken-Value") == \
             "Bearer worker-token"
-        assert wait_until(lambda: call(f"http://127.0.0.1:{port}", "GET", "/v2/").status == 200, 20)
+        wait_until(lambda: call(f"http://127.0.0.1:{port}", "GET", "/v2/").status == 200, 20)
         metrics = call(f"http://127.0.0.1:{admin}", "GET", "/metrics").body.decode()
         assert 'awstoken_token_endpoint_requests_total{status="204",token="ecr"}' in metrics
         proc.send_signal(signal.SIGTERM)  # the parent stops its workers

@@ -23,8 +23,9 @@ import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
-from tests.fixtures.faults import open_fds, wait_until
+from tests.fixtures.faults import open_fds
 from tests.fixtures.proxy import RunningProxy, running_proxy
+from tests.fixtures.wait import wait_until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -151,4 +152,4 @@ def test_each_fault_costs_only_its_own_request(path: str, proxy: RunningProxy) -
         assert [f.result() for f in fine] == [(200, b"ok")] * 20
     assert fetch(proxy.url, "/ok") == (200, b"ok")
     # Both sides of every failed exchange are closed: no descriptor is left behind.
-    assert wait_until(lambda: open_fds() <= before + 2, timeout=5), (open_fds(), before)
+    wait_until(lambda: open_fds() <= before + 2, what=f"open fds back to {before} + 2")
