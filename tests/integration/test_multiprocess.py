@@ -56,13 +56,16 @@ def test_one_process_runs_the_command_and_all_read_the_result(
     # Each run appends its pid and prints a token numbered by the run count.
     command = f"echo $$ >> {counter}; echo tok-$(wc -l < {counter})"
     out = tmp_path / "reads"
-    procs += start_workers(4, tmp_path / "store", 2.0, command, out)
-    time.sleep(7.0)
+    interval = 1.0
+    procs += start_workers(4, tmp_path / "store", interval, command, out)
+    wait_until(lambda: runs(counter), 60, "a first run")
+    started = time.monotonic()
+    wait_until(lambda: len(runs(counter)) >= 4, 60, "four runs")
     n = len(runs(counter))
-    # 7 s at a 2 s interval: a refresh at start and about three more, not four per process.
-    assert 3 <= n <= 5, runs(counter)
-    reads = last_reads(out)
-    assert len(reads) == 4
+    # A refresh at start and one per interval since, not one per process (four at start).
+    assert n <= (time.monotonic() - started) / interval + 2, runs(counter)
+    reads = wait_until(lambda: len(last_reads(out)) == 4 and last_reads(out), 10,
+                       "a read by each of the four processes")
     # Every process reads the leader's latest token (or, mid-rotation, the one before).
     assert set(reads.values()) <= {f"Bearer tok-{n}", f"Bearer tok-{n - 1}"}
 
@@ -74,14 +77,9 @@ def test_a_killed_leader_is_replaced_within_seconds(
     out = tmp_path / "reads"
     store = tmp_path / "store"
     procs += start_workers(3, store, 2.0, command, out)
-    deadline = time.monotonic() + 15
-    record = None
-    while time.monotonic() < deadline:
-        record = awstoken.FileStorage(store).read("shared")
-        if record is not None and record.value is not None:
-            break
-        time.sleep(0.1)
-    assert record is not None and record.leader is not None
+    record = wait_until(lambda: (r := awstoken.FileStorage(store).read("shared")) is not None
+                        and r.value is not None and r, 15, "a first record")
+    assert record.leader is not None
     leader_pid = int(record.leader.rpartition(":")[2])
     assert leader_pid in {p.pid for p in procs}
     os.kill(leader_pid, signal.SIGKILL)
@@ -98,9 +96,8 @@ def test_a_killed_leader_is_replaced_within_seconds(
     assert new_leader is not None and new_leader != leader_pid
     assert took < 2.0 + 3.0  # the interval plus a few seconds to notice
     survivors = {p.pid for p in procs} - {leader_pid}
-    time.sleep(0.5)
-    reads = last_reads(out)
-    assert {reads[pid] for pid in survivors} == {current.value}
+    wait_until(lambda: {last_reads(out).get(pid) for pid in survivors} == {current.value}, 10,
+               "the survivors to read the new leader's token")
 
 
 def _child_reads(directory: str, queue: multiprocessing.Queue[object]) -> None:
@@ -114,9 +111,7 @@ def test_rotators_survive_fork(tmp_path: Path) -> None:
     awstoken.set_storage(storage)
     try:
         rotator = awstoken.rotate("forked", "echo forked-token")
-        deadline = time.monotonic() + 10
-        while awstoken.token("forked") is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: awstoken.token("forked"), 10, "the first token")
         assert rotator.leader
         ctx = multiprocessing.get_context("fork")
         queue: multiprocessing.Queue[object] = ctx.Queue()
@@ -140,7 +135,7 @@ def test_a_refusal_forces_a_refresh_past_a_planted_future_dated_record(
     store = tmp_path / "store"
     command = f"echo $$ >> {counter}; echo tok-$(wc -l < {counter})-0123456789"
     processes.issue("Bearer tok-1-0123456789", "Bearer tok-2-0123456789")
-    procs += start_workers(1, store, 3600.0, command, tmp_path / "reads", "1.0")
+    procs += start_workers(1, store, 3600.0, command, tmp_path / "reads", "0.2")
     wait_until(lambda: len(runs(counter)) == 1 and (store / "shared.json").exists(), 30,
                "first refresh")
     now = time.time()
@@ -150,7 +145,7 @@ def test_a_refusal_forces_a_refresh_past_a_planted_future_dated_record(
     (store / ".plant").replace(store / "shared.json")
     follower = awstoken.Keeper(awstoken.FileStorage(store, poll=0.1))
     assert follower.token("shared") == "Bearer planted-token-0001"
-    time.sleep(1.2)  # past the worker's min_refresh_gap since its first refresh
+    time.sleep(0.3)  # past the worker's min_refresh_gap (0.2 s) since its first refresh
     follower.request_refresh("shared")  # what the proxy does on an upstream 401
     wait_until(lambda: len(runs(counter)) >= 2, 20, "a forced refresh")
     wait_until(lambda: follower.token("shared") == "Bearer tok-2-0123456789", 10, "the new token")
