@@ -11,6 +11,7 @@ import pytest
 import awstoken
 from awstoken import Fetched, MemoryStorage, Rotator, Schedule
 from awstoken._rotation.rotator import fetch_value
+from tests.fixtures.wait import wait_until
 
 
 class Clock:
@@ -137,14 +138,17 @@ def test_mandatory_window_retries_faster_than_the_backoff() -> None:
 
 
 def test_an_expired_token_is_never_returned() -> None:
-    storage = MemoryStorage()
-    now = time.time()
-    storage.write("t", awstoken.Token("Basic old", expires_at=now + 1.5, refreshed_at=now))
+    clock = Clock()
+    storage = MemoryStorage(clock=clock)  # a margin of 1 s
+    now = clock.now
+    storage.write("t", awstoken.Token("Basic old", expires_at=now + 1.05, refreshed_at=now))
     assert storage.get("t") == "Basic old"
-    time.sleep(1.7)
+    # Past the expiry. The cache thread evicts the value a margin before the expiry: it was
+    # told to look again in 0.05 s of real time, and finds the injected clock past it.
+    clock.now += 1.7
+    wait_until(lambda: "t" not in storage.values, 10, "the expired value evicted")
     assert storage.get("t") is None
-    assert "t" not in storage.values
-    storage.write("t", awstoken.Token("Basic dead", expires_at=time.time() - 1, refreshed_at=now))
+    storage.write("t", awstoken.Token("Basic dead", expires_at=clock.now - 1, refreshed_at=now))
     assert storage.get("t") is None
 
 
@@ -233,9 +237,8 @@ def test_one_refresh_at_a_time_per_name() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    time.sleep(0.2)
+    wait_until(lambda: calls >= 5, what="a scheduled refresh after the four asked for")
     rotator.stop()
-    assert calls >= 5
     assert overlap == 1
 
 
