@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.cli import awstoken_cli
+from tests.fixtures.faults import children
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
 from tests.fixtures.wait import wait_until
@@ -197,14 +198,13 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream) -> None
                                   tokens={"a": "echo tok-a"}, routes={"/a": "a"}))
     with serving(config, port, tmp_path) as server:
         server.wait_log("proxy listening", count=2)
-        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
-        workers = children.read_text().split()
+        workers = children(server.proc.pid)
         assert len(workers) == 2
         os.kill(int(workers[0]), signal.SIGKILL)
         server.wait_log(f"(pid {workers[0]}) exited with status -9; restarting it")
         server.wait_log("proxy listening", count=3)
         wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a", 30, "Bearer tok-a on /a/echo")
-        assert len(children.read_text().split()) == 2
+        assert len(children(server.proc.pid)) == 2
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
     assert "keep failing" not in server.log

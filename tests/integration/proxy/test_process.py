@@ -12,8 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.fixtures import processes
+from tests.fixtures.faults import children, process_alive
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
+from tests.fixtures.wait import wait_until
 
 from .conftest import Reply, call
 
@@ -33,9 +35,7 @@ def serving(upstream: Upstream, tmp_path: Path,
         wait_for_port(port)
         wait_for_port(admin)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while call(base, "GET", "/echo").status != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: call(base, "GET", "/echo").status == 200, 20, "a 200 from /echo")
         yield proc, base, f"http://127.0.0.1:{admin}"
     finally:
         if proc.poll() is None:
@@ -49,7 +49,8 @@ def test_sigterm_finishes_in_flight_requests(upstream: Upstream, tmp_path: Path)
         replies: list[Reply] = []
         slow = threading.Thread(target=lambda: replies.append(call(base, "GET", "/stream/300000000")))
         slow.start()
-        time.sleep(0.3)
+        wait_until(lambda: any(s["raw_path"].startswith("/stream/") for s in upstream.seen), 20,
+                   "the download in flight")
         proc.send_signal(signal.SIGTERM)
         slow.join(60)
         assert replies and replies[0].status == 200
@@ -75,10 +76,10 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
                     if x.startswith('awstoken_proxy_requests_total{route="/",status="2xx"}'))
         assert float(line.split()[-1]) >= 40
         assert call(admin, "GET", "/readyz").status == 200
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        assert len(children.stdout.split()) == 2
+        workers = children(proc.pid)
+        assert len(workers) == 2
         # Fresh interpreters, not forks of a parent that runs threads (the rotator's).
-        for child in children.stdout.split():
+        for child in workers:
             assert b"awstoken.proxy._worker" in Path(f"/proc/{child}/cmdline").read_bytes()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -87,23 +88,12 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
 def test_workers_stop_when_their_parent_is_killed(upstream: Upstream, tmp_path: Path) -> None:
     with serving(upstream, tmp_path, 2) as (proc, base, _):
         assert call(base, "GET", "/echo").status == 200
-        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        workers = [int(pid) for pid in found.stdout.split()]
+        workers = children(proc.pid)
         assert len(workers) == 2
         proc.kill()  # SIGKILL: the parent cannot stop its workers itself
         proc.wait(10)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() and
-                                                  "Z" not in _state(w) for w in workers):
-            time.sleep(0.1)
-        assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _state(w)]
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return "Z"
+        wait_until(lambda: not any(process_alive(w) for w in workers), 20,
+                   f"the workers {workers} to exit")
 
 
 def test_sighup_without_a_file_to_reload_is_logged_not_fatal(upstream: Upstream,
