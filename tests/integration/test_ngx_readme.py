@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import awstoken
+from tests.fixtures.wait import wait_until
 
 ECR_COMMAND = ("aws ecr get-authorization-token "
                "--query 'authorizationData[*].authorizationToken' --output text")
@@ -44,9 +44,7 @@ def test_readme_example_attaches_a_clean_basic_header(
     # aws_token.set_storage(ngx.shared.aws_token)
     # aws_token.rotate("ecr", "<command>", function(t) return "Basic " .. t end)
     awstoken.rotate("ecr", ECR_COMMAND, lambda token: "Basic " + token)
-    deadline = time.monotonic() + 30
-    while awstoken.token("ecr") is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: awstoken.token("ecr"), 30, "the first token")
     # ngx.req.set_header("Authorization", aws_token.token("ecr"))
     header = awstoken.token("ecr")
     assert header is not None

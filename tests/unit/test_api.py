@@ -97,15 +97,12 @@ def test_rotate_again_replaces_the_rotator(module_state: awstoken.FileStorage) -
     assert awstoken.default_keeper().rotators["r"] is second
 
 
-def _group_gone(pgid: int, timeout: float = 10.0) -> bool:
-    """True once no process is left in the process group ``pgid``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
+def _group_gone(pgid: int) -> bool:
+    """Whether no process is left in the process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
     return False
 
 
@@ -128,4 +125,5 @@ def test_a_program_using_rotate_exits_normally(tmp_path: Path, wait_for_command:
         return  # the program exited before its command started: none may start after
     # The command still running at exit was killed with its whole process group (the
     # shell and its sleep): this test's own command only, not the machine's process list.
-    assert _group_gone(int(pidfile.read_text())), "the command outlived its program"
+    wait_until(lambda: _group_gone(int(pidfile.read_text())), 10,
+               "the command's process group gone with its program")

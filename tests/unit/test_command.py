@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import awstoken
+from tests.fixtures.wait import wait_until
 
 
 def test_output_is_stripped_of_the_trailing_newline() -> None:
@@ -76,10 +77,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         cmd.fetch()
     assert time.monotonic() - started < 10
     grandchild = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(grandchild)
+    wait_until(lambda: not _alive(grandchild), 5, f"the grandchild {grandchild} gone")
 
 
 def test_invalid_commands_are_rejected_early() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from awstoken._config.load import (
 )
 from awstoken._config.settings import RouteSettings, Settings, StorageSettings, TokenSettings
 from awstoken.aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
+from tests.fixtures.wait import wait_until
 
 GOOD = """
 [storage]
@@ -518,9 +518,7 @@ def test_build_keeper_and_start_rotators(tmp_path: Path) -> None:
         assert sorted(rotators) == ["one", "two"]
         assert rotators["one"].schedule.interval == 3600
         assert rotators["one"].schedule.retry == 5
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (keeper.token("one") and keeper.token("two")):
-            time.sleep(0.05)
+        wait_until(lambda: keeper.token("one") and keeper.token("two"), 20, "both tokens")
         assert keeper.token("one") == "Bearer one-token"
         assert keeper.token("two") == "Basic YXdzOnR3by10b2tlbg=="
     finally:
@@ -535,9 +533,7 @@ def test_start_rotators_runs_the_hooks_of_each_token(tmp_path: Path) -> None:
     keeper = build_keeper(settings)
     start_rotators(settings, keeper)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not sink.exists():
-            time.sleep(0.05)
+        wait_until(sink.exists, 20, f"the sink {sink}")
         assert sink.read_text().strip() == "Basic sink-token"
     finally:
         keeper.stop()
@@ -559,9 +555,7 @@ def test_sink_and_hook_keys_load_and_run(tmp_path: Path) -> None:
     keeper = build_keeper(settings)
     start_rotators(settings, keeper)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (hook_out.exists() and hook_out.read_text()):
-            time.sleep(0.05)
+        wait_until(lambda: hook_out.exists() and hook_out.read_text(), 20, "the hook's output")
         assert (tmp_path / "ecr.header").read_text() == "Basic raw-token"
         assert hook_out.read_text().strip() == "raw-token"
     finally:

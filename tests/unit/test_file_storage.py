@@ -15,6 +15,7 @@ from awstoken._rotation.rotator import Rotator, Schedule
 from awstoken._sources.command import FunctionSource
 from awstoken._sources.transforms import bearer
 from tests.fixtures.faults import read_only
+from tests.fixtures.wait import wait_until
 
 
 def test_records_are_private_and_round_trip(tmp_path: Path) -> None:
@@ -35,10 +36,7 @@ def test_another_instance_sees_a_new_token_within_the_poll(tmp_path: Path) -> No
     writer.write("ecr", Token("v1", refreshed_at=time.time(), generation=1))
     assert reader.get("ecr") == "v1"
     writer.write("ecr", Token("v2", refreshed_at=time.time(), generation=2))
-    deadline = time.monotonic() + 3
-    while reader.get("ecr") != "v2" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert reader.get("ecr") == "v2"
+    wait_until(lambda: reader.get("ecr") == "v2", 10, "v2 at the reader")
     reader.close()
     writer.close()
 

@@ -26,6 +26,7 @@ from awstoken import (
     Rotator,
     Schedule,
 )
+from tests.fixtures.wait import wait_until
 
 
 class Tokens:
@@ -204,21 +205,16 @@ def test_a_command_past_its_timeout_has_its_process_group_killed(tmp_path: Path)
     assert (hook.stats.failures, hook.stats.timeouts) == (1, 1)
     assert "timeout of 0.5s" in (hook.stats.last_error or "")
     grandchild = int(pidfile.read_text())
-    assert not _alive(grandchild)
+    wait_until(lambda: not _alive(grandchild), 5, f"the grandchild {grandchild} gone")
 
 
 def _alive(pid: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return False
-        if state in ("Z", "X"):  # killed; waiting for init to reap it
-            return False
-        time.sleep(0.05)
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # killed; waiting for init to reap it
 
 
 def test_hook_timeout_error_class() -> None:
