@@ -26,6 +26,7 @@ import pytest
 from awstoken import Keeper, MemoryStorage
 from awstoken._config.settings import CacheSettings, RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import RunningProxy, aiohttp_server, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import Reply, call
 
@@ -392,7 +393,7 @@ def test_sigkill_mid_write_leaves_nothing_visible(tmp_path: Path, registry: Regi
     digest = registry.add("team/app", data)
     path = f"/v2/team/app/blobs/{digest}"
     cache = tmp_path / "cache"
-    port = free_port()
+    port, admin = free_port(), free_port()
     config = tmp_path / "awstoken.toml"
     config.write_text(f"""
 [storage]
@@ -404,7 +405,7 @@ format = "Bearer {{token}}"
 
 [server]
 listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{free_port()}"
+admin_listen = "127.0.0.1:{admin}"
 
 [[routes]]
 prefix = "/v2/"
@@ -418,6 +419,9 @@ cache = {{ path = "cache", max_size = "1G" }}
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         wait_for_port(port)
+        # The port listens before the token is in (a request would get 503): wait for ready.
+        wait_until(lambda: call(f"http://127.0.0.1:{admin}", "GET", "/readyz").status == 200,
+                   30, "serve ready")
         return proc
 
     registry.hold = threading.Event()

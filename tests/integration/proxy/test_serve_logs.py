@@ -14,6 +14,7 @@ from awstoken import _logging
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -49,6 +50,9 @@ token = "ecr"
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_for_port(port)
+        # The port listens before the first token is in (a request would get 503 "not
+        # available yet"): wait for serve to store it.
+        wait_until((tmp_path / "tokens" / "ecr.json").exists, 30, "the first token stored")
         assert call(f"http://127.0.0.1:{port}", "GET", "/v2/").status == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

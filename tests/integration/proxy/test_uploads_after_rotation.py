@@ -31,6 +31,7 @@ from tests.fixtures.proxy import RunningProxy, running_proxy
 from tests.fixtures.pypi import make_wheel, pip_env
 from tests.fixtures.pypiserver import PypiServer, write_htpasswd
 from tests.fixtures.registry import Registry, make_oci_layout
+from tests.fixtures.wait import wait_until
 
 GAP = 0.2  # the rotator's minimum gap between refreshes
 
@@ -48,7 +49,9 @@ def _proxy(tmp_path: Path, upstream: str, password: str, *, user: str, prefix: s
                         routes=(RouteSettings(prefix=prefix, upstream=upstream, token="up",
                                               strip_prefix=prefix != "/"),))
     try:
-        keeper.rotators["up"].refresh()
+        # The rotator's own first refresh (generation 1). A refresh() here as well made a
+        # second one whenever the first had ended by then, as on a loaded machine.
+        wait_until(lambda: keeper.token("up"), 30, "the first token")
         with running_proxy(settings, keeper) as proxy:
             yield proxy, keeper, password_file
     finally:
