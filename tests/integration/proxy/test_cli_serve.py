@@ -11,6 +11,7 @@ from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import Upstream
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -42,7 +43,9 @@ token = "ecr"
     try:
         wait_for_port(port)
         wait_for_port(admin)
-        assert call(f"http://127.0.0.1:{admin}", "GET", "/readyz").status == 200
+        # Listening comes before the first token: ready once it is in.
+        wait_until(lambda: call(f"http://127.0.0.1:{admin}", "GET", "/readyz").status == 200,
+                   30, "serve ready")
         reply = call(f"http://127.0.0.1:{port}", "GET", "/v2/")
         assert reply.status == 200
         seen = json.loads(reply.body)
