@@ -103,7 +103,7 @@ class _AwsSource:
         import botocore.config
         import botocore.session
 
-        from . import __version__
+        from ._version import version
 
         session = botocore.session.Session(profile=self.profile)
         if self.role_arn is not None:
@@ -111,7 +111,7 @@ class _AwsSource:
         elif session.get_credentials() is None:
             raise SourceError(f"{self.service}: no AWS credentials found (environment, "
                               f"profile{_for_profile(self.profile)}, SSO or instance metadata)")
-        config = botocore.config.Config(user_agent_extra=f"awstoken/{__version__}")
+        config = botocore.config.Config(user_agent_extra=f"awstoken/{version()}")
         if self.timeout is not None:
             config = config.merge(botocore.config.Config(connect_timeout=self.timeout,
                                                          read_timeout=self.timeout))

@@ -22,7 +22,7 @@ from .._errors import AwstokenError, ConfigError
 from .._logging import FORMATS, parse_level
 from .._sources import jsonout as _jsonout
 from .._sources.transforms import basic_auth, template, validate_value
-from ..storage._base import check_name
+from .._token import check_name
 from .settings import (
     Address,
     CacheSettings,

@@ -25,8 +25,8 @@ from .._errors import AwstokenError, TokenExpiredError
 from .._sources import mask as _mask
 from .._sources.command import Fetched, Source
 from .._sources.transforms import Transform, validate_value
-from .._token import Token
-from ..storage._base import Clock, Lease, Storage, check_name
+from .._token import Token, check_name
+from ..storage._base import Clock, Lease, Storage
 
 log = logging.getLogger("awstoken")
 
