@@ -40,6 +40,7 @@ DEFAULT_POLL = 1.0
 DEFAULT_MIN_REFRESH_GAP = 10.0
 
 RotateHook = Callable[[str, Fetched, Token], object]
+"""An on-rotate hook: called as ``hook(name, fetched, token)`` after each stored rotation."""
 
 
 @dataclass(frozen=True, slots=True)
