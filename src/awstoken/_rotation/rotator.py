@@ -373,7 +373,7 @@ class Rotator:
         for hook in self.on_rotate:
             try:
                 hook(self.name, fetched, token)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a user's hook must not stop the rotation
                 failed.append(_describe(self.name, exc))
                 log.error("awstoken: token %r: on-rotate hook %s failed: %s", self.name,
                           getattr(hook, "__name__", hook), failed[-1])
@@ -442,7 +442,7 @@ def fetch_value(name: str, source: Source, transform: Transform,
                          f"token {name!r} (raw)")
     try:
         value = transform(raw)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a user's callable: any failure, text withheld
         raise AwstokenError(f"token {name!r}: the transform raised {type(exc).__name__}") from None
     value = validate_value(value, f"token {name!r}")
     now = clock()

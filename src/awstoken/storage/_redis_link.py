@@ -159,7 +159,7 @@ class RedisLink:
         while not self.stopping.is_set():
             try:
                 self._watch_once()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the watcher thread must not die
                 self._crashed(exc)
                 if self.stopping.wait(self._backoff(4)):
                     return

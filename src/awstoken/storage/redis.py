@@ -315,7 +315,7 @@ class RedisStorage(BaseStorage):
             except AwstokenError as exc:
                 self._log_once(f"revalidate:{name}", str(exc),
                                "awstoken: could not revalidate token %r: %s", name, exc)
-            except Exception as exc:  # bad data must not end the cache thread
+            except Exception as exc:  # noqa: BLE001 - bad data must not end the cache thread
                 self._log_once(f"revalidate:{name}", type(exc).__name__,
                                "awstoken: token %r: unexpected error revalidating", name,
                                exc_info=True)
