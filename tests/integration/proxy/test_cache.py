@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,6 +32,9 @@ from .conftest import Reply, call
 
 TOKEN = "Bearer good-token"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 @dataclass
@@ -84,7 +87,7 @@ def stand_in_registry() -> Iterator[Registry]:
         yield state
 
 
-async def _send_blob(state: Registry, request: Any, digest: str, data: bytes) -> Any:
+async def _send_blob(state: Registry, request: Any, digest: str, data: bytes) -> web.StreamResponse:
     """The blob as the registry's state says: tampered, uncacheable, chunked, cut, held."""
     from aiohttp import web
 
