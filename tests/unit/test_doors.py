@@ -10,6 +10,7 @@ import pytest
 
 from awstoken import ConfigError, MemoryStorage, Token
 from awstoken._config.load import loads
+from awstoken._config.options import CodeArtifactOptions, ECROptions
 from awstoken._config.settings import TokenSettings
 from awstoken._doors.common import (
     NotFound,
@@ -57,11 +58,11 @@ def test_ecr_source_with_account_and_region_implies_its_host() -> None:
 
 @pytest.mark.parametrize("value", [f"Basic {_b64('AWS:pw=:x')}", _b64("AWS:pw=:x")])
 def test_ecr_values_split_into_user_and_password(value: str) -> None:
-    assert credentials(value, TokenSettings(name="e", source="ecr")) == ("AWS", "pw=:x")
+    assert credentials(value, TokenSettings(name="e", options=ECROptions())) == ("AWS", "pw=:x")
 
 
 def test_other_values() -> None:
-    token = TokenSettings(name="c", source="codeartifact", basic_user="aws")
+    token = TokenSettings(name="c", options=CodeArtifactOptions(domain="d"), basic_user="aws")
     assert credentials(f"Basic {_b64('aws:tok')}", token) == ("aws", "tok")
     assert credentials("Bearer tok", token) == ("aws", "tok")
     assert credentials("plain", TokenSettings(name="p")) == ("aws", "plain")
