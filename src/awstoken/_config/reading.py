@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -282,10 +283,18 @@ def read_by(read: Reader, *, only: tuple[str, ...] = ()) -> Mapping[str, Any]:
     return {"read": read, "only": only}
 
 
+@functools.cache
+def _readers(cls: Any, kind_: str | None) -> tuple[tuple[str, Reader], ...]:
+    """(key, reader) of each key ``cls`` declares (for ``kind_``), in field order; cached,
+    as a class's fields do not change."""
+    return tuple((f.name, f.metadata["read"]) for f in dataclasses.fields(cls)
+                 if "read" in f.metadata
+                 and (kind_ is None or not f.metadata["only"] or kind_ in f.metadata["only"]))
+
+
 def keys_of(cls: Any, kind_: str | None = None) -> tuple[str, ...]:
     """The TOML keys ``cls`` declares (those used with ``kind_``, when given)."""
-    return tuple(f.name for f in dataclasses.fields(cls) if "read" in f.metadata
-                 and (kind_ is None or not f.metadata["only"] or kind_ in f.metadata["only"]))
+    return tuple(name for name, _ in _readers(cls, kind_))
 
 
 def only_with(cls: Any) -> dict[str, tuple[str, ...]]:
@@ -296,19 +305,20 @@ def only_with(cls: Any) -> dict[str, tuple[str, ...]]:
 def read_fields(cls: Any, table: Table, kind_: str | None = None) -> dict[str, Any]:
     """The declared keys of ``cls`` present in ``table`` and valid, by field name."""
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in keys_of(cls, kind_):
-            continue
-        got = f.metadata["read"](table, f.name)
+    for name, read in _readers(cls, kind_):
+        got = read(table, name)
         if got is not MISSING:
-            values[f.name] = got
+            values[name] = got
     return values
+
+
+@functools.cache
+def _required(cls: Any) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls)
+                     if f.init and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
 
 
 def make(cls: Callable[..., T], values: Mapping[str, Any]) -> T | None:
     """``cls(**values)``, or None when a field without a default has no value (reported)."""
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if (f.init and f.name not in values and f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING):
-            return None
-    return cls(**values)
+    return cls(**values) if _required(cls) <= values.keys() else None
