@@ -16,6 +16,7 @@ from awstoken._doors.common import (
     NotFound,
     credentials,
     index_token,
+    indexes,
     obtain,
     registries,
     registry_host,
@@ -54,6 +55,17 @@ def test_ecr_source_with_account_and_region_implies_its_host() -> None:
     pytest.importorskip("botocore")
     settings = loads('[tokens.e]\nsource = "ecr"\nregistry_id = "123456789012"\nregion = "us-east-1"\n')
     assert registries(settings) == {ECR: "e"}
+
+
+def test_codeartifact_source_with_owner_and_region_implies_its_index() -> None:
+    pytest.importorskip("botocore")
+    settings = loads('[tokens.c]\nsource = "codeartifact"\ndomain = "acme"\n'
+                     'domain_owner = "111122223333"\nregion = "eu-west-1"\n'
+                     'indexes = ["https://pypi.example/simple/"]\n'
+                     '[tokens.n]\nsource = "codeartifact"\ndomain = "acme"\n')
+    assert indexes(settings) == [
+        ("https://pypi.example/simple/", "c"),
+        ("https://acme-111122223333.d.codeartifact.eu-west-1.amazonaws.com/", "c")]
 
 
 @pytest.mark.parametrize("value", [f"Basic {_b64('AWS:pw=:x')}", _b64("AWS:pw=:x")])
