@@ -129,6 +129,14 @@ def test_every_source_key_is_documented_for_its_sources() -> None:
     assert documented == {source: set(keys_of(cls)) for source, cls in OPTIONS.items()}
 
 
+def test_the_keys_a_reload_keeps_are_the_documented_ones() -> None:
+    text = DOC.read_text()
+    paragraph = text[text.index("SIGHUP makes"):].split("\n\n")[0]
+    named = set(_KEY.findall(paragraph))
+    assert named == set(RESTART_ONLY)
+    assert "`[storage]`" in paragraph
+
+
 def _defaults() -> list[tuple[type[Any], str, str]]:
     """(class, key, default cell) of each documented default that is one TOML value."""
     classes = {"[storage]": StorageSettings, "[tokens.NAME]": TokenSettings,

@@ -270,12 +270,14 @@ def value(check: Callable[[Any], Any], expected: str, *, required: bool = False)
 # -- declarations ------------------------------------------------------------------------------
 
 
-def setting(default: T, read: Reader, *, only: tuple[str, ...] = ()) -> T:
+def setting(default: T, read: Reader, *, only: tuple[str, ...] = (), restart: bool = False) -> T:
     """A field read from the TOML key of its name; ``default`` when the key is absent.
 
     ``only``: the kinds of table it belongs to (``[storage]`` types), when not all.
+    ``restart``: a reload (SIGHUP) keeps the running value; it takes effect at a restart.
     """
-    return dataclasses.field(default=default, metadata={"read": read, "only": only})
+    return dataclasses.field(default=default, metadata={"read": read, "only": only,
+                                                        "restart": restart})
 
 
 def read_by(read: Reader, *, only: tuple[str, ...] = ()) -> Mapping[str, Any]:

@@ -16,12 +16,11 @@ from .._rotation.keeper import Keeper
 from .._rotation.rotator import RotateHook
 from .._sources.command import Source
 from .._sources.transforms import Transform
-from .settings import Settings, TokenSettings
+from .settings import ServerSettings, Settings, TokenSettings
 
-#: ``[server]`` keys that take effect only at a restart.
-RESTART_ONLY = ("listen", "workers", "admin_listen", "token_listen", "token_socket_mode", "engine",
-                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "max_connections",
-                "head_timeout", "keepalive_timeout", "token_hosts", "log_level", "log_format")
+#: ``[server]`` keys that take effect only at a restart (declared by their fields).
+RESTART_ONLY = tuple(f.name for f in dataclasses.fields(ServerSettings)
+                     if f.metadata.get("restart"))
 
 
 

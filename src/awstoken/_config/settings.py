@@ -131,18 +131,20 @@ _ANY_DURATION = duration(positive=False)
 class ServerSettings:
     """The ``[server]`` table."""
 
-    listen: tuple[str, int] = setting(("127.0.0.1", 8080), value(checks.parse_listen,
-                                                                 checks.LISTEN_EXPECTED))
-    workers: int = setting(1, integer(1, 256))
+    # restart=True: a reload (SIGHUP) keeps the running value until the next restart.
+    listen: tuple[str, int] = setting(("127.0.0.1", 8080), value(
+        checks.parse_listen, checks.LISTEN_EXPECTED), restart=True)
+    workers: int = setting(1, integer(1, 256), restart=True)
     # None: no admin listener. 8479: no common service or Prometheus exporter defaults to it
     # (9090 is Prometheus's own).
     admin_listen: tuple[str, int] | None = setting(("127.0.0.1", 8479), value(
-        checks.listen_or_off, checks.LISTEN_EXPECTED + ' or "off"'))
+        checks.listen_or_off, checks.LISTEN_EXPECTED + ' or "off"'), restart=True)
     # The nginx auth_request token endpoint (GET /token/NAME): unix sockets and loopback
     # addresses only (the loader refuses others), never the proxy's listener.
-    token_listen: tuple[Address, ...] = setting((), readers.token_listen)
+    token_listen: tuple[Address, ...] = setting((), readers.token_listen, restart=True)
     # Permissions of the token endpoint's unix sockets.
-    token_socket_mode: int = setting(0o660, value(checks.private_mode, checks.MODE_EXPECTED))
+    token_socket_mode: int = setting(0o660, value(checks.private_mode, checks.MODE_EXPECTED),
+                                     restart=True)
     # Cache-Control max-age of a 204 (0: no-store): nginx's cache time.
     token_max_age: float = setting(5.0, duration(positive=False, maximum=300.0))
     token_secret_env: str | None = setting(None, _ENV)  # X-Awstoken-Secret must carry its value
@@ -150,25 +152,29 @@ class ServerSettings:
     bearer_tokens_env: str | None = setting(None, _ENV)  # comma-separated inbound bearer tokens
     allow: tuple[str, ...] = setting((), value(  # client networks (CIDR); empty: any
         checks.networks, 'an array of networks like ["10.0.0.0/8", "::1/128"]'))
-    ca_file: str | None = setting(None, file_path(must_exist=True))  # CAs for upstream TLS
-    verify_tls: bool = setting(True, boolean())
-    connect_timeout: float = setting(10.0, _POSITIVE)
-    read_timeout: float = setting(300.0, _POSITIVE)  # per read from the upstream
+    # CAs for upstream TLS.
+    ca_file: str | None = setting(None, file_path(must_exist=True), restart=True)
+    verify_tls: bool = setting(True, boolean(), restart=True)
+    connect_timeout: float = setting(10.0, _POSITIVE, restart=True)
+    read_timeout: float = setting(300.0, _POSITIVE, restart=True)  # per read from the upstream
     shutdown_timeout: float = setting(30.0, _ANY_DURATION)
     access_log: bool = setting(True, boolean())
     engine: Literal["fast"] = setting("fast", value(  # the request path (docs/benchmarks.md)
-        checks.engine, "'fast' (the aiohttp request path was retired)"))
+        checks.engine, "'fast' (the aiohttp request path was retired)"), restart=True)
     log_level: str = setting("info", value(  # "info" or "info,botocore=debug" (_logging)
         checks.log_level, '"debug", "info", "warning", "error" or "critical", optionally '
-                          'followed by ",LOGGER=LEVEL" parts'))
-    log_format: Literal["text", "json"] = setting("text", choice(*LOG_FORMATS))
+                          'followed by ",LOGGER=LEVEL" parts'), restart=True)
+    log_format: Literal["text", "json"] = setting("text", choice(*LOG_FORMATS), restart=True)
     # More Host names a TCP token listener answers (nginx upstream).
     token_hosts: tuple[str, ...] = setting((), value(
-        checks.host_names, 'an array of host names like ["awstoken"] or ["awstoken:8081"]'))
+        checks.host_names, 'an array of host names like ["awstoken"] or ["awstoken:8081"]'),
+        restart=True)
     # Open client connections on the proxy listener (per process).
-    max_connections: int = setting(4096, integer(1, 1_000_000))
-    head_timeout: float = setting(60.0, _POSITIVE)  # a client sends a whole request head within
-    keepalive_timeout: float = setting(75.0, _POSITIVE)  # idle keep-alive connections close then
+    max_connections: int = setting(4096, integer(1, 1_000_000), restart=True)
+    # A client sends a whole request head within head_timeout; idle keep-alive connections
+    # are closed after keepalive_timeout.
+    head_timeout: float = setting(60.0, _POSITIVE, restart=True)
+    keepalive_timeout: float = setting(75.0, _POSITIVE, restart=True)
     # The proxy's URL as clients know it: Location headers and index bodies point there
     # (None: the address each client connected to; never the client's Host header).
     public_url: str | None = setting(None, value(
