@@ -20,6 +20,7 @@ from .options import (
     CodeArtifactOptions,
     CommandOptions,
     ECROptions,
+    ECRPublicOptions,
     EKSOptions,
     RDSOptions,
 )
@@ -85,7 +86,9 @@ def _native(opts: AwsOptions, timeout: float) -> Source:
         return aws.EKS(opts.cluster, **common)
     if isinstance(opts, RDSOptions):
         return aws.RDS(opts.host, opts.port, opts.user, **common)
-    return aws.ECRPublic(**common)
+    if isinstance(opts, ECRPublicOptions):
+        return aws.ECRPublic(**common)
+    raise ConfigError(f"source: no source for {type(opts).__name__}")
 
 
 def build_transform(token: TokenSettings) -> Transform:
