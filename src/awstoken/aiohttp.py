@@ -29,7 +29,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                       "pip install 'awstoken[aiohttp]'") from exc
 
 from . import _client
-from ._client import TokenHeader
 from ._errors import AwstokenError
 from ._rotation.keeper import Keeper
 
@@ -55,7 +54,7 @@ class TokenMiddleware:
                  retry_statuses: Collection[int] = _client.DEFAULT_RETRY_STATUSES,
                  min_refresh_gap: float | None = None,
                  origins: Collection[str] | None = None) -> None:
-        self._token = TokenHeader(name, keeper=keeper, header=header,
+        self._token = _client.TokenHeader(name, keeper=keeper, header=header,
                                   refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
                                   min_refresh_gap=min_refresh_gap)
         self._origins = None if origins is None else frozenset(_origin(o) for o in origins)

@@ -17,12 +17,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.httpx needs httpx: pip install 'awstoken[httpx]'") from exc
 
-from ._client import HeaderAuth
+from . import _client
 
 __all__ = ["TokenAuth"]
 
 
-class TokenAuth(HeaderAuth, httpx.Auth):
+class TokenAuth(_client.HeaderAuth, httpx.Auth):
     """Put the current value of token ``name`` in ``header`` of every request.
 
     The value is read from the keeper's storage per request (``keeper.token(name)``; the

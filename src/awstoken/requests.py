@@ -17,14 +17,14 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.requests needs requests: pip install 'awstoken[requests]'") from exc
 
-from ._client import HeaderAuth
+from . import _client
 
 __all__ = ["TokenAuth"]
 
 _NOT_SEEKABLE = -1
 
 
-class TokenAuth(HeaderAuth, AuthBase):
+class TokenAuth(_client.HeaderAuth, AuthBase):
     """Put the current value of token ``name`` in ``header`` of every request.
 
     The value is read from the keeper's storage per request (``keeper.token(name)``; the

@@ -10,6 +10,7 @@ import importlib
 import importlib.metadata
 import inspect
 import re
+import sys
 import types
 import typing
 
@@ -17,25 +18,34 @@ import pytest
 
 import awstoken
 
-MODULES = ["awstoken", "awstoken.aws", "awstoken.storage", "awstoken.proxy", "awstoken.httpx",
-           "awstoken.requests", "awstoken.aiohttp"]
+MODULES = ["awstoken", "awstoken.aws", "awstoken.config", "awstoken.storage", "awstoken.proxy",
+           "awstoken.httpx", "awstoken.requests", "awstoken.aiohttp"]
+
+
+def _root_objects(module: types.ModuleType) -> set[int]:
+    """What ``awstoken`` itself exports (other modules may re-use it: ``ConfigError``)."""
+    if module is awstoken:
+        return set()
+    return {id(getattr(awstoken, name)) for name in awstoken.__all__ if name != "__version__"}
 
 
 def public_names(module: types.ModuleType) -> set[str]:
-    """Names a reader of ``module`` sees as its own: not private, not a module, defined there
-    (or, for a package, in one of its modules), or a type alias or constant it assigns; not
-    what it imports from the standard library, a third party or another awstoken module."""
+    """Names a reader of ``module`` sees as its own: not private, not a module, not one of
+    ``awstoken``'s own exports; defined there (or below it), taken from a private awstoken
+    module, or a type alias or constant; not what it imports from the standard library or a
+    third party (``time``, ``Collection``, ``httpx``)."""
+    root = _root_objects(module)
     names = set()
-    package = module.__name__ + "." if hasattr(module, "__path__") else None
     for name in dir(module):
         if name.startswith("_") or name in ("annotations", "TYPE_CHECKING"):
             continue
         value = getattr(module, name)
-        if isinstance(value, types.ModuleType):
+        if isinstance(value, types.ModuleType) or id(value) in root:
             continue
         origin = getattr(value, "__module__", None)
-        if (origin is None or origin == module.__name__ or typing.get_origin(value) is not None
-                or (package is not None and origin.startswith(package))):
+        if (origin is None or typing.get_origin(value) is not None
+                or origin == module.__name__ or origin.startswith(module.__name__ + ".")
+                or (origin.startswith("awstoken.") and "._" in f".{origin.partition('.')[2]}")):
             names.add(name)
     return names
 
@@ -45,7 +55,9 @@ def test_all_is_the_public_names(module_name: str) -> None:
     if module_name in ("awstoken.httpx", "awstoken.requests", "awstoken.aiohttp"):
         pytest.importorskip(module_name.split(".")[1])
     module = importlib.import_module(module_name)
-    exported = set(module.__all__) - {"__version__"}
+    root = _root_objects(module)
+    exported = {name for name in module.__all__
+                if name != "__version__" and id(getattr(module, name)) not in root}
     assert public_names(module) == exported
     assert len(module.__all__) == len(set(module.__all__))
 
@@ -77,10 +89,13 @@ def test_every_exported_name_is_documented(module_name: str) -> None:
 
 
 def _home(module: types.ModuleType, name: str) -> str:
-    """The module that defines the alias ``name`` that ``module`` exports."""
-    lazy: dict[str, str] = getattr(module, "_LAZY", {})
-    where = lazy.get(name)
-    return importlib.util.resolve_name(where, module.__name__) if where else module.__name__
+    """The awstoken module that assigns the alias or constant ``name`` that ``module`` exports."""
+    assignment = re.compile(rf"^{re.escape(name)}\b\s*[:=]", re.MULTILINE)
+    for candidate in [module.__name__, *sorted(sys.modules)]:
+        if candidate.split(".")[0] == "awstoken" and assignment.search(
+                inspect.getsource(sys.modules[candidate])):
+            return candidate
+    return module.__name__
 
 
 def test_version_comes_from_the_package_metadata() -> None:
