@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .mask import first_line
 
@@ -93,7 +93,6 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
-
 
 
 # -- running a command to its end --------------------------------------------------------------
@@ -197,7 +196,7 @@ class _Capture:
                 if left <= 0:
                     raise subprocess.TimeoutExpired(proc.args, timeout)
                 for key, _ in self.selector.select(left):
-                    self._step(key.fileobj)  # type: ignore[arg-type]
+                    self._step(cast("IO[bytes]", key.fileobj))  # registered above
         try:
             proc.wait(max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
