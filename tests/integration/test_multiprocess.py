@@ -64,8 +64,11 @@ def test_one_process_runs_the_command_and_all_read_the_result(
     n = len(runs(counter))
     # A refresh at start and one per interval since, not one per process (four at start).
     assert n <= (time.monotonic() - started) / interval + 2, runs(counter)
-    reads = wait_until(lambda: len(last_reads(out)) == 4 and last_reads(out), 10,
-                       "a read by each of the four processes")
+    def four_reads() -> dict[int, str] | None:
+        reads = last_reads(out)
+        return reads if len(reads) == 4 else None
+
+    reads = wait_until(four_reads, 10, "a read by each of the four processes")
     # Every process reads the leader's latest token (or, mid-rotation, the one before).
     assert set(reads.values()) <= {f"Bearer tok-{n}", f"Bearer tok-{n - 1}"}
 
@@ -77,8 +80,11 @@ def test_a_killed_leader_is_replaced_within_seconds(
     out = tmp_path / "reads"
     store = tmp_path / "store"
     procs += start_workers(3, store, 2.0, command, out)
-    record = wait_until(lambda: (r := awstoken.FileStorage(store).read("shared")) is not None
-                        and r.value is not None and r, 15, "a first record")
+    def first_record() -> awstoken.Token | None:
+        record = awstoken.FileStorage(store).read("shared")
+        return record if record is not None and record.value is not None else None
+
+    record = wait_until(first_record, 15, "a first record")
     assert record.leader is not None
     leader_pid = int(record.leader.rpartition(":")[2])
     assert leader_pid in {p.pid for p in procs}
@@ -96,11 +102,12 @@ def test_a_killed_leader_is_replaced_within_seconds(
     assert new_leader is not None and new_leader != leader_pid
     assert took < 2.0 + 3.0  # the interval plus a few seconds to notice
     survivors = {p.pid for p in procs} - {leader_pid}
+    assert current is not None
     wait_until(lambda: {last_reads(out).get(pid) for pid in survivors} == {current.value}, 10,
                "the survivors to read the new leader's token")
 
 
-def _child_reads(directory: str, queue: multiprocessing.Queue[object]) -> None:
+def _child_reads(directory: str, queue: multiprocessing.Queue[tuple[str | None, bool, bool]]) -> None:
     rotator = awstoken.default_keeper().rotators["forked"]
     queue.put((awstoken.token("forked"), rotator.running, rotator.leader))
 
@@ -114,10 +121,10 @@ def test_rotators_survive_fork(tmp_path: Path) -> None:
         wait_until(lambda: awstoken.token("forked"), 10, "the first token")
         assert rotator.leader
         ctx = multiprocessing.get_context("fork")
-        queue: multiprocessing.Queue[object] = ctx.Queue()
+        queue: multiprocessing.Queue[tuple[str | None, bool, bool]] = ctx.Queue()
         child = ctx.Process(target=_child_reads, args=(str(tmp_path), queue))
         child.start()
-        value, running, leader = queue.get(timeout=10)  # type: ignore[misc]
+        value, running, leader = queue.get(timeout=10)
         child.join(10)
         assert value == "forked-token"
         assert running and not leader  # the child follows; the parent keeps leading

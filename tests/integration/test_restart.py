@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.fixtures.processes import stop
 from tests.fixtures.wait import wait_until
@@ -26,7 +27,7 @@ while True:
 """
 
 
-def _record(directory: Path) -> dict[str, object] | None:
+def _record(directory: Path) -> dict[str, Any] | None:
     try:
         return json.loads((directory / "t.json").read_text())  # type: ignore[no-any-return]
     except (OSError, ValueError):
@@ -52,7 +53,7 @@ def test_a_restarted_process_does_not_wait_out_the_previous_backoff(tmp_path: Pa
         wait_until(lambda: (_record(store) or {}).get("value") == "fresh", 30,
                    "the restarted process to fetch at once, not after the stored backoff")
     finally:
-        stop(second)  # type: ignore[arg-type]
+        stop(second)
         assert second.stderr is not None
         print(second.stderr.read().decode())  # pytest shows it if the test failed
         second.stderr.close()

@@ -95,8 +95,11 @@ def test_hook_failures_reach_status_and_metrics(tmp_path: Path) -> None:
     keeper.rotate("ecr", awstoken.Command(["echo", "hook-secret"]), on_rotate=[hook])
     try:
         # The rotator's thread refreshes once at start (then not for 6 hours).
-        record = wait_until(lambda: (r := storage.read("ecr")) is not None and r.hook_failures
-                            and r, 30, "a failed hook in the record")
+        def failed_hook() -> Token | None:
+            record = storage.read("ecr")
+            return record if record is not None and record.hook_failures else None
+
+        record = wait_until(failed_hook, 30, "a failed hook in the record")
         assert record.value == "hook-secret"
         assert record.hook_failures == 1 and "status 4" in (record.hook_error or "")
         line = row(status(cfg).stdout, "ecr")
