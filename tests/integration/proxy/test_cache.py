@@ -676,7 +676,11 @@ def test_read_only_disk_falls_back_to_uncached(tmp_path: Path, registry: Registr
         with running_proxy(settings_for(registry, cache), keeper) as proxy:
             assert call(proxy.url, "GET", f"/v2/team/app/blobs/{first}").status == 200
             objects(cache, wait_for=1)
-            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+            # "mount point is busy" while the proxy still has the object's file open for
+            # writing (it appears before it is closed): once under load. Try again.
+            wait_until(lambda: subprocess.run(["mount", "-o", "remount,ro", str(mount)],
+                                              capture_output=True).returncode == 0,
+                       10, f"{mount} remounted read-only")
             for _ in range(3):
                 reply = call(proxy.url, "GET", f"/v2/team/app/blobs/{second}")
                 assert reply.status == 200 and len(reply.body) == 500_000
