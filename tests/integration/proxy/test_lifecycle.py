@@ -26,6 +26,9 @@ from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
+# The command line of a worker process (the parent's rotator runs commands of its own).
+WORKER = b"awstoken.proxy._worker"
+
 
 class Serving:
     """A running ``awstoken serve`` whose log (stderr) goes to a file readable meanwhile."""
@@ -198,13 +201,13 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, upstream: Upstream) -> None
                                   tokens={"a": "echo tok-a"}, routes={"/a": "a"}))
     with serving(config, port, tmp_path) as server:
         server.wait_log("proxy listening", count=2)
-        workers = children(server.proc.pid)
+        workers = children(server.proc.pid, WORKER)
         assert len(workers) == 2
         os.kill(int(workers[0]), signal.SIGKILL)
         server.wait_log(f"(pid {workers[0]}) exited with status -9; restarting it")
         server.wait_log("proxy listening", count=3)
         wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a", 30, "Bearer tok-a on /a/echo")
-        assert len(children(server.proc.pid)) == 2
+        assert len(children(server.proc.pid, WORKER)) == 2
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
     assert "keep failing" not in server.log
