@@ -145,7 +145,7 @@ def main() -> None:
     _setup_logging(spec.logging)
     status = 1
     try:
-        from ._server import serve_worker
+        from ._serve import serve_worker
 
         keeper = Keeper(_open_storage(spec))
         status = serve_worker(spec.settings, keeper, spec.metrics_socket, ready)

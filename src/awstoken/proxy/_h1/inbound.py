@@ -1,0 +1,448 @@
+"""The inbound side of HTTP/1.1: client connections (the server protocol) and the listener.
+
+Requests are parsed by ``httptools`` (llhttp) and answered one at a time, in order, per
+connection (pipelining-safe). Defenses against request smuggling come from llhttp in its
+strict default mode (a request with both Content-Length and Transfer-Encoding, a
+Transfer-Encoding whose last coding is not chunked, duplicate differing Content-Length,
+invalid chunk framing and bad header syntax are parse errors), plus a bound on the size of
+a request head (431). A request body pauses the client above ``HIGH_WATER``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httptools
+
+from .flow import FlowControl
+from .wire import (
+    HEAD_TIMEOUT,
+    HIGH_WATER,
+    KEEPALIVE_TIMEOUT,
+    MAX_HEAD,
+    ProtocolError,
+    encode_head,
+    reason,
+)
+
+log = logging.getLogger("awstoken.proxy")
+
+class BodyStream:
+    """A request body as it arrives from the client; pauses the client above HIGH_WATER."""
+
+    __slots__ = ("_chunks", "_conn", "_size", "_waiter", "done", "error", "received")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self.done = False
+        self.received = 0
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        self.received += len(data)
+        if self._size >= HIGH_WATER:
+            self._conn.pause_reading("body")
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done:
+            self.error = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """The next piece of the body; ``b""`` at its end."""
+        while not self._chunks:
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return b""
+            self._waiter = self._conn.loop.create_future()
+            await self._waiter
+        data = self._chunks.popleft()
+        self._size -= len(data)
+        if self._size < HIGH_WATER // 2:
+            self._conn.resume_reading("body")
+        return data
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed request head; ``body`` is None when the request has none."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    keep_alive: bool
+    body: BodyStream | None
+    chunked: bool
+    length: int | None
+    host: str | None
+    expect_continue: bool
+
+
+Handler = Callable[["ClientConnection", Request], Awaitable[None]]
+
+
+#: Open client connections per process unless configured (``server.max_connections``).
+MAX_CONNECTIONS = 4096
+
+
+class Frontend:
+    """The inbound side: a protocol factory for ``loop.create_server`` and shutdown.
+
+    Bounds what idle or trickling clients can hold: at most ``max_connections`` open
+    connections (more are answered 503 and closed), a whole request head within
+    ``head_timeout`` seconds of the connection or of the previous answer, and idle
+    keep-alive connections closed after ``keepalive_timeout``.
+    """
+
+    def __init__(self, handler: Handler, *, max_connections: int = MAX_CONNECTIONS,
+                 head_timeout: float = HEAD_TIMEOUT,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.closing = False
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.at_limit = False  # logged once each time the limit is reached
+        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4))
+        self._sweeper = self.loop.call_later(self._every, self._sweep)
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """Count a new connection in, or say no when ``max_connections`` are open."""
+        if len(self.connections) < self.max_connections:
+            if self.at_limit and len(self.connections) < self.max_connections * 9 // 10:
+                self.at_limit = False
+                log.warning("awstoken: proxy connections back under server.max_connections "
+                            "(%d open)", len(self.connections))
+            self.connections.add(conn)
+            return True
+        if not self.at_limit:
+            self.at_limit = True
+            log.warning("awstoken: server.max_connections (%d) reached: new clients get 503 "
+                        "until idle connections time out (head_timeout %gs, keepalive_timeout "
+                        "%gs)", self.max_connections, self.head_timeout, self.keepalive_timeout)
+        return False
+
+    def _sweep(self) -> None:
+        # One periodic pass instead of a timer per request: close idle keep-alive
+        # connections and clients that take too long to send a request head.
+        now = self.loop.time()
+        for conn in list(self.connections):
+            if conn.busy:
+                continue
+            limit = self.head_timeout if conn.in_head else self.keepalive_timeout
+            if now - conn.since >= limit:
+                conn.close()
+        self._sweeper = self.loop.call_later(self._every, self._sweep)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections, let requests in flight finish (bounded), abort the rest."""
+        self.closing = True
+        self._sweeper.cancel()
+        deadline = self.loop.time() + timeout
+        while True:
+            for conn in list(self.connections):
+                if not conn.busy and not conn.queue:
+                    conn.close()
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        tasks = [c.task for c in list(self.connections) if c.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+
+_BUSY = encode_head("HTTP/1.1 503 Service Unavailable", [
+    ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "33"),
+    ("Retry-After", "1"), ("Connection", "close")]) + b"too many connections, retry soon\n"
+
+
+class ClientConnection(FlowControl, asyncio.Protocol):
+    """One client connection: parses requests, runs them one at a time (pipelining-safe)."""
+
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+        self.loop = frontend.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.local = ""
+        self.queue: collections.deque[Request] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.busy = False  # a request is being answered
+        # A request head is awaited or being received (head_timeout applies): from the
+        # start, so a client that connects and sends nothing is closed as a trickling one.
+        self.in_head = True
+        self.since = self.loop.time()
+        self.closed = False
+        self.eof = False  # the client shut its sending side: answer what is queued, then close
+        self._init_flow()
+        self.response_started = False
+        self.sent = 0  # body bytes of the current response
+        self._waiter: asyncio.Future[None] | None = None
+        self._url: list[bytes] = []
+        self._headers: list[tuple[str, str]] = []
+        self._head_size = 0
+        self._body: BodyStream | None = None
+        self._parsing: Request | None = None  # head parsed, message not complete yet
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        # Paused as soon as a write is left pending (the kernel's send buffer is full), and
+        # resumed once nothing is: a streamed body's read-ahead lives in the two sockets'
+        # kernel buffers, not in this process. The upstream feeding this client reads again
+        # only when the client has taken everything, into a buffer no transport holds.
+        # Measured against a 1 MiB mark: same throughput or better, 9 MiB less peak RSS
+        # (a 4 MiB mark was slower and went over 64 MiB).
+        transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if isinstance(peer, tuple) else None
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            host = str(sock[0])
+            self.local = f"[{host}]:{sock[1]}" if ":" in host else f"{host}:{sock[1]}"
+        if not self.frontend.admit(self):
+            self.closed = True
+            transport.write(_BUSY)  # type: ignore[attr-defined]
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.frontend.connections.discard(self)
+        lost = ConnectionResetError("the client closed the connection")
+        for request in (*self.queue, ):
+            if request.body is not None:
+                request.body.fail(lost)
+        if self._body is not None:
+            self._body.fail(lost)
+        self._wake()
+        self._drain_lost()
+        if self.task is not None and self.busy:
+            self.task.cancel()  # stops the exchange; its upstream connection is aborted
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The parser stops after an Upgrade request's head. Upgrades are not offered:
+            # answer that request as a plain one, then close.
+            if not self.queue or self.queue[-1].body is not None:
+                # llhttp ends the message at the head and leaves what follows to the new
+                # protocol: a body announced in the head would never come (the upstream would
+                # wait for it until the read timeout). Refuse at once; the request was queued
+                # by this very call, so it has not started.
+                if self.queue:
+                    self.queue.pop()
+                self._reject(ProtocolError(400, "protocol upgrades are not supported"))
+                return
+            self.queue[-1].keep_alive = False
+            if self._body is not None:
+                self._body.fail(ConnectionResetError("request body after an Upgrade head"))
+                self._body = None
+            self.pause_reading("upgrade")
+        except ProtocolError as exc:
+            self._reject(exc)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._reject(cause if isinstance(cause, ProtocolError) else
+                         ProtocolError(400, "malformed request"))
+        except httptools.HttpParserError as exc:
+            # llhttp's reasons are short phrases ("Invalid header value char"), no bytes.
+            self._reject(ProtocolError(400, f"malformed request: {str(exc)[:100]}"))
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self._body is not None:
+            self._body.fail(ConnectionResetError("the client closed its side mid-body"))
+        if not self.busy and not self.queue:
+            self.close()
+        return True  # keep our side open: answers in flight still go out
+
+    # -- parser callbacks (httptools) ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.since = self.loop.time()
+        self._url = []
+        self._headers = []
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise ProtocolError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            raise ProtocolError(431, "request header fields too large")
+        if self.in_head:
+            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # else: a chunked body's trailer. Dropped: appended to the head's list it would reach
+        # the upstream as a header (and inbound auth) when the whole request came in one read.
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        chunked = False
+        length: int | None = None
+        host: str | None = None
+        expect = False
+        for key, value in self._headers:
+            low = key.lower()
+            if low == "content-length":
+                length = int(value)  # llhttp checked the syntax and duplicates
+            elif low == "transfer-encoding":
+                chunked = True  # llhttp rejects any coding list that does not end in chunked
+            elif low == "host":
+                if host is not None:
+                    raise ProtocolError(400, "more than one Host header")
+                host = value
+            elif low == "expect" and value.strip().lower() == "100-continue":
+                expect = True
+        version = parser.get_http_version()
+        if version == "1.1" and host is None:
+            raise ProtocolError(400, "HTTP/1.1 request without Host")
+        if chunked and version != "1.1":
+            # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty.
+            raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if version not in ("1.0", "1.1"):
+            raise ProtocolError(400, f"HTTP/{version} is not served")
+        has_body = chunked or bool(length)
+        body = BodyStream(self) if has_body else None
+        self._body = body
+        self._parsing = request = Request(
+            method=parser.get_method().decode("ascii"), target=b"".join(self._url).decode("latin-1"),
+            version=version, headers=self._headers, keep_alive=parser.should_keep_alive(),
+            body=body, chunked=chunked, length=None if chunked else length, host=host,
+            expect_continue=expect and has_body and version == "1.1")
+        self.queue.append(request)
+        if self.busy or len(self.queue) > 1:
+            self.pause_reading("pipeline")  # answer in order; read on when this one's turn comes
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+        else:
+            self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(body)
+
+    def on_message_complete(self) -> None:
+        self._parsing = None
+        if self._body is not None:
+            self._body.finish()
+            self._body = None
+
+    # -- running requests ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _serve(self) -> None:
+        handler = self.frontend.handler
+        try:
+            while not self.closed:
+                if not self.queue:
+                    self._waiter = self.loop.create_future()
+                    await self._waiter
+                    continue
+                request = self.queue.popleft()
+                self.resume_reading("pipeline")
+                self.busy = True
+                self.response_started = False
+                self.sent = 0
+                try:
+                    await handler(self, request)
+                finally:
+                    self.busy = False
+                    self.on_resume = None
+                    self.since = self.loop.time()
+                body = request.body
+                if not request.keep_alive or (body is not None and not body.done) or \
+                        self.frontend.closing or (self.eof and not self.queue):
+                    # An unread request body cannot be skipped safely: close instead.
+                    self.close()
+                    return
+        except asyncio.CancelledError:
+            self.abort()
+        except Exception:
+            log.exception("awstoken: unexpected error while answering a request")
+            self.abort()
+        finally:
+            self.task = None
+
+    def _reject(self, exc: ProtocolError) -> None:
+        """Answer a request that cannot be parsed, then close (nothing after it can be trusted)."""
+        if self._body is not None:
+            self._body.fail(ConnectionResetError(f"malformed request body: {exc}"))
+            self._body = None
+        parsing, self._parsing = self._parsing, None
+        if parsing is not None and parsing in self.queue:
+            self.queue.remove(parsing)  # its head parsed, then it broke: never answer it
+        if self.busy or self.queue:
+            self.abort()  # mid-body in a request already being answered
+            return
+        log.info("awstoken: %d for a malformed request from %s: %s", exc.status,
+                 self.remote or "-", exc)
+        if self.transport is not None and not self.closed:
+            status = exc.status
+            body = f"{exc}\n".encode()
+            self.transport.write(encode_head(f"HTTP/1.1 {status} {reason(status)}", [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))), ("Connection", "close")]) + body)
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _lost_message(self) -> str:
+        return "the client closed the connection"
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
