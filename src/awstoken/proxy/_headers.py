@@ -92,3 +92,11 @@ def followed_response_pairs(pairs: Iterable[tuple[str, str]]) -> Pairs:
     """A followed redirect target's response headers, cut to what describes the body
     (framing headers stay for :func:`response_header_pairs` to handle)."""
     return [(k, v) for k, v in pairs if k.lower() in _FOLLOWED_KEEP]
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of header ``name`` (lowercase) in ``headers``, or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
