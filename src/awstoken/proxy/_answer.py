@@ -10,7 +10,8 @@ import asyncio
 import logging
 
 from ._cache_http import ProxyCache
-from ._h1 import Chunk, ClientConnection, Request, UpstreamConnection, UpstreamError, http_date
+from ._framing import body_sink, stream_framing
+from ._h1 import ClientConnection, Request, UpstreamConnection, UpstreamError, http_date
 from ._h1 import encode_head as _encode_head
 from ._h1 import reason as _reason
 from ._headers import header, response_header_pairs
@@ -62,7 +63,6 @@ class Responder:
     def _proxy_origin(self, conn: ClientConnection) -> str:
         return self.public_url or f"http://{conn.local}"
 
-
     # -- the answer ----------------------------------------------------------------------------
 
     async def _respond(self, conn: ClientConnection, request: Request, route: Route,
@@ -72,12 +72,8 @@ class Responder:
             if cached is not None:
                 return cached  # a verified miss, streamed to the client and the store
         status = up.status
-        headers = response_header_pairs(up.headers)
         proxy_origin = self._proxy_origin(conn)
-        if up.location is not None:
-            for i, (key, location) in enumerate(headers):
-                if key.lower() == "location":
-                    headers[i] = (key, route.rewrite_location(location, proxy_origin))
+        headers = _client_headers(up, route, proxy_origin)
         reason_ = up.reason.decode("latin-1") or _reason(status)
         head_only = request.method == "HEAD" or status in (204, 304)
         length = up.length
@@ -109,32 +105,10 @@ class Responder:
         if up.error is not None and not up.complete:
             # Broken before anything went to the client: it can still get a clean 502.
             raise UpstreamFailure(502, "body", str(up.error))
-        chunked = length is None and request.version == "1.1"
-        if length is not None:
-            headers.append(("Content-Length", str(length)))
-        elif chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        close = not request.keep_alive or (length is None and not chunked)
-        if close:
-            headers.append(("Connection", "close"))
-            request.keep_alive = False
-        elif request.version == "1.0":
-            headers.append(("Connection", "keep-alive"))
+        chunked = stream_framing(request, headers, length)
         conn.response_started = True
         conn.write(_encode_head(f"HTTP/1.1 {status} {reason_}", headers))
-        transport = conn.transport
-        assert transport is not None
-
-        if chunked:
-            def sink(data: Chunk) -> None:
-                if data:
-                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-                    conn.sent += len(data)
-        else:
-            def sink(data: Chunk) -> None:
-                transport.write(data)
-                conn.sent += len(data)
-
+        sink = body_sink(conn, chunked)
         if first:
             sink(first)
         try:
@@ -193,6 +167,17 @@ class Responder:
                                f"{up.origin.host} was not forwarded, since its URLs could not be "
                                f"rewritten: {what} (server.max_index_bytes = "
                                f"{self.max_index_bytes})")
+
+
+def _client_headers(up: UpstreamConnection, route: Route,
+                    proxy_origin: str) -> list[tuple[str, str]]:
+    """The upstream's response headers for the client (Location pointed back at us)."""
+    headers = response_header_pairs(up.headers)
+    if up.location is not None:
+        for i, (key, location) in enumerate(headers):
+            if key.lower() == "location":
+                headers[i] = (key, route.rewrite_location(location, proxy_origin))
+    return headers
 
 
 __all__ = ["Responder"]

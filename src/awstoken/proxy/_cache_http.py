@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ._cache import Fill, Store
 from ._cache_keys import Key, Learned, oci_key
 from ._cache_serve import serve_entry
+from ._framing import body_sink, stream_framing
 from ._h1 import (
     Chunk,
     ClientConnection,
@@ -320,21 +321,11 @@ class ProxyCache:
         status = up.status
         headers = response_header_pairs(up.headers)
         length = up.length
-        chunked = length is None and request.version == "1.1"
-        if length is not None:
-            headers.append(("Content-Length", str(length)))
-        elif chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        if not request.keep_alive or (length is None and not chunked):
-            headers.append(("Connection", "close"))
-            request.keep_alive = False
-        elif request.version == "1.0":
-            headers.append(("Connection", "keep-alive"))
+        chunked = stream_framing(request, headers, length)
         reason_ = up.reason.decode("latin-1") or _reason(status)
         conn.response_started = True
         conn.write(_encode_head(f"HTTP/1.1 {status} {reason_}", headers))
-        transport = conn.transport
-        assert transport is not None
+        to_client = body_sink(conn, chunked)
         bad = False
 
         def sink(data: Chunk) -> None:
@@ -350,12 +341,7 @@ class ProxyCache:
                 fill.abandon()
                 conn.abort()
                 return
-            if chunked:
-                if data:
-                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                transport.write(data)
-            conn.sent += len(data)
+            to_client(data)
 
         broken = False
         try:

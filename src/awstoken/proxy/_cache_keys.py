@@ -144,29 +144,42 @@ def _hashed_links(body: bytes) -> Iterator[tuple[str, str, str]]:
 def _json_links(doc: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     files = doc.get("files")
     if isinstance(files, list):  # PEP 691
-        for item in files:
-            if isinstance(item, dict) and isinstance(item.get("url"), str):
-                hashes = item.get("hashes")
-                if isinstance(hashes, dict) and isinstance(hashes.get("sha256"), str):
-                    yield item["url"], "sha256", hashes["sha256"].lower()
+        yield from _pep691_links(files)
     versions = doc.get("versions")
     if isinstance(versions, dict):  # npm metadata (full or abbreviated)
-        for version in versions.values():
-            dist = version.get("dist") if isinstance(version, dict) else None
-            if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
+        yield from _npm_links(versions)
+
+
+def _pep691_links(files: list[Any]) -> Iterator[tuple[str, str, str]]:
+    for item in files:
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            hashes = item.get("hashes")
+            if isinstance(hashes, dict) and isinstance(hashes.get("sha256"), str):
+                yield item["url"], "sha256", hashes["sha256"].lower()
+
+
+def _npm_links(versions: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for version in versions.values():
+        dist = version.get("dist") if isinstance(version, dict) else None
+        if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
+            continue
+        integrity = dist.get("integrity")
+        if isinstance(integrity, str):
+            hex_ = _sha512_of(integrity)
+            if hex_ is not None:
+                yield dist["tarball"], "sha512", hex_
+
+
+def _sha512_of(integrity: str) -> str | None:
+    """The hex sha512 of a subresource-integrity string (the first valid one), or None."""
+    for part in integrity.split():
+        algo, _, b64 = part.partition("-")
+        if algo == "sha512":
+            try:
+                return base64.b64decode(b64.split("?", 1)[0], validate=True).hex()
+            except ValueError:
                 continue
-            integrity = dist.get("integrity")
-            if not isinstance(integrity, str):
-                continue
-            for part in integrity.split():
-                algo, _, b64 = part.partition("-")
-                if algo == "sha512":
-                    try:
-                        raw = base64.b64decode(b64.split("?", 1)[0], validate=True)
-                    except ValueError:
-                        continue
-                    yield dist["tarball"], "sha512", raw.hex()
-                    break
+    return None
 
 
 __all__ = ["Key", "Learned", "oci_key"]

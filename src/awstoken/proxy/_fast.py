@@ -19,7 +19,7 @@ from .._refusal import DEFAULT_REFRESH_WAIT
 from ._answer import Responder
 from ._auth import InboundAuth
 from ._cache_http import ProxyCache
-from ._h1 import ClientConnection, Origin, Pool, Request, UpstreamConnection, UpstreamError
+from ._h1 import BodyStream, ClientConnection, Origin, Pool, Request, UpstreamConnection, UpstreamError
 from ._h1 import encode_head as _encode_head
 from ._headers import cross_host_pairs, followed_response_pairs, header, request_header_pairs
 from ._metrics import RouteMetrics
@@ -97,26 +97,9 @@ class FastForwarder(Responder):
     # -- the request ---------------------------------------------------------------------------
 
     async def _handle(self, conn: ClientConnection, request: Request) -> tuple[Route | None, int]:
-        raw = request.target
-        path, sep, query = raw.partition("?")
-        if not raw.startswith("/"):
-            return None, self._error(conn, request, path, 400,
-                                     "only origin-form request targets are served")
-        if request.method not in METHODS:
-            request.keep_alive = False
-            return None, self._error(conn, request, path, 405,
-                                     f"method {request.method} is not served",
-                                     [("Allow", ALLOW)])
-        if needs_normalizing(path):  # only paths with '%', ';', '\\' or a dot segment pay for this
-            try:
-                normal = normalize_path(path)
-                self.routes.route_for(normal)
-            except PathRefused as exc:
-                request.keep_alive = False
-                return None, self._error(conn, request, path, 400, str(exc))
-            if normal != path:
-                path = normal
-                request.target = normal + sep + query
+        path, refused = self._check_target(conn, request)
+        if refused:
+            return None, refused
         if self.auth.enabled:
             decision = await self.auth.check(conn.remote, header(request.headers, "authorization"))
             if not decision.allowed:
@@ -144,6 +127,30 @@ class FastForwarder(Responder):
                 conn.abort()
                 return route, 502
             return route, self._error(conn, request, path, exc.status, str(exc))
+
+    def _check_target(self, conn: ClientConnection, request: Request) -> tuple[str, int]:
+        """The request's path (normalised); with a status when it was refused (answered)."""
+        raw = request.target
+        path, sep, query = raw.partition("?")
+        if not raw.startswith("/"):
+            return path, self._error(conn, request, path, 400,
+                                     "only origin-form request targets are served")
+        if request.method not in METHODS:
+            request.keep_alive = False
+            return path, self._error(conn, request, path, 405,
+                                     f"method {request.method} is not served",
+                                     [("Allow", ALLOW)])
+        if needs_normalizing(path):  # only paths with '%', ';', '\\' or a dot segment pay for this
+            try:
+                normal = normalize_path(path)
+                self.routes.route_for(normal)
+            except PathRefused as exc:
+                request.keep_alive = False
+                return path, self._error(conn, request, path, 400, str(exc))
+            if normal != path:
+                path = normal
+                request.target = normal + sep + query
+        return path, 0
 
     def _origin(self, url: str) -> Origin:
         origin = self._origins.get(url)
@@ -243,32 +250,10 @@ class FastForwarder(Responder):
         connection before a byte of the request goes out (followed redirects: its peer).
         """
         body = request.body if with_body and replay is None else None
-        lines = [("Host", origin.host_header), *headers]
-        if token is not None:
-            if "\r" in token[1] or "\n" in token[1]:
-                raise UpstreamFailure(502, "token", "the token value contains a line break")
-            lines.append(token)
-        if replay is not None:
-            lines.append(("Content-Length", str(replay.size)))
-        elif body is not None:
-            lines.append(("Transfer-Encoding", "chunked") if request.chunked else
-                         ("Content-Length", str(request.length)))
-        head = _encode_head(f"{request.method} {target} HTTP/1.1", lines)
-        pool = self.pool
+        head = _upstream_head(request, origin, target, headers, token, body, replay)
         for attempt in (1, 2):
-            up = pool.take(origin) if attempt == 1 else None
-            if up is None:
-                try:
-                    up = await pool.connect(origin)
-                except UpstreamError as exc:
-                    raise _failure(exc) from None
+            up = await self._connection(origin, attempt, check)
             reused = up.uses > 0
-            if check is not None:
-                try:
-                    check(up)  # before a byte of the request goes out
-                except UpstreamFailure:
-                    up.abort()
-                    raise
             up.start(head, head_only=request.method == "HEAD")
             if replay is not None:
                 up.pump = asyncio.ensure_future(pump_replay(replay, up))
@@ -291,6 +276,24 @@ class FastForwarder(Responder):
                 up.release()
                 raise
         raise AssertionError("unreachable")
+
+    async def _connection(self, origin: Origin, attempt: int,
+                          check: Callable[[UpstreamConnection], None] | None,
+                          ) -> UpstreamConnection:
+        """A pooled connection (first attempt only) or a new one, seen by ``check``."""
+        up = self.pool.take(origin) if attempt == 1 else None
+        if up is None:
+            try:
+                up = await self.pool.connect(origin)
+            except UpstreamError as exc:
+                raise _failure(exc) from None
+        if check is not None:
+            try:
+                check(up)  # before a byte of the request goes out
+            except UpstreamFailure:
+                up.abort()
+                raise
+        return up
 
     async def _follow(self, request: Request, there: str, headers: list[tuple[str, str]],
                       route: Route) -> UpstreamConnection:
@@ -326,6 +329,23 @@ class FastForwarder(Responder):
 
 
 _FRAMING = frozenset({"content-length"})
+
+
+def _upstream_head(request: Request, origin: Origin, target: str,
+                   headers: list[tuple[str, str]], token: tuple[str, str] | None,
+                   body: BodyStream | None, replay: BodyRecorder | None) -> bytes:
+    """The request head for the upstream: Host, the filtered headers, the token, framing."""
+    lines = [("Host", origin.host_header), *headers]
+    if token is not None:
+        if "\r" in token[1] or "\n" in token[1]:
+            raise UpstreamFailure(502, "token", "the token value contains a line break")
+        lines.append(token)
+    if replay is not None:
+        lines.append(("Content-Length", str(replay.size)))
+    elif body is not None:
+        lines.append(("Transfer-Encoding", "chunked") if request.chunked else
+                     ("Content-Length", str(request.length)))
+    return _encode_head(f"{request.method} {target} HTTP/1.1", lines)
 
 
 def _token_or_none(keeper: Keeper, name: str) -> str | None:

@@ -72,7 +72,7 @@ def logging_spec() -> LoggingSpec:
         if handler.formatter is not None:
             try:
                 formatters.append(pickle.dumps(handler.formatter))
-            except Exception:  # a formatter that cannot travel: the default one instead
+            except Exception:  # noqa: BLE001  a formatter that cannot travel (any reason): the default
                 formatters.append(pickle.dumps(None))
     levels = tuple((name, logger.level) for name, logger in logging.root.manager.loggerDict.items()
                    if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET)
@@ -94,7 +94,7 @@ def _setup_logging(spec: LoggingSpec) -> None:
         handler = logging.StreamHandler(sys.stderr)
         try:
             formatter = pickle.loads(raw)  # noqa: S301 (our parent wrote it)
-        except Exception:
+        except Exception:  # noqa: BLE001  a formatter that cannot be rebuilt here: the default
             formatter = None
         handler.setFormatter(formatter or logging.Formatter("%(asctime)s %(message)s"))
         root.addHandler(handler)

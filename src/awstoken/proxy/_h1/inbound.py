@@ -181,6 +181,35 @@ class Frontend:
             await asyncio.wait(tasks, timeout=1.0)
 
 
+def _framing(headers: list[tuple[str, str]],
+             version: str) -> tuple[int | None, bool, str | None, bool]:
+    """Content-Length, chunked, Host and Expect: 100-continue of a request head, checked."""
+    chunked = False
+    length: int | None = None
+    host: str | None = None
+    expect = False
+    for key, value in headers:
+        low = key.lower()
+        if low == "content-length":
+            length = int(value)  # llhttp checked the syntax and duplicates
+        elif low == "transfer-encoding":
+            chunked = True  # llhttp rejects any coding list that does not end in chunked
+        elif low == "host":
+            if host is not None:
+                raise ProtocolError(400, "more than one Host header")
+            host = value
+        elif low == "expect" and value.strip().lower() == "100-continue":
+            expect = True
+    if version == "1.1" and host is None:
+        raise ProtocolError(400, "HTTP/1.1 request without Host")
+    if chunked and version != "1.1":
+        # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty.
+        raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    if version not in ("1.0", "1.1"):
+        raise ProtocolError(400, f"HTTP/{version} is not served")
+    return length, chunked, host, expect
+
+
 _BUSY = encode_head("HTTP/1.1 503 Service Unavailable", [
     ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "33"),
     ("Retry-After", "1"), ("Connection", "close")]) + b"too many connections, retry soon\n"
@@ -316,30 +345,8 @@ class ClientConnection(FlowControl, asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
-        chunked = False
-        length: int | None = None
-        host: str | None = None
-        expect = False
-        for key, value in self._headers:
-            low = key.lower()
-            if low == "content-length":
-                length = int(value)  # llhttp checked the syntax and duplicates
-            elif low == "transfer-encoding":
-                chunked = True  # llhttp rejects any coding list that does not end in chunked
-            elif low == "host":
-                if host is not None:
-                    raise ProtocolError(400, "more than one Host header")
-                host = value
-            elif low == "expect" and value.strip().lower() == "100-continue":
-                expect = True
         version = parser.get_http_version()
-        if version == "1.1" and host is None:
-            raise ProtocolError(400, "HTTP/1.1 request without Host")
-        if chunked and version != "1.1":
-            # RFC 9112 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty.
-            raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if version not in ("1.0", "1.1"):
-            raise ProtocolError(400, f"HTTP/{version} is not served")
+        length, chunked, host, expect = _framing(self._headers, version)
         has_body = chunked or bool(length)
         body = BodyStream(self) if has_body else None
         self._body = body

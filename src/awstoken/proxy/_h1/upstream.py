@@ -165,7 +165,7 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         if sink is not None:
             try:
                 sink(view)
-            except Exception as exc:  # e.g. the client's transport is gone
+            except Exception as exc:  # noqa: BLE001  the sink is the caller's (client, cache file): whatever it raises ends this exchange, not the read callback
                 self._fail(UpstreamError("body", f"cannot pass the body of upstream "
                                          f"{self.origin.host} on ({type(exc).__name__})"))
                 self.abort()
