@@ -27,9 +27,9 @@ from pathlib import Path
 
 from bench_sources import MOTO
 
-from awstoken._build import build_source, build_transform
-from awstoken._config import load
-from awstoken._keeper import Keeper
+from awstoken._config.build import build_source, build_transform
+from awstoken._config.load import load
+from awstoken._rotation.keeper import Keeper
 from awstoken.storage import FileStorage
 
 BIN = Path(sys.executable).parent

@@ -218,7 +218,7 @@ COST_TOKENS = ("a", "b", "c")
 def cost_member(url: str, interval: float, ready: Path, out: Path, window: Path) -> None:
     """One process of the fleet-cost benchmark (run with ``--member``): follows (or leads)
     the tokens until ``window`` exists, then writes the propagation delays it saw there."""
-    from awstoken._rotator import process_id
+    from awstoken._rotation.rotator import process_id
 
     me = process_id()
     seen: list[tuple[float, float]] = []  # (when, delay)

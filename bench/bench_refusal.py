@@ -45,7 +45,7 @@ def upstream_main(port: int) -> None:
 
 def proxy_main(upstream: str, port: int, gap: float) -> int:
     from awstoken import Keeper, MemoryStorage
-    from awstoken._settings import RouteSettings, ServerSettings, Settings
+    from awstoken._config.settings import RouteSettings, ServerSettings, Settings
     from awstoken.proxy import serve
 
     keeper = Keeper(MemoryStorage())

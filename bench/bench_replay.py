@@ -59,7 +59,7 @@ async def _upstream(port: int, seen: list[tuple[str, int]]) -> None:
 
 def proxy_main(upstream: str, port: int, spool: int) -> int:
     from awstoken import Keeper, MemoryStorage
-    from awstoken._settings import RouteSettings, ServerSettings, Settings
+    from awstoken._config.settings import RouteSettings, ServerSettings, Settings
     from awstoken.proxy import serve
 
     values = iter(["Bearer 1", "Bearer 2", "Bearer 3"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from awstoken import FileStorage, Keeper, MemoryStorage, Token
-from awstoken._settings import CacheSettings, RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import CacheSettings, RouteSettings, ServerSettings, Settings
 from awstoken.proxy import serve
 
 TOKEN_HEADER = "Basic QVdTOmJlbmNoLXRva2Vu"

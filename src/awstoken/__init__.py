@@ -43,12 +43,12 @@ if TYPE_CHECKING:
         TokenUnavailableError,
         TokenValueError,
     )
-    from ._hooks import CommandHook, FileSink, HookStats
-    from ._keeper import Keeper
-    from ._rotator import RotateHook, Rotator, Schedule
-    from ._sources import Command, Fetched, FunctionSource, Source
+    from ._rotation.hooks import CommandHook, FileSink, HookStats
+    from ._rotation.keeper import Keeper
+    from ._rotation.rotator import RotateHook, Rotator, Schedule
+    from ._sources.command import Command, Fetched, FunctionSource, Source
+    from ._sources.transforms import Transform, basic, basic_auth, bearer, template, validate_value
     from ._token import Token
-    from ._transforms import Transform, basic, basic_auth, bearer, template, validate_value
     from .aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
     from .storage import FileStorage, Lease, MemoryStorage, RedisStorage, Storage
 
@@ -63,13 +63,13 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("AwstokenError", "CommandError", "CommandTimeout", "ConfigError",
                      "HookError", "HookTimeout", "SourceError", "StorageError",
                      "TokenExpiredError", "TokenUnavailableError", "TokenValueError"), "._errors"),
-    **dict.fromkeys(("CommandHook", "FileSink", "HookStats"), "._hooks"),
-    "Keeper": "._keeper",
-    **dict.fromkeys(("RotateHook", "Rotator", "Schedule"), "._rotator"),
-    **dict.fromkeys(("Command", "Fetched", "FunctionSource", "Source"), "._sources"),
+    **dict.fromkeys(("CommandHook", "FileSink", "HookStats"), "._rotation.hooks"),
+    "Keeper": "._rotation.keeper",
+    **dict.fromkeys(("RotateHook", "Rotator", "Schedule"), "._rotation.rotator"),
+    **dict.fromkeys(("Command", "Fetched", "FunctionSource", "Source"), "._sources.command"),
     "Token": "._token",
     **dict.fromkeys(("Transform", "basic", "basic_auth", "bearer", "template",
-                     "validate_value"), "._transforms"),
+                     "validate_value"), "._sources.transforms"),
     **dict.fromkeys(("ECR", "EKS", "RDS", "CodeArtifact", "ECRPublic"), ".aws"),
     **dict.fromkeys(("FileStorage", "Lease", "MemoryStorage", "RedisStorage", "Storage"),
                     ".storage"),

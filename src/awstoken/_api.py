@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ._keeper import Keeper, SourceLike, TransformLike, _seconds
-from ._rotator import RotateHook, Rotator
+from ._rotation.keeper import Keeper, SourceLike, TransformLike, _seconds
+from ._rotation.rotator import RotateHook, Rotator
 from .storage._base import Storage
 
 _keeper = Keeper()

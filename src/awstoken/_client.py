@@ -1,5 +1,5 @@
 """What every HTTP client adapter does: put the current token on a request; on a 401/403, ask
-for one refresh and wait a bounded time for a new value (:mod:`awstoken._refusal`, shared with
+for one refresh and wait a bounded time for a new value (:mod:`awstoken._rotation.refusal`, shared with
 the proxy).
 
 The adapters (``awstoken.httpx``, ``awstoken.requests``, ``awstoken.aiohttp``) only wire this
@@ -14,8 +14,8 @@ from collections.abc import Collection
 
 from ._api import default_keeper
 from ._errors import AwstokenError, TokenUnavailableError
-from ._keeper import Keeper
-from ._refusal import DEFAULT_REFRESH_WAIT, RefreshWait
+from ._rotation.keeper import Keeper
+from ._rotation.refusal import DEFAULT_REFRESH_WAIT, RefreshWait
 from .storage._base import check_name
 
 log = logging.getLogger("awstoken")
@@ -30,7 +30,7 @@ class TokenHeader:
     ``refresh_timeout`` bounds the wait for a new token after a rejected request; responses
     with a status in ``retry_statuses`` count as rejections. ``min_refresh_gap`` is the
     leader's minimum gap between refreshes when no rotator runs in this process (default
-    10 s): a token fetched more recently than that is not waited on (:mod:`awstoken._refusal`).
+    10 s): a token fetched more recently than that is not waited on (:mod:`awstoken._rotation.refusal`).
     """
 
     def __init__(self, name: str, *, keeper: Keeper | None, header: str,

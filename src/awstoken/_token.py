@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ._errors import StorageError, TokenValueError
-from ._transforms import validate_value
+from ._sources.transforms import validate_value
 
 _FIELDS = ("value", "expires_at", "refreshed_at", "generation", "error", "error_at", "failures",
            "leader", "hook_failures", "hook_error", "fence")

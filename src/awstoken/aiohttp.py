@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._client import DEFAULT_REFRESH_TIMEOUT, DEFAULT_RETRY_STATUSES, TokenHeader
 from ._errors import AwstokenError
-from ._keeper import Keeper
+from ._rotation.keeper import Keeper
 
 __all__ = ["TokenMiddleware"]
 

@@ -30,7 +30,7 @@ from time import strptime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import ConfigError, SourceError
-from ._sources import Fetched
+from ._sources.command import Fetched
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient

@@ -18,7 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.httpx needs httpx: pip install 'awstoken[httpx]'") from exc
 
 from ._client import DEFAULT_REFRESH_TIMEOUT, DEFAULT_RETRY_STATUSES, TokenHeader
-from ._keeper import Keeper
+from ._rotation.keeper import Keeper
 
 __all__ = ["TokenAuth"]
 

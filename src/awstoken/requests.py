@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.requests needs requests: pip install 'awstoken[requests]'") from exc
 
 from ._client import DEFAULT_REFRESH_TIMEOUT, DEFAULT_RETRY_STATUSES, TokenHeader
-from ._keeper import Keeper
+from ._rotation.keeper import Keeper
 
 __all__ = ["TokenAuth"]
 

@@ -22,7 +22,7 @@ from awstoken import (
     basic,
     basic_auth,
 )
-from awstoken._rotator import fetch_value
+from awstoken._rotation.rotator import fetch_value
 from awstoken.aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
 from tests.fixtures.aws_standins import StandIn, verify_presigned
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from awstoken import FileStorage, Keeper, Rotator
-from awstoken._build import build_source, build_transform
-from awstoken._config import loads
-from awstoken._hooks import FileSink, hooks_from_settings
+from awstoken._config.build import build_source, build_transform
+from awstoken._config.load import loads
+from awstoken._rotation.hooks import FileSink, hooks_from_settings
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.npm import PACKAGE, Npm, npm_env
 from tests.fixtures.pypi import make_wheel, pip_env

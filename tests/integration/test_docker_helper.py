@@ -205,7 +205,7 @@ def _imports_config(env: dict[str, str], url: str) -> tuple[bool, subprocess.Com
     """Run the helper with -X importtime: did it take the full path (load the config)?"""
     got = run_door([sys.executable, "-X", "importtime", door("docker-credential-awstoken"), "get"],
                    env, url)
-    return "awstoken._config" in got.stderr, got
+    return "awstoken._config.load" in got.stderr, got
 
 
 def test_the_fast_path_answers_from_the_index_and_follows_config_changes(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from tests.fixtures.doors import basic, no_aws_env, store
 
 HEAVY = "{'botocore', 'boto3', 'aiohttp', 'httptools', 'uvloop', 'prometheus_client', 'redis'}"
 DOORS = {
-    "docker": "from awstoken._docker_helper import main\n"
+    "docker": "from awstoken._doors.docker import main\n"
               "assert main(['get'], stdin=io.StringIO('r.example'), stdout=io.StringIO()) == 0\n",
     "kubelet": "from awstoken._cli import main\n"
                "sys.stdin = io.StringIO('{\"apiVersion\": \"credentialprovider.kubelet.k8s.io/v1\", '\n"
@@ -36,7 +36,7 @@ def test_door_imports_no_aws_sdk_and_no_proxy_stack(tmp_path: Path, door: str) -
     code = ("import io, sys\n" + DOORS[door] +
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY}), "
             "[m for m in sys.modules if m.startswith('awstoken.proxy')])\n")
-    env = no_aws_env(tmp_path, config, {"PYTHON_KEYRING_BACKEND": "awstoken._keyring.AwstokenKeyring"})
+    env = no_aws_env(tmp_path, config, {"PYTHON_KEYRING_BACKEND": "awstoken._doors.keyring.AwstokenKeyring"})
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=60, check=False)
     assert got.returncode == 0, got.stderr

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from awstoken import Token
-from awstoken._build import build_storage
-from awstoken._config import load
+from awstoken._config.build import build_storage
+from awstoken._config.load import load
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.ports import free_port

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Command, CommandError, ConfigError
-from awstoken._jsonout import lookup, parse_expiry, parse_path
+from awstoken._sources.jsonout import lookup, parse_expiry, parse_path
 
 SECRET = "c2VjcmV0LXRva2VuLXZhbHVl"
 
@@ -125,7 +125,7 @@ def test_option_conflicts() -> None:
 
 
 def test_import_awstoken_does_not_import_botocore() -> None:
-    code = ("import sys, awstoken, awstoken.aws, awstoken._config, awstoken._cli\n"
+    code = ("import sys, awstoken, awstoken.aws, awstoken._config.load, awstoken._cli\n"
             "assert 'botocore' not in sys.modules, 'botocore imported'\n"
             "assert awstoken.ECR is awstoken.aws.ECR\n"
             "assert 'botocore' not in sys.modules, 'botocore imported by the lazy export'\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Command, ConfigError, FileStorage, MemoryStorage
-from awstoken._config import (
+from awstoken._config.load import (
     build_keeper,
     build_source,
     build_storage,
@@ -19,7 +19,7 @@ from awstoken._config import (
     parse_listen,
     start_rotators,
 )
-from awstoken._settings import RouteSettings, Settings, StorageSettings, TokenSettings
+from awstoken._config.settings import RouteSettings, Settings, StorageSettings, TokenSettings
 from awstoken.aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
 
 GOOD = """

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from awstoken._config import load
+from awstoken._config.load import load
 from tests.fixtures.binaries import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]

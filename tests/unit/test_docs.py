@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from awstoken._cli import commands
-from awstoken._config import loads
+from awstoken._config.load import loads
+from awstoken._config.validate import problems
 from awstoken._errors import ConfigError
-from awstoken._validate import problems
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from awstoken import ConfigError, MemoryStorage, Token
-from awstoken._config import loads
-from awstoken._doors import (
+from awstoken._config.load import loads
+from awstoken._config.settings import TokenSettings
+from awstoken._doors.common import (
     NotFound,
     credentials,
     index_token,
@@ -19,7 +20,6 @@ from awstoken._doors import (
     registry_host,
     registry_token,
 )
-from awstoken._settings import TokenSettings
 
 ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 
@@ -126,7 +126,7 @@ def test_obtain_reports_the_failure_and_keeps_backoff(tmp_path: Path) -> None:
 
 
 def test_kubelet_helpers() -> None:
-    from awstoken._kubelet import go_duration, image_registry
+    from awstoken._doors.kubelet import go_duration, image_registry
 
     assert [go_duration(s) for s in (0, -5, 59.9, 60, 3599, 3600, 20700)] == [
         "0s", "0s", "59s", "1m0s", "59m59s", "1h0m0s", "5h45m0s"]
@@ -142,7 +142,7 @@ def test_kubelet_helpers() -> None:
 def test_the_fast_paths_refresh_due_is_the_schedules(refreshed: float, expires: float | None,
                                                       interval: float) -> None:
     from awstoken import Schedule
-    from awstoken._fastdoor import refresh_due
+    from awstoken._doors.fast import refresh_due
 
     record = Token(value="v", expires_at=expires, refreshed_at=refreshed)
     assert refresh_due(refreshed, expires, interval) == Schedule(interval=interval).refresh_due(record)

@@ -23,9 +23,9 @@ import pytest
 import awstoken
 from awstoken import FileSink, FileStorage, HookError, Token
 from awstoken._fs import check_tree
-from awstoken._rotator import Rotator
-from awstoken._sources import Fetched, FunctionSource
-from awstoken._transforms import bearer
+from awstoken._rotation.rotator import Rotator
+from awstoken._sources.command import Fetched, FunctionSource
+from awstoken._sources.transforms import bearer
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="plays another user with chown (root)")

@@ -11,9 +11,9 @@ import pytest
 
 import awstoken
 from awstoken import FileStorage, Token
-from awstoken._rotator import Rotator, Schedule
-from awstoken._sources import FunctionSource
-from awstoken._transforms import bearer
+from awstoken._rotation.rotator import Rotator, Schedule
+from awstoken._sources.command import FunctionSource
+from awstoken._sources.transforms import bearer
 from tests.fixtures.faults import read_only
 
 

@@ -10,7 +10,7 @@ import netrc
 
 import pytest
 
-from awstoken._formats import Entry, FormatError, merge
+from awstoken._rotation.formats import Entry, FormatError, merge
 
 E = Entry("repo", ("https://pypi.example/simple/",), "aws", "tok%:@/ 1")
 D = Entry("ecr", ("reg.example:5000", "reg2.example"), "AWS", "pw-1")
@@ -112,7 +112,7 @@ def test_netrc() -> None:
 
 def test_config_errors_name_the_key() -> None:
     from awstoken import ConfigError
-    from awstoken._config import loads
+    from awstoken._config.load import loads
 
     cases = {
         'sink_format = "npmrc"\nindexes = ["https://n/"]\n': r"tokens\.t\.sink_format: needs sink",

@@ -19,7 +19,7 @@ pytest.importorskip("bcrypt")
 
 import bcrypt
 
-from awstoken._settings import ServerSettings
+from awstoken._config.settings import ServerSettings
 from awstoken.proxy._auth import InboundAuth
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from awstoken._cli import commands
-from awstoken._settings import ServerSettings
+from awstoken._config.settings import ServerSettings
 from tests.fixtures.cli import awstoken_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,9 +17,9 @@ import pytest
 
 from awstoken import FileStorage
 from awstoken._errors import AwstokenError
-from awstoken._rotator import Rotator
-from awstoken._sources import Command
-from awstoken._transforms import basic_auth
+from awstoken._rotation.rotator import Rotator
+from awstoken._sources.command import Command
+from awstoken._sources.transforms import basic_auth
 from tests.fixtures.cli import run_cli
 
 # First run: print the token. Later runs: fail, quoting on stderr what $MODE says.

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from awstoken._config import parse_duration
-from awstoken._settings import RouteSettings
+from awstoken._config.load import parse_duration
+from awstoken._config.settings import RouteSettings
 from awstoken.proxy._routes import RouteTable, has_dot_segment
 
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

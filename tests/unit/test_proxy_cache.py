@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from awstoken._config import loads, parse_size
+from awstoken._config.settings import CacheSettings
 from awstoken._errors import ConfigError
-from awstoken._settings import CacheSettings
 from awstoken.proxy._cache_keys import Key, Learned, oci_key
 from awstoken.proxy._cache_serve import parse_range
 

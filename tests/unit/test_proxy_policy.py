@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("aiohttp")
 
 from awstoken import ConfigError
-from awstoken._settings import RouteSettings
+from awstoken._config.settings import RouteSettings
 from awstoken.proxy._headers import request_header_pairs, response_header_pairs
 from awstoken.proxy._prom import merge_exposition
 from awstoken.proxy._rewrite import DecodeError, decode, rewrite, rewrite_paths

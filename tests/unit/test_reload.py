@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from awstoken._reload import describe_changes, keep_restart_only
-from awstoken._settings import RouteSettings, ServerSettings, Settings, StorageSettings, TokenSettings
+from awstoken._config.reload import describe_changes, keep_restart_only
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings, StorageSettings, TokenSettings
 
 
 def _settings(**server: object) -> Settings:

@@ -10,7 +10,7 @@ import pytest
 
 import awstoken
 from awstoken import Fetched, MemoryStorage, Rotator, Schedule
-from awstoken._rotator import fetch_value
+from awstoken._rotation.rotator import fetch_value
 
 
 class Clock:

@@ -18,10 +18,10 @@ import pytest
 
 import awstoken
 from awstoken import FileStorage, Token
-from awstoken._rotator import Rotator, Schedule
-from awstoken._sources import FunctionSource
+from awstoken._rotation.rotator import Rotator, Schedule
+from awstoken._sources.command import FunctionSource
+from awstoken._sources.transforms import bearer
 from awstoken._token import MAX_LIFETIME
-from awstoken._transforms import bearer
 
 NOW = time.time()
 GOOD: dict[str, Any] = {"value": "Bearer stored-value-0001", "expires_at": NOW + 3600,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import awstoken
-from awstoken._transforms import MAX_VALUE_LENGTH, as_transform
+from awstoken._sources.transforms import MAX_VALUE_LENGTH, as_transform
 
 
 @pytest.mark.parametrize("bad", ["tok\r\nX-Evil: 1", "tok\n", "a\rb", "a\x00b", "a\x7fb", "a\x85b", "\tab"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from .._config import load
+from .._config.load import load
+from .._config.settings import Settings, TokenSettings
 from .._errors import ConfigError
-from .._settings import Settings, TokenSettings
 
 CONFIG_ENV = "AWSTOKEN_CONFIG"
 

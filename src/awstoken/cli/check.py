@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._config.settings import Settings
+from .._config.validate import insecure_settings, preflight, storage_location
 from .._errors import ConfigError
-from .._settings import Settings
-from .._validate import insecure_settings, preflight, storage_location
 from ._common import add_config_argument, load_settings
 
 NAME = "check"

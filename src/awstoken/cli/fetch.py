@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._build import build_source, build_transform
+from .._config.build import build_source, build_transform
 from .._errors import AwstokenError
-from .._rotator import fetch_value
+from .._rotation.rotator import fetch_value
 from ._common import add_config_argument, configured_token, load_settings
 
 NAME = "fetch"

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from .._build import build_storage
+from .._config.build import build_storage
 from .._errors import AwstokenError
 from ._common import add_config_argument, configured_token, load_settings
 

@@ -16,6 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._kubelet import main
+    from .._doors.kubelet import main
 
     return main(args.config)

@@ -12,10 +12,10 @@ import argparse
 import logging
 
 from .. import _logging
-from .._build import build_keeper
-from .._config import load
-from .._reload import TokenPlan
-from .._validate import insecure_settings, preflight
+from .._config.build import build_keeper
+from .._config.load import load
+from .._config.reload import TokenPlan
+from .._config.validate import insecure_settings, preflight
 from ._common import add_config_argument, load_settings
 
 NAME = "serve"

@@ -18,10 +18,10 @@ import time
 import unicodedata
 from typing import Any
 
-from .._build import build_storage
+from .._config.build import build_storage
+from .._config.settings import TokenSettings
 from .._errors import AwstokenError
-from .._rotator import Schedule
-from .._settings import TokenSettings
+from .._rotation.rotator import Schedule
 from .._token import Token
 from ..storage import Storage
 from ._common import add_config_argument, load_settings

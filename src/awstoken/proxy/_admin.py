@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .._keeper import Keeper
+from .._rotation.keeper import Keeper
 from ._metrics import storage_health
 
 Endpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._config.settings import ServerSettings
 from .._errors import ConfigError
-from .._settings import ServerSettings
 
 _CACHE_SIZE = 1024
 #: bcrypt checks run at once (threads of their own: never the default executor, which the

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 from .._errors import AwstokenError
-from .._keeper import Keeper
-from .._refusal import DEFAULT_REFRESH_WAIT
+from .._rotation.keeper import Keeper
+from .._rotation.refusal import DEFAULT_REFRESH_WAIT
 from ._answer import Responder
 from ._auth import InboundAuth
 from ._cache_http import ProxyCache

@@ -7,8 +7,8 @@ import json
 import logging
 
 from .._errors import AwstokenError
-from .._keeper import Keeper
-from .._refusal import DEFAULT_REFRESH_WAIT, RefreshWait
+from .._rotation.keeper import Keeper
+from .._rotation.refusal import DEFAULT_REFRESH_WAIT, RefreshWait
 from ._routes import has_dot_segment
 
 log = logging.getLogger("awstoken.proxy")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
+from .._config.settings import CacheSettings, RouteSettings
 from .._errors import AwstokenError, ConfigError
-from .._settings import CacheSettings, RouteSettings
 from ..storage._base import check_name
 
 

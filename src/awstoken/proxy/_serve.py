@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from typing import BinaryIO
 
+from .._config.settings import Settings
 from .._errors import ConfigError
-from .._keeper import Keeper
-from .._settings import Settings
+from .._rotation.keeper import Keeper
 from ._auth import InboundAuth
 from ._process import (
     Control,

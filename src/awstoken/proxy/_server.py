@@ -18,11 +18,11 @@ from collections.abc import Awaitable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .._config.reload import describe_changes, keep_restart_only
+from .._config.settings import Settings
+from .._config.validate import NOTHING_TO_SERVE
 from .._errors import ConfigError
-from .._keeper import Keeper
-from .._reload import describe_changes, keep_restart_only
-from .._settings import Settings
-from .._validate import NOTHING_TO_SERVE
+from .._rotation.keeper import Keeper
 from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._cache import Store

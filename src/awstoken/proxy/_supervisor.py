@@ -22,10 +22,10 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from .._config.reload import keep_restart_only
+from .._config.settings import Settings
 from .._errors import ConfigError
-from .._keeper import Keeper
-from .._reload import keep_restart_only
-from .._settings import Settings
+from .._rotation.keeper import Keeper
 from ._admin import AdminApp
 from ._process import Control, Reload, reload_failed, reloaded, run_loop
 from ._prom import merge_exposition

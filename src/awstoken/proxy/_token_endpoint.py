@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from .._config.settings import Address, ServerSettings
 from .._errors import AwstokenError, ConfigError
-from .._keeper import Keeper
-from .._settings import Address, ServerSettings
+from .._rotation.keeper import Keeper
 
 log = logging.getLogger("awstoken.proxy")
 

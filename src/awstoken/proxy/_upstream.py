@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
+from .._config.settings import ServerSettings
 from .._errors import ConfigError
-from .._settings import ServerSettings
 
 
 def tls_context(settings: ServerSettings) -> ssl.SSLContext:

@@ -20,9 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._config.settings import Settings
 from .._errors import ConfigError
-from .._keeper import Keeper
-from .._settings import Settings
+from .._rotation.keeper import Keeper
 from ..storage import FileStorage, Storage
 
 log = logging.getLogger("awstoken.proxy")
@@ -107,7 +107,7 @@ def _open_storage(spec: WorkerSpec) -> Storage:
     if kind == "file":
         assert where is not None
         return FileStorage(where)
-    from .._build import build_storage
+    from .._config.build import build_storage
 
     return build_storage(spec.settings.storage)
 

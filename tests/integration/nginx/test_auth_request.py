@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Keeper, MemoryStorage
-from awstoken._settings import ServerSettings, Settings, TokenSettings
+from awstoken._config.settings import ServerSettings, Settings, TokenSettings
 from tests.fixtures.nginx import (
     EXAMPLES,
     Nginx,

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from awstoken import FileStorage, Keeper
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from awstoken.proxy import serve
 
 

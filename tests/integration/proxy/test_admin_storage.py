@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from awstoken import FileStorage, Keeper, RedisStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import Upstream, running_proxy
 from tests.fixtures.redis import REDIS_PASSWORD, RedisServer
 

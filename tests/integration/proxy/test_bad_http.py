@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.faults import open_fds, wait_until
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
 

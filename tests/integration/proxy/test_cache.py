@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Keeper, MemoryStorage
-from awstoken._settings import CacheSettings, RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import CacheSettings, RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import RunningProxy, aiohttp_server, running_proxy
 
 from .conftest import Reply, call

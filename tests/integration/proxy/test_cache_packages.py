@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from awstoken import Command, Keeper, MemoryStorage, basic_auth
-from awstoken._settings import CacheSettings, RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import CacheSettings, RouteSettings, ServerSettings, Settings
 from tests.fixtures.npm import PACKAGE, Npm, npm_env
 from tests.fixtures.proxy import RunningProxy, running_proxy
 from tests.fixtures.pypi import make_wheel, pip_env

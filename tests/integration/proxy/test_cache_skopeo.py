@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Keeper, MemoryStorage, basic_auth
-from awstoken._settings import CacheSettings, RouteSettings, Settings
+from awstoken._config.settings import CacheSettings, RouteSettings, Settings
 from tests.fixtures.docker_registry import Registry, run_registry
 from tests.fixtures.proxy import running_proxy
 from tests.fixtures.registry import write_htpasswd

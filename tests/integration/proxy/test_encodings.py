@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from awstoken import Command, Keeper, MemoryStorage, basic_auth
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.binaries import in_ci, require_binary
 from tests.fixtures.caddy import caddy_front
 from tests.fixtures.npm import PACKAGE, Npm, npm_env, verdaccio_server

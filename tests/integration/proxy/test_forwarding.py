@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import RunningProxy, Upstream, no_auth_server, running_proxy
 
 from .conftest import call

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from awstoken import Command, Keeper, MemoryStorage, basic_auth
-from awstoken._settings import RouteSettings, Settings
+from awstoken._config.settings import RouteSettings, Settings
 from tests.fixtures.npm import PACKAGE, Npm, npm_env
 from tests.fixtures.proxy import running_proxy
 

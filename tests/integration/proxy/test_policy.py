@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import FunctionSource, Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.proxy import Upstream, running_proxy
 

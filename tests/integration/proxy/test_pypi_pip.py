@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from awstoken import Command, Keeper, MemoryStorage, basic_auth
-from awstoken._settings import RouteSettings, Settings
+from awstoken._config.settings import RouteSettings, Settings
 from tests.fixtures.proxy import running_proxy
 from tests.fixtures.pypi import make_wheel, pip_env
 from tests.fixtures.pypiserver import PypiServer, write_htpasswd

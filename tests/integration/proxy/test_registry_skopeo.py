@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from awstoken import Command, FileStorage, Keeper, basic_auth
-from awstoken._settings import RouteSettings, Settings
+from awstoken._config.settings import RouteSettings, Settings
 from tests.fixtures.proxy import running_proxy
 from tests.fixtures.registry import Registry, make_oci_layout
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from awstoken import FunctionSource, Keeper, MemoryStorage
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from awstoken.proxy._replay import BodyRecorder
 from tests.fixtures.proxy import LoopThread, RunningProxy, Upstream, running_proxy
 

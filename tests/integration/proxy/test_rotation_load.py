@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import FileStorage, Keeper
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.faults import wait_until
 from tests.fixtures.proxy import aiohttp_server, running_proxy

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.faults import wait_until
 from tests.fixtures.proxy import RunningProxy, Upstream, aiohttp_server, raw_upstream, running_proxy
 

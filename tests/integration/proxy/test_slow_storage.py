@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from awstoken import Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings, TokenSettings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings, TokenSettings
 from tests.fixtures.nginx import request, running_server
 from tests.fixtures.proxy import Upstream, running_proxy
 

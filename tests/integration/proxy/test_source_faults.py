@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Command, Keeper, MemoryStorage
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.aws_standins import StandIn
 from tests.fixtures.faults import process_alive, wait_until, zombie_children
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import FileStorage, Keeper
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.faults import read_only, wait_until
 from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
 

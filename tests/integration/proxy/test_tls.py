@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.ports import free_port
 from tests.fixtures.proxy import LoopThread, running_proxy
 

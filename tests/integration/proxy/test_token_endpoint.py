@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import ConfigError, Fetched, Keeper, MemoryStorage
-from awstoken._settings import RouteSettings, ServerSettings, Settings, TokenSettings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings, TokenSettings
 from awstoken.proxy import ProxyServer
 from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli

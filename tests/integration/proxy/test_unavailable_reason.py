@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from awstoken import Keeper, MemoryStorage, Token
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.proxy import Upstream, running_proxy
 
 from .conftest import call

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from awstoken import Command, FileStorage, Keeper, basic_auth
-from awstoken._settings import RouteSettings, ServerSettings, Settings
+from awstoken._config.settings import RouteSettings, ServerSettings, Settings
 from tests.fixtures.npm import Npm, npm_env
 from tests.fixtures.proxy import RunningProxy, running_proxy
 from tests.fixtures.pypi import make_wheel, pip_env

@@ -30,16 +30,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ._doors import NotFound, credentials, load_settings, obtain, registry_token, remember
-from ._errors import AwstokenError
-from ._fastdoor import (
+from .._config.settings import Settings
+from .._errors import AwstokenError
+from .common import NotFound, credentials, load_settings, obtain, registry_token, remember
+from .fast import (
     KUBELET_GROUP,
     KUBELET_VERSIONS,
     cache_seconds,
     go_duration,
     image_registry,
 )
-from ._settings import Settings
 
 GROUP = KUBELET_GROUP
 VERSIONS = KUBELET_VERSIONS

@@ -36,7 +36,7 @@ class FileWrite:
     """One ``writes = [{path, format, url}]`` entry: a config file kept fresh."""
 
     path: str
-    format: str  # one of awstoken._formats.FORMATS
+    format: str  # one of awstoken._rotation.formats.FORMATS
     url: str | None = None  # the registry or index it is for (default: registries/indexes)
 
 
@@ -65,7 +65,7 @@ class TokenSettings:
     # prefixes (keyring) this token answers for.
     registries: tuple[str, ...] = ()
     indexes: tuple[str, ...] = ()
-    sink_format: str | None = None  # merge an entry into the sink file (awstoken._formats)
+    sink_format: str | None = None  # merge an entry into the sink file (awstoken._rotation.formats)
     writes: tuple[FileWrite, ...] = ()  # more files kept fresh, each with its format
 
 

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from . import _jsonout, _mask
-from ._errors import CommandError, CommandTimeout, ConfigError
-from ._spawn import popen, untrack
+from .._errors import CommandError, CommandTimeout, ConfigError
+from . import jsonout as _jsonout
+from . import mask as _mask
+from .spawn import popen, untrack
 
 DEFAULT_TIMEOUT = 60.0
 

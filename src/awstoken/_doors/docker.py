@@ -17,9 +17,9 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from ._doors import NotFound, credentials, load_settings, obtain, registries, registry_token, remember
-from ._errors import AwstokenError
-from ._settings import Settings
+from .._config.settings import Settings
+from .._errors import AwstokenError
+from .common import NotFound, credentials, load_settings, obtain, registries, registry_token, remember
 
 PROG = "docker-credential-awstoken"
 #: The exact text docker-credential-helpers' clients recognise as a miss.
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
     logging.getLogger("awstoken").propagate = False
     try:
         if action == "version":
-            from . import __version__
+            from .. import __version__
 
             print(f"{PROG} (awstoken) {__version__}", file=stdout)
             return 0

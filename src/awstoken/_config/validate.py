@@ -19,9 +19,9 @@ import stat
 import urllib.parse
 from collections.abc import Callable, Mapping
 
-from ._errors import AwstokenError, ConfigError
-from ._redact import redact_url, url_has_password
-from ._settings import Settings
+from .._errors import AwstokenError, ConfigError
+from .._redact import redact_url, url_has_password
+from .settings import Settings
 
 NOTHING_TO_SERVE = ("nothing to serve: configure [tokens.NAME] (a keeper for the credential "
                     "helpers), [[routes]] (the proxy) or server.token_listen (the token endpoint "
@@ -96,7 +96,7 @@ def _server(settings: Settings, environ: Mapping[str, str]) -> list[str]:
 
 def _htpasswd(settings: Settings) -> list[str]:
     try:  # parsing needs the proxy extra; without it, serve refuses anyway
-        from .proxy._auth import Htpasswd
+        from ..proxy._auth import Htpasswd
     except ImportError:
         return []
     try:
@@ -107,8 +107,8 @@ def _htpasswd(settings: Settings) -> list[str]:
 
 
 def _tokens(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    from ._build import build_source, build_transform
-    from ._hooks import hooks_from_settings
+    from .._rotation.hooks import hooks_from_settings
+    from .build import build_source, build_transform
 
     found = []
     for token in settings.tokens.values():
@@ -131,7 +131,7 @@ def storage_location(settings: Settings) -> str:
     if storage.type == "file":
         if storage.path is not None:
             return storage.path
-        from .storage.file import default_directory
+        from ..storage.file import default_directory
 
         return str(default_directory())
     if storage.type == "redis":

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from ._errors import AwstokenError
-from ._rotator import DEFAULT_MIN_REFRESH_GAP, RotateHook, Rotator, Schedule, fetch_value
-from ._sources import DEFAULT_TIMEOUT, Fetched, Source, as_source
-from ._token import Token
-from ._transforms import Transform, as_transform
-from .storage import FileStorage
-from .storage._base import Storage, check_name
+from .._errors import AwstokenError
+from .._sources.command import DEFAULT_TIMEOUT, Fetched, Source, as_source
+from .._sources.transforms import Transform, as_transform
+from .._token import Token
+from ..storage import FileStorage
+from ..storage._base import Storage, check_name
+from .rotator import DEFAULT_MIN_REFRESH_GAP, RotateHook, Rotator, Schedule, fetch_value
 
 SourceLike = Source | str | Sequence[str] | Callable[[], "str | Fetched"]
 TransformLike = Transform | str | None

@@ -21,12 +21,12 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from . import _mask
-from ._errors import AwstokenError, TokenExpiredError
-from ._sources import Fetched, Source
-from ._token import Token
-from ._transforms import Transform, validate_value
-from .storage._base import Clock, Lease, Storage, check_name
+from .._errors import AwstokenError, TokenExpiredError
+from .._sources import mask as _mask
+from .._sources.command import Fetched, Source
+from .._sources.transforms import Transform, validate_value
+from .._token import Token
+from ..storage._base import Clock, Lease, Storage, check_name
 
 log = logging.getLogger("awstoken")
 

@@ -11,12 +11,12 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ._hooks import hooks_from_settings
-from ._keeper import Keeper
-from ._rotator import RotateHook
-from ._settings import Settings, TokenSettings
-from ._sources import Source
-from ._transforms import Transform
+from .._rotation.hooks import hooks_from_settings
+from .._rotation.keeper import Keeper
+from .._rotation.rotator import RotateHook
+from .._sources.command import Source
+from .._sources.transforms import Transform
+from .settings import Settings, TokenSettings
 
 #: ``[server]`` keys that take effect only at a restart.
 RESTART_ONLY = ("listen", "workers", "admin_listen", "token_listen", "token_socket_mode", "engine",
@@ -74,7 +74,7 @@ class TokenPlan:
     @classmethod
     def of(cls, settings: Settings) -> TokenPlan:
         """Build every source, transform and hook; raise ConfigError before anything runs."""
-        from ._build import build_source, build_transform
+        from .build import build_source, build_transform
 
         return cls(settings, {name: (token, build_source(token), build_transform(token),
                                      hooks_from_settings(token))

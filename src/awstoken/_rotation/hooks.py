@@ -25,15 +25,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from . import _fs, _mask
-from ._errors import HookError, HookTimeout
-from ._sources import Fetched, kill_group
-from ._spawn import popen
-from ._token import Token
+from .. import _fs
+from .._errors import HookError, HookTimeout
+from .._sources import mask as _mask
+from .._sources.command import Fetched, kill_group
+from .._sources.spawn import popen
+from .._token import Token
 
 if TYPE_CHECKING:
-    from ._rotator import RotateHook
-    from ._settings import TokenSettings
+    from .._config.settings import TokenSettings
+    from .rotator import RotateHook
 
 log = logging.getLogger("awstoken")
 
@@ -131,7 +132,7 @@ class FileSink(_CountedHook):
                  mode: int = 0o600, render: Render | None = None) -> None:
         super().__init__(content)
         # render(old text or None, token) -> new text: merge an entry into a file the user
-        # already has (awstoken._formats); the file's existing mode is then kept.
+        # already has (awstoken._rotation.formats); the file's existing mode is then kept.
         self.render = render
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise HookError(f"file sink {os.fspath(path)}: mode must be a permission between "
@@ -299,13 +300,13 @@ def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
     if token.sink is not None:
         render = None
         if token.sink_format is not None:
-            from ._formats import renderer
+            from .formats import renderer
 
             render = renderer(token, token.sink_format)
         hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode,
                               render=render))
     if token.writes:
-        from ._formats import renderer
+        from .formats import renderer
 
         hooks.extend(FileSink(write.path, mode=token.sink_mode,
                               render=renderer(token, write.format, write.url))

@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import _jsonout
-from ._errors import AwstokenError, ConfigError
-from ._logging import FORMATS, parse_level
-from ._settings import (
+from .._errors import AwstokenError, ConfigError
+from .._logging import FORMATS, parse_level
+from .._sources import jsonout as _jsonout
+from .._sources.transforms import basic_auth, template, validate_value
+from ..storage._base import check_name
+from .settings import (
     Address,
     CacheSettings,
     FileWrite,
@@ -33,8 +35,6 @@ from ._settings import (
     StorageType,
     TokenSettings,
 )
-from ._transforms import basic_auth, template, validate_value
-from .storage._base import check_name
 
 T = TypeVar("T")
 
@@ -402,7 +402,7 @@ def _targets_error(fmt: str, table: _Table, url: object) -> str | None:
 def _sink_format(table: _Table) -> str | Any:
     if "sink_format" not in table.data:
         return MISSING
-    from ._formats import FORMATS
+    from .._rotation.formats import FORMATS
 
     fmt = table.choice("sink_format", FORMATS)
     if fmt is MISSING:
@@ -417,7 +417,7 @@ def _writes(table: _Table) -> tuple[FileWrite, ...] | Any:
     value = table.data.get("writes")
     if value is None:
         return MISSING
-    from ._formats import FORMATS
+    from .._rotation.formats import FORMATS
 
     if not isinstance(value, list) or not value:
         return table.error("writes", 'expected an array of tables like [{path = "~/.npmrc", '
@@ -960,7 +960,7 @@ def _aws_ok(tokens: object) -> bool:
             not isinstance(t, dict) or t.get("source", "command") == "command"
             for t in tokens.values()):
         return True
-    from .aws import botocore_available
+    from ..aws import botocore_available
 
     return botocore_available()
 
@@ -1001,10 +1001,10 @@ def loads(text: str | bytes, *, file: str = "<config>", base_dir: Path | None = 
     return Settings(storage=storage, tokens=tokens, server=server, routes=routes, path=file)
 
 
-# The builders live in _build.py; re-exported (on first access, so that loading a file does
-# not import the rotator, hooks and storages) so `from awstoken._config import build_*` works.
+# The builders live in build.py; re-exported (on first access, so that loading a file does
+# not import the rotator, hooks and storages) so `from awstoken._config.load import build_*` works.
 if TYPE_CHECKING:
-    from ._build import build_keeper, build_source, build_storage, build_transform, start_rotators
+    from .build import build_keeper, build_source, build_storage, build_transform, start_rotators
 
 _BUILDERS = frozenset({"build_keeper", "build_source", "build_storage", "build_transform",
                        "start_rotators"})
@@ -1012,10 +1012,10 @@ _BUILDERS = frozenset({"build_keeper", "build_source", "build_storage", "build_t
 
 def __getattr__(name: str) -> Any:
     if name in _BUILDERS:
-        from . import _build
+        from . import build as _build
 
         return getattr(_build, name)
-    raise AttributeError(f"module 'awstoken._config' has no attribute {name!r}")
+    raise AttributeError(f"module 'awstoken._config.load' has no attribute {name!r}")
 
 
 __all__ = ["build_keeper", "build_source", "build_storage", "build_transform", "load", "loads",

@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 # One step: a key (letters, digits, _ and -), optionally followed by any number of [N].
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[-?\d+\])*)")

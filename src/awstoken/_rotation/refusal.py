@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._rotator import DEFAULT_MIN_REFRESH_GAP
+from .rotator import DEFAULT_MIN_REFRESH_GAP
 
 if TYPE_CHECKING:
-    from ._keeper import Keeper
+    from .keeper import Keeper
 
 log = logging.getLogger("awstoken")
 

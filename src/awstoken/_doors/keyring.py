@@ -19,9 +19,9 @@ from keyring.backend import KeyringBackend
 from keyring.credentials import Credential, SimpleCredential
 from keyring.errors import PasswordDeleteError, PasswordSetError
 
-from ._doors import credentials, index_token, load_settings, obtain
-from ._errors import AwstokenError
-from ._settings import Settings
+from .._config.settings import Settings
+from .._errors import AwstokenError
+from .common import credentials, index_token, load_settings, obtain
 
 log = logging.getLogger("awstoken")
 

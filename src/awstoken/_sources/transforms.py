@@ -6,7 +6,7 @@ import base64
 import re
 from collections.abc import Callable
 
-from ._errors import TokenValueError
+from .._errors import TokenValueError
 
 Transform = Callable[[str], str]
 """A function from the raw token to the value that goes into the header."""

@@ -211,10 +211,10 @@ def docker_console() -> None:
             sys.exit(0)
         import io
 
-        from ._docker_helper import main
+        from .docker import main
 
         sys.exit(main(args, stdin=io.StringIO(server_url)))
-    from ._docker_helper import main
+    from .docker import main
 
     sys.exit(main(args))
 
@@ -306,7 +306,7 @@ def kubelet_console() -> None:
             sys.exit(0)
     import io
 
-    from ._kubelet import main
+    from .kubelet import main
 
     config = sys.argv[2] if sys.argv[1:2] in (["-c"], ["--config"]) and len(sys.argv) == 3 else None
     sys.exit(main(config, stdin=io.StringIO(request)))

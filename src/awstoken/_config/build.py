@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._errors import ConfigError
-from ._keeper import Keeper
-from ._rotator import Rotator
-from ._settings import Settings, StorageSettings, TokenSettings
-from ._sources import Command, Source
-from ._transforms import Transform, as_transform, basic_auth
-from .storage import FileStorage, MemoryStorage, Storage
+from .._errors import ConfigError
+from .._rotation.keeper import Keeper
+from .._rotation.rotator import Rotator
+from .._sources.command import Command, Source
+from .._sources.transforms import Transform, as_transform, basic_auth
+from ..storage import FileStorage, MemoryStorage, Storage
+from .settings import Settings, StorageSettings, TokenSettings
 
 
 def build_storage(settings: StorageSettings) -> Storage:
@@ -34,7 +34,7 @@ def build_storage(settings: StorageSettings) -> Storage:
                 raise ConfigError(f"storage.password_env: the environment variable "
                                   f"{settings.password_env} is not set")
         # The redis extra: redis-py is imported only when a RedisStorage is made.
-        from .storage.redis import RedisStorage
+        from ..storage.redis import RedisStorage
 
         # TLS files reach redis-py as its own connection options.
         tls = {option: value for option, value in (("ssl_ca_certs", settings.ca_file),
@@ -57,7 +57,7 @@ def build_source(token: TokenSettings) -> Source:
         return Command(command if isinstance(command, str) else list(command),
                        timeout=token.timeout, token_path=opts.get("token_path"),
                        expiry_path=opts.get("expiry_path"))
-    from . import aws
+    from .. import aws
 
     common: dict[str, Any] = {k: opts.pop(k) for k in ("region", "profile", "role_arn")
                               if k in opts}
@@ -99,7 +99,7 @@ def start_rotators(settings: Settings, keeper: Keeper) -> dict[str, Rotator]:
     Every source, transform and on-rotate hook (sink, command) is built before the first
     rotator starts, so a problem stops everything before anything runs.
     """
-    from ._reload import TokenPlan
+    from .reload import TokenPlan
 
     TokenPlan.of(settings).start(keeper)
     return {name: keeper.rotators[name] for name in settings.tokens}

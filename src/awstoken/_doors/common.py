@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._errors import AwstokenError, ConfigError
-from ._settings import Settings, TokenSettings
-from ._token import Token
+from .._config.settings import Settings, TokenSettings
+from .._errors import AwstokenError, ConfigError
+from .._token import Token
 
 if TYPE_CHECKING:
-    from ._rotator import Rotator
-    from .storage._base import Lease, Storage
+    from .._rotation.rotator import Rotator
+    from ..storage._base import Lease, Storage
 
 CONFIG_ENV = "AWSTOKEN_CONFIG"
 #: A token with less than this many seconds left is not handed out: the tool still has to
@@ -45,7 +45,7 @@ class NotFound(AwstokenError):
 
 def load_settings(path: str | None) -> Settings:
     """The settings of ``path`` (default ``$AWSTOKEN_CONFIG``); ConfigError when neither."""
-    from ._config import load
+    from .._config.load import load
 
     path = path or os.environ.get(CONFIG_ENV)
     if not path:
@@ -102,8 +102,8 @@ def remember(settings: Settings) -> None:
     """Leave the index the next door's fast path reads (see _fastdoor); file storage only."""
     if settings.storage.type != "file" or settings.path is None:
         return
-    from ._fastdoor import write_index
-    from .storage.file import default_directory
+    from ..storage.file import default_directory
+    from .fast import write_index
 
     storage = settings.storage.path or str(default_directory())
     write_index(settings.path, storage, {
@@ -194,7 +194,7 @@ def credentials(value: str, token: TokenSettings) -> tuple[str, str]:
     token (base64 of ``AWS:...``) too; ``Bearer X`` and any other value give X with the
     token's ``basic_user``, else ``AWS`` for ECR and ``aws`` for the rest (CodeArtifact).
     """
-    from ._fastdoor import split
+    from .fast import split
 
     return split(value, token.source in ("ecr", "ecr-public"), token.basic_user)
 
@@ -232,10 +232,10 @@ def obtain(settings: Settings, name: str, *, storage: Storage | None = None,
 def _build_storage(settings: Settings) -> Storage:
     if settings.storage.type == "file":
         # Directly: the builders module imports the rotator, hooks and every storage.
-        from .storage.file import FileStorage
+        from ..storage.file import FileStorage
 
         return FileStorage(settings.storage.path)
-    from ._build import build_storage
+    from .._config.build import build_storage
 
     return build_storage(settings.storage)
 
@@ -312,9 +312,9 @@ def _door_rotator(token: TokenSettings, storage: Storage, lease: Lease, margin: 
     It also refreshes a token inside the door's margin of its expiry. Imported only here:
     a door that reads a usable token never loads the rotator, the sources or the hooks.
     """
-    from ._build import build_source, build_transform
-    from ._hooks import hooks_from_settings
-    from ._rotator import Rotator, Schedule
+    from .._config.build import build_source, build_transform
+    from .._rotation.hooks import hooks_from_settings
+    from .._rotation.rotator import Rotator, Schedule
 
     class DoorRotator(Rotator):
         def _due(self, record: Token | None) -> float:

@@ -24,9 +24,9 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._errors import HookError
-from ._settings import TokenSettings
-from ._token import Token
+from .._config.settings import TokenSettings
+from .._errors import HookError
+from .._token import Token
 
 FORMATS = ("docker-config", "pip-conf", "pypirc", "npmrc", "netrc")
 
@@ -269,7 +269,7 @@ def renderer(token: TokenSettings, fmt: str, url: str | None = None) -> Callable
     The entry is for ``url`` when given, else the token's registries (docker-config) or
     index URLs (the others).
     """
-    from ._doors import credentials, token_registries
+    from .._doors.common import credentials, token_registries
 
     if fmt not in _MERGERS:
         raise FormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")

@@ -1,0 +1,1 @@
+"""Rotation: keeping each token fresh in storage (one leader), refusals, and on-rotate hooks."""
