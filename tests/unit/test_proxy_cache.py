@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from awstoken._config import loads, parse_size
+from awstoken._config.load import loads, parse_size
 from awstoken._config.settings import CacheSettings
 from awstoken._errors import ConfigError
 from awstoken.proxy._cache_keys import Key, Learned, oci_key
