@@ -29,6 +29,8 @@ class FakeTransport(asyncio.Transport):
         self.buffered = 0  # what get_write_buffer_size reports
         self.limits: tuple[int | None, int | None] | None = None
         self._extra: dict[str, Any] = {"peername": peer, "sockname": local}
+        self._protocol: asyncio.BaseProtocol | None = None
+        self._lost = False
 
     # -- what the protocols call -------------------------------------------------------
 
@@ -56,11 +58,26 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         self.closing = True
         self.calls.append("close")
+        self._lose()
 
     def abort(self) -> None:
         self.closing = True
         self.aborted = True
         self.calls.append("abort")
+        self._lose()
+
+    def _lose(self) -> None:
+        # As a real transport: connection_lost once, on the next loop iteration.
+        if self._protocol is not None and not self._lost:
+            self._lost = True
+            asyncio.get_running_loop().call_soon(self._protocol.connection_lost, None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
 
     def is_closing(self) -> bool:
         return self.closing

@@ -46,6 +46,7 @@ def connect(handler: Recorder, **options: float) -> tuple[Frontend, ClientConnec
     frontend = Frontend(handler, **options)  # type: ignore[arg-type]
     conn = frontend()
     transport = FakeTransport()
+    transport.set_protocol(conn)
     conn.connection_made(transport)
     return frontend, conn, transport
 
