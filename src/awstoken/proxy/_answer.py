@@ -60,7 +60,7 @@ class Responder:
         return status
 
 
-    def _proxy_origin(self, conn: ClientConnection) -> str:
+    def proxy_origin(self, conn: ClientConnection) -> str:
         return self.public_url or f"http://{conn.local}"
 
     # -- the answer ----------------------------------------------------------------------------
@@ -72,8 +72,8 @@ class Responder:
             if cached is not None:
                 return cached  # a verified miss, streamed to the client and the store
         status = up.status
-        proxy_origin = self._proxy_origin(conn)
-        headers = _client_headers(up, route, proxy_origin)
+        proxy_origin = self.proxy_origin(conn)
+        headers = client_headers(up, route, proxy_origin)
         reason_ = up.reason.decode("latin-1") or _reason(status)
         head_only = request.method == "HEAD" or status in (204, 304)
         length = up.length
@@ -169,7 +169,7 @@ class Responder:
                                f"{self.max_index_bytes})")
 
 
-def _client_headers(up: UpstreamConnection, route: Route,
+def client_headers(up: UpstreamConnection, route: Route,
                     proxy_origin: str) -> list[tuple[str, str]]:
     """The upstream's response headers for the client (Location pointed back at us)."""
     headers = response_header_pairs(up.headers)

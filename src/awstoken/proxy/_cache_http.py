@@ -256,7 +256,7 @@ class ProxyCache:
                                 if k.lower() not in ("range", "if-range")],
                        keep_alive=True, body=None, chunked=False, length=None,
                        host=request.host, expect_continue=False)
-        origin = fw._origin(route.upstream_origin)
+        origin = fw.origin_for(route.upstream_origin)
         target = route.upstream_target(request.target)
         headers = request_header_pairs(head.headers, token_header=route.header,
                                        client_ip=conn.remote, proto=fw.public_scheme,

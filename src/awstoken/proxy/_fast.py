@@ -19,6 +19,7 @@ from .._rotation.refusal import DEFAULT_REFRESH_WAIT
 from ._answer import Responder
 from ._auth import InboundAuth
 from ._cache_http import ProxyCache
+from ._fastpath import FastPath
 from ._h1 import BodyStream, ClientConnection, Origin, Pool, Request, UpstreamConnection, UpstreamError
 from ._h1 import encode_head as _encode_head
 from ._headers import cross_host_pairs, followed_response_pairs, header, request_header_pairs
@@ -79,6 +80,8 @@ class FastForwarder(Responder):
         self.max_index_bytes = max_index_bytes
         self.cache = cache
         self._origins: dict[str, Origin] = {}
+        #: Takes the common requests with callbacks (see ``_fastpath``).
+        self.fast = FastPath(self)
 
     async def __call__(self, conn: ClientConnection, request: Request) -> None:
         started = time.monotonic()
@@ -88,11 +91,38 @@ class FastForwarder(Responder):
         try:
             route, status = await self._handle(conn, request)
         finally:
-            self.metrics.count(route.name if route is not None else "-", status)
-            if self.access_log and access_log.isEnabledFor(logging.INFO):
-                access_log.info('%s "%s %s" %d %d %.3f', conn.remote or "-", request.method,
-                                _printable(raw_target.split("?", 1)[0]), status, conn.sent,
-                                time.monotonic() - started)
+            self.record(conn, request, route, status, raw_target, started)
+
+    def record(self, conn: ClientConnection, request: Request, route: Route | None,
+               status: int, raw_target: str, started: float) -> None:
+        """Count an answered request (499: the client left first) and log it."""
+        self.metrics.count(route.name if route is not None else "-", status)
+        if self.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info('%s "%s %s" %d %d %.3f', conn.remote or "-", request.method,
+                            _printable(raw_target.split("?", 1)[0]), status, conn.sent,
+                            time.monotonic() - started)
+
+    async def resume(self, conn: ClientConnection, request: Request, route: Route, value: str,
+                     up: UpstreamConnection | None, started: float) -> None:
+        """Go on as a coroutine with a request begun with callbacks (see ``_fastpath``):
+        from its upstream answer's head (``up``: a refusal, a redirect to follow, an index to
+        rewrite), or from the start on a new connection (None: a pooled connection failed
+        before any answer)."""
+        status = 499
+        try:
+            try:
+                if up is None:
+                    status = await self._forward(conn, request, route, value, fresh=True)
+                else:
+                    origin = up.origin
+                    target = route.upstream_target(request.target)
+                    headers = self.upstream_pairs(conn, request, route)
+                    status = await self._after_head(conn, request, route, origin, target,
+                                                    headers, value, up, None, started)
+            except UpstreamFailure as exc:
+                status = self.failed(conn, request, route, exc)
+        finally:
+            self.record(conn, request, route, status, request.target, started)
 
     # -- the request ---------------------------------------------------------------------------
 
@@ -121,12 +151,20 @@ class FastForwarder(Responder):
         try:
             return route, await self._forward(conn, request, route, value)
         except UpstreamFailure as exc:
-            self.metrics.upstream_errors.labels(route.name, exc.kind).inc()
-            log.warning("awstoken: route %s: %s", route.name, exc)
-            if conn.response_started:
-                conn.abort()
-                return route, 502
-            return route, self._error(conn, request, path, exc.status, str(exc))
+            return route, self.failed(conn, request, route, exc, path)
+
+    def failed(self, conn: ClientConnection, request: Request, route: Route,
+               exc: UpstreamFailure, path: str | None = None) -> int:
+        """Count, log and answer an upstream failure (cut the connection when the answer
+        had begun); the status counted."""
+        self.metrics.upstream_errors.labels(route.name, exc.kind).inc()
+        log.warning("awstoken: route %s: %s", route.name, exc)
+        if conn.response_started:
+            conn.abort()
+            return 502
+        if path is None:
+            path = request.target.partition("?")[0]
+        return self._error(conn, request, path, exc.status, str(exc))
 
     def _check_target(self, conn: ClientConnection, request: Request) -> tuple[str, int]:
         """The request's path (normalised); with a status when it was refused (answered)."""
@@ -152,7 +190,7 @@ class FastForwarder(Responder):
                 request.target = normal + sep + query
         return path, 0
 
-    def _origin(self, url: str) -> Origin:
+    def origin_for(self, url: str) -> Origin:
         origin = self._origins.get(url)
         if origin is None:
             if len(self._origins) > 1024:  # redirect targets are open-ended: stay bounded
@@ -160,13 +198,9 @@ class FastForwarder(Responder):
             origin = self._origins[url] = Origin.parse(url)
         return origin
 
-    async def _forward(self, conn: ClientConnection, request: Request, route: Route,
-                       value: str, *, cached: bool = False) -> int:
-        if self.cache is not None and route.cache is not None and not cached:
-            # Hits are answered there; misses come back here with cached=True.
-            return await self.cache.forward(self, conn, request, route, value)
-        origin = self._origin(route.upstream_origin)
-        target = route.upstream_target(request.target)
+    def upstream_pairs(self, conn: ClientConnection, request: Request,
+                       route: Route) -> list[tuple[str, str]]:
+        """The client's header fields for the upstream (no Host, no token, no framing)."""
         headers = request_header_pairs(
             request.headers, token_header=route.header, client_ip=conn.remote,
             proto=self.public_scheme, host=self.public_host or conn.local, drop=_FRAMING)
@@ -174,6 +208,16 @@ class FastForwarder(Responder):
             if key.lower() == "accept-encoding":
                 # Only what this process can decode: an index answer must be rewritten.
                 headers[i] = (key, accept_encoding(offered))
+        return headers
+
+    async def _forward(self, conn: ClientConnection, request: Request, route: Route,
+                       value: str, *, cached: bool = False, fresh: bool = False) -> int:
+        if self.cache is not None and route.cache is not None and not cached:
+            # Hits are answered there; misses come back here with cached=True.
+            return await self.cache.forward(self, conn, request, route, value)
+        origin = self.origin_for(route.upstream_origin)
+        target = route.upstream_target(request.target)
+        headers = self.upstream_pairs(conn, request, route)
         body = request.body
         if body is not None and request.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -183,25 +227,34 @@ class FastForwarder(Responder):
         began = time.monotonic()
         try:
             up = await self._exchange(request, origin, target, headers, (route.header, value),
-                                      recorder=recorder)
-            try:
-                if up.status in (401, 403):
-                    up = await self._after_refusal(request, route, origin, target, headers,
-                                                   value, up, recorder)
-                location = up.location if up.status in REDIRECTS else None
-                if location is not None and route.redirects == "follow" and \
-                        request.method in ("GET", "HEAD"):
-                    there = redirect_url(origin.url + target, location, route)
-                    if self._origin(origin_of(there)).url != origin.url:
-                        up.release()
-                        up = await self._follow(request, there, headers, route)
-                self.metrics.observe(route.name, time.monotonic() - began)
-                return await self._respond(conn, request, route, up)
-            finally:
-                up.release()
+                                      recorder=recorder, fresh=fresh)
+            return await self._after_head(conn, request, route, origin, target, headers, value,
+                                          up, recorder, began)
         finally:
             if recorder is not None:
                 recorder.close()
+
+    async def _after_head(self, conn: ClientConnection, request: Request, route: Route,
+                          origin: Origin, target: str, headers: list[tuple[str, str]],
+                          value: str, up: UpstreamConnection, recorder: BodyRecorder | None,
+                          began: float) -> int:
+        """From the upstream's answer head on: a refusal (refresh and retry), a redirect to
+        follow, then the answer to the client."""
+        try:
+            if up.status in (401, 403):
+                up = await self._after_refusal(request, route, origin, target, headers,
+                                               value, up, recorder)
+            location = up.location if up.status in REDIRECTS else None
+            if location is not None and route.redirects == "follow" and \
+                    request.method in ("GET", "HEAD"):
+                there = redirect_url(origin.url + target, location, route)
+                if self.origin_for(origin_of(there)).url != origin.url:
+                    up.release()
+                    up = await self._follow(request, there, headers, route)
+            self.metrics.observe(route.name, time.monotonic() - began)
+            return await self._respond(conn, request, route, up)
+        finally:
+            up.release()
 
     async def _after_refusal(self, request: Request, route: Route, origin: Origin, target: str,
                              headers: list[tuple[str, str]], value: str,
@@ -242,7 +295,7 @@ class FastForwarder(Responder):
                         *, with_body: bool = True, recorder: BodyRecorder | None = None,
                         replay: BodyRecorder | None = None,
                         check: Callable[[UpstreamConnection], None] | None = None,
-                        ) -> UpstreamConnection:
+                        fresh: bool = False) -> UpstreamConnection:
         """Send one request upstream and wait for the response head.
 
         The body comes from the client (copied into ``recorder`` on the way), or from
@@ -252,7 +305,7 @@ class FastForwarder(Responder):
         body = request.body if with_body and replay is None else None
         head = _upstream_head(request, origin, target, headers, token, body, replay)
         for attempt in (1, 2):
-            up = await self._connection(origin, attempt, check)
+            up = await self._connection(origin, attempt == 1 and not fresh, check)
             reused = up.uses > 0
             up.start(head, head_only=request.method == "HEAD")
             if replay is not None:
@@ -277,11 +330,11 @@ class FastForwarder(Responder):
                 raise
         raise AssertionError("unreachable")
 
-    async def _connection(self, origin: Origin, attempt: int,
+    async def _connection(self, origin: Origin, pooled: bool,
                           check: Callable[[UpstreamConnection], None] | None,
                           ) -> UpstreamConnection:
-        """A pooled connection (first attempt only) or a new one, seen by ``check``."""
-        up = self.pool.take(origin) if attempt == 1 else None
+        """A pooled connection (when ``pooled``) or a new one, seen by ``check``."""
+        up = self.pool.take(origin) if pooled else None
         if up is None:
             try:
                 up = await self.pool.connect(origin)
@@ -310,7 +363,7 @@ class FastForwarder(Responder):
             check_peer(up, route, self.own_ports)
 
         for _ in range(MAX_REDIRECTS):
-            origin = self._origin(origin_of(there))
+            origin = self.origin_for(origin_of(there))
             if not origin.tls and not route.follow_http:
                 raise UpstreamFailure(502, "redirects", f"route {route.name}: redirect to "
                                       f"plain http://{origin.host_header} refused (the route "

@@ -138,7 +138,8 @@ class ProxyServer:
             # Through _dispatch: a reload swaps the forwarder under open connections.
             self._frontend = factory = Frontend(
                 self._dispatch, max_connections=server.max_connections,
-                head_timeout=server.head_timeout, keepalive_timeout=server.keepalive_timeout)
+                head_timeout=server.head_timeout, keepalive_timeout=server.keepalive_timeout,
+                fast=self._dispatch_fast)
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -180,6 +181,10 @@ class ProxyServer:
         # during a reload finishes with the configuration it started with.
         assert self._fast is not None
         return self._fast(conn, request)
+
+    def _dispatch_fast(self, conn: ClientConnection, request: Request) -> bool:
+        assert self._fast is not None
+        return self._fast.fast(conn, request)
 
     def reload(self, settings: Settings) -> list[str]:
         """Serve the routes, tokens and request settings of ``settings`` from the next request

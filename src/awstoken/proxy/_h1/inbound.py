@@ -100,6 +100,10 @@ class Request:
 
 
 Handler = Callable[["ClientConnection", Request], Awaitable[None]]
+#: Answers a request with callbacks, without a coroutine, when it can (True): the common
+#: case. It then calls ``conn.done(request)`` when the answer is complete, or hands the
+#: request to a coroutine with ``conn.run(request, coro)``. False: ``Handler`` answers.
+FastHandler = Callable[["ClientConnection", Request], bool]
 
 
 #: Open client connections per process unless configured (``server.max_connections``).
@@ -117,8 +121,10 @@ class Frontend:
 
     def __init__(self, handler: Handler, *, max_connections: int = MAX_CONNECTIONS,
                  head_timeout: float = HEAD_TIMEOUT,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 fast: FastHandler | None = None) -> None:
         self.handler = handler
+        self.fast = fast
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.closing = False
@@ -226,8 +232,10 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.remote: str | None = None
         self.local = ""
         self.queue: collections.deque[Request] = collections.deque()
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # answering a request as a coroutine
         self.busy = False  # a request is being answered
+        #: Called when the connection is lost while a request is answered with callbacks.
+        self.on_lost: Callable[[], None] | None = None
         # A request head is awaited or being received (head_timeout applies): from the
         # start, so a client that connects and sends nothing is closed as a trickling one.
         self.in_head = True
@@ -237,7 +245,6 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self._init_flow()
         self.response_started = False
         self.sent = 0  # body bytes of the current response
-        self._waiter: asyncio.Future[None] | None = None
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._head_size = 0
@@ -275,31 +282,18 @@ class ClientConnection(FlowControl, asyncio.Protocol):
                 request.body.fail(lost)
         if self._body is not None:
             self._body.fail(lost)
-        self._wake()
         self._drain_lost()
         if self.task is not None and self.busy:
             self.task.cancel()  # stops the exchange; its upstream connection is aborted
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()  # the same for an exchange answered with callbacks
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # The parser stops after an Upgrade request's head. Upgrades are not offered:
-            # answer that request as a plain one, then close.
-            if not self.queue or self.queue[-1].body is not None:
-                # llhttp ends the message at the head and leaves what follows to the new
-                # protocol: a body announced in the head would never come (the upstream would
-                # wait for it until the read timeout). Refuse at once; the request was queued
-                # by this very call, so it has not started.
-                if self.queue:
-                    self.queue.pop()
-                self._reject(ProtocolError(400, "protocol upgrades are not supported"))
-                return
-            self.queue[-1].keep_alive = False
-            if self._body is not None:
-                self._body.fail(ConnectionResetError("request body after an Upgrade head"))
-                self._body = None
-            self.pause_reading("upgrade")
+            self._upgrade()
         except ProtocolError as exc:
             self._reject(exc)
         except httptools.HttpParserCallbackError as exc:
@@ -309,6 +303,28 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         except httptools.HttpParserError as exc:
             # llhttp's reasons are short phrases ("Invalid header value char"), no bytes.
             self._reject(ProtocolError(400, f"malformed request: {str(exc)[:100]}"))
+        # After the whole read is parsed: a malformed request after a good one in the same
+        # read aborts the connection before the good one goes anywhere.
+        if self.queue and not self.busy and not self.closed:
+            self._dispatch()
+
+    def _upgrade(self) -> None:
+        # The parser stops after an Upgrade request's head. Upgrades are not offered:
+        # answer that request as a plain one, then close.
+        if not self.queue or self.queue[-1].body is not None:
+            # llhttp ends the message at the head and leaves what follows to the new
+            # protocol: a body announced in the head would never come (the upstream would
+            # wait for it until the read timeout). Refuse at once; the request was queued
+            # by this very call, so it has not started.
+            if self.queue:
+                self.queue.pop()
+            self._reject(ProtocolError(400, "protocol upgrades are not supported"))
+            return
+        self.queue[-1].keep_alive = False
+        if self._body is not None:
+            self._body.fail(ConnectionResetError("request body after an Upgrade head"))
+            self._body = None
+        self.pause_reading("upgrade")
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -358,10 +374,6 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.queue.append(request)
         if self.busy or len(self.queue) > 1:
             self.pause_reading("pipeline")  # answer in order; read on when this one's turn comes
-        if self.task is None:
-            self.task = self.loop.create_task(self._serve())
-        else:
-            self._wake()
 
     def on_body(self, body: bytes) -> None:
         if self._body is not None:
@@ -375,36 +387,26 @@ class ClientConnection(FlowControl, asyncio.Protocol):
 
     # -- running requests ----------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _dispatch(self) -> None:
+        """Start answering the next queued request: with callbacks when the fast handler
+        takes it, else as a coroutine (one task per such request)."""
+        request = self.queue.popleft()
+        self.resume_reading("pipeline")
+        self.busy = True
+        self.response_started = False
+        self.sent = 0
+        fast = self.frontend.fast
+        if fast is None or not fast(self, request):
+            self.run(request, self.frontend.handler(self, request))
 
-    async def _serve(self) -> None:
-        handler = self.frontend.handler
+    def run(self, request: Request, answer: Awaitable[None]) -> None:
+        """Answer ``request`` with a coroutine (also a fast answer that falls over to one)."""
+        self.on_lost = None
+        self.task = self.loop.create_task(self._run(request, answer))
+
+    async def _run(self, request: Request, answer: Awaitable[None]) -> None:
         try:
-            while not self.closed:
-                if not self.queue:
-                    self._waiter = self.loop.create_future()
-                    await self._waiter
-                    continue
-                request = self.queue.popleft()
-                self.resume_reading("pipeline")
-                self.busy = True
-                self.response_started = False
-                self.sent = 0
-                try:
-                    await handler(self, request)
-                finally:
-                    self.busy = False
-                    self.on_resume = None
-                    self.since = self.loop.time()
-                body = request.body
-                if not request.keep_alive or (body is not None and not body.done) or \
-                        self.frontend.closing or (self.eof and not self.queue):
-                    # An unread request body cannot be skipped safely: close instead.
-                    self.close()
-                    return
+            await answer
         except asyncio.CancelledError:
             self.abort()
         except Exception:
@@ -412,6 +414,22 @@ class ClientConnection(FlowControl, asyncio.Protocol):
             self.abort()
         finally:
             self.task = None
+        self.done(request)
+
+    def done(self, request: Request) -> None:
+        """The answer to ``request`` is complete: keep the connection for the next one (and
+        start it when it is queued already), or close it."""
+        self.busy = False
+        self.on_resume = None
+        self.on_lost = None
+        self.since = self.loop.time()
+        body = request.body
+        if not request.keep_alive or (body is not None and not body.done) or self.closed or \
+                self.frontend.closing or (self.eof and not self.queue):
+            # An unread request body cannot be skipped safely: close instead.
+            self.close()
+        elif self.queue:
+            self._dispatch()
 
     def _reject(self, exc: ProtocolError) -> None:
         """Answer a request that cannot be parsed, then close (nothing after it can be trusted)."""

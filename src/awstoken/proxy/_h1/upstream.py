@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from .flow import FlowControl
-from .wire import HIGH_WATER, MAX_HEAD, READ_SIZE, Chunk
+from .wire import HIGH_WATER, HOP_BY_HOP, MAX_HEAD, READ_SIZE, Chunk
 
 if TYPE_CHECKING:
     from .inbound import ClientConnection
@@ -80,7 +80,11 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.reason = b""
-        self.headers: list[tuple[str, str]] = []
+        self.raw: list[tuple[bytes, bytes]] = []  # the response head's fields, as received
+        #: The fields that pass to a client as they are (see on_headers_complete); None when
+        #: the upstream named fields in ``Connection`` (they are dropped by name then).
+        self.kept: bytes | None = b""
+        self._headers: list[tuple[str, str]] | None = None
         self.chunks: list[bytes] = []
         self.sink: Callable[[Chunk], Any] | None = None
         self.client: ClientConnection | None = None
@@ -89,7 +93,26 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self.local_host = ""  # our side's address on that connection
         self._head_size = 0
         self._last = 0.0
+        #: Called (instead of waking a coroutine) on each event of an exchange answered with
+        #: callbacks: once per read at most, after the read is parsed. ``job`` is its state.
+        self.listener: Callable[[UpstreamConnection], None] | None = None
+        self.job: Any = None
+        self._feeding = False
+        self._pending = False
         self._reset()
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The response head's fields as text (latin-1), decoded on first use."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = [(k.decode("latin-1"), v.decode("latin-1"))
+                                       for k, v in self.raw]
+        return headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[str, str]]) -> None:
+        self._headers = headers
 
     def _reset(self) -> None:
         # Per exchange. (Parser state is reset in on_message_begin; sink, client, pump and
@@ -139,6 +162,23 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         return self.pool.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.listener is None:
+            self._read(nbytes)
+            return
+        # Events of this read reach the listener once, after the whole read is parsed: a
+        # small answer that came in one read is then complete, not just begun.
+        self._feeding = True
+        try:
+            self._read(nbytes)
+        finally:
+            self._feeding = False
+        if self._pending:
+            self._pending = False
+            listener = self.listener
+            if listener is not None:
+                listener(self)
+
+    def _read(self, nbytes: int) -> None:
         view = self.pool.read_buffer[:nbytes]
         if self.body_left:
             self._body_direct(view)
@@ -218,7 +258,8 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.headers = []
+        self.raw = []
+        self._headers = None
         self.reason = b""
         self._head_size = 0
 
@@ -231,7 +272,7 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             raise UpstreamError("protocol", f"upstream {self.origin.host}: response head over "
                                 f"{MAX_HEAD} bytes")
         if not self.head_done:  # trailers of a chunked body are dropped, never promoted
-            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            self.raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -239,16 +280,7 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             self._interim = True  # 100 Continue, 103 Early Hints: the answer comes after
             return
         self.status = status
-        for key, value in self.headers:
-            low = key.lower()
-            if low == "content-length":
-                self.length = int(value)
-            elif low == "transfer-encoding":
-                self.chunked = True
-            elif low == "content-type":
-                self.content_type = value
-            elif low == "location":
-                self.location = value
+        self._read_head()
         if self.chunked:
             self.length = None
         self.keep_alive = self.parser.should_keep_alive()
@@ -282,6 +314,28 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             return
         self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
         self._finish()
+
+    def _read_head(self) -> None:
+        """Framing facts of the head, and the fields that pass to a client unchanged: all
+        but hop-by-hop and framing fields, in one bytes string."""
+        kept: list[bytes] | None = []
+        for name, value in self.raw:
+            low = name.lower()
+            if low in HOP_BY_HOP:
+                if low == b"content-length":
+                    self.length = int(value)
+                elif low == b"transfer-encoding":
+                    self.chunked = True
+                elif low == b"connection" and _names_others(value, self.raw):
+                    kept = None  # fields it names are hop-by-hop too: filtered by name later
+                continue
+            if low == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif low == b"location":
+                self.location = value.decode("latin-1")
+            if kept is not None:
+                kept += (name, b": ", value, b"\r\n")
+        self.kept = None if kept is None else b"".join(kept)
 
     # -- flow control and timers ---------------------------------------------------------------
 
@@ -334,6 +388,13 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
     # -- the exchange --------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        listener = self.listener
+        if listener is not None:
+            if self._feeding:
+                self._pending = True  # called once the read is parsed (buffer_updated)
+            else:
+                listener(self)
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -394,8 +455,13 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         chunks, self.chunks, self.buffered = self.chunks, [], 0
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def stream_to(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None:
-        """Send the rest of the body through ``sink`` as it arrives, until complete."""
+    def poke(self) -> None:
+        """Have the listener look at the exchange again (e.g. its client went away)."""
+        self._wake()
+
+    def attach(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None:
+        """From now on, each piece of the body goes through ``sink`` as it arrives (what is
+        buffered first); reading pauses while ``client`` cannot take more."""
         self.client = client
         self.sink = sink
         if self.chunks:
@@ -404,6 +470,10 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             self._pause_for_client(client)
         else:
             self._resume()
+
+    async def stream_to(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None:
+        """Send the rest of the body through ``sink`` as it arrives, until complete."""
+        self.attach(client, sink)
         while not self.complete:
             if self.error is not None:
                 raise self.error
@@ -416,6 +486,8 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         if not self.in_exchange:
             return
         self.in_exchange = False
+        self.listener = None
+        self.job = None
         pump, self.pump = self.pump, None
         pump_ok = pump is None or (pump.done() and not pump.cancelled() and pump.exception() is None)
         if pump is not None and not pump.done():
@@ -437,6 +509,13 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.abort()
             self.pool.forget(self)
+
+
+def _names_others(value: bytes, fields: list[tuple[bytes, bytes]]) -> bool:
+    """True when a Connection field names a field of the head that is not hop-by-hop
+    already (``keep-alive`` and ``close`` commonly name none)."""
+    named = {token.strip().lower() for token in value.split(b",")} - HOP_BY_HOP
+    return bool(named) and any(name.lower() in named for name, _ in fields)
 
 
 class _HeadDone(Exception):

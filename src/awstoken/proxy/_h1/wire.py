@@ -21,6 +21,13 @@ MAX_IDLE = 128
 #: CPU per GiB by a fifth against 256 KiB).
 READ_SIZE = 1024 * 1024
 
+#: Response fields that never pass through as they are: hop-by-hop (RFC 9110 7.6.1, plus
+#: the old Proxy-Connection) and framing (Content-Length: the proxy frames each answer).
+HOP_BY_HOP = frozenset((
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"content-length"))
+
 #: A piece of a body as handed to a sink: the parser's bytes, or a view of a read buffer
 #: that is valid only during the call (see ``UpstreamConnection.buffer_updated``).
 Chunk = bytes | memoryview
