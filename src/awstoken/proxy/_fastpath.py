@@ -37,6 +37,7 @@ log = logging.getLogger("awstoken.proxy")
 
 # Stages of an exchange answered with callbacks (``UpstreamConnection.job[4]``).
 _HEAD, _COLLECT, _STREAM, _STREAM_CHUNKED = range(4)
+_REQUEST_DROP = frozenset(name.encode() for name in REQUEST_DROP)
 _FAILURE_STATUS = {"timeout": 504}
 
 
@@ -69,7 +70,10 @@ class FastPath:
         if token_line is None:
             return False  # the coroutine path refuses it with its error
         origin = fw.origin_for(route.upstream_origin)
-        head = self._request_head(conn, request, route, origin.host_header, token_line)
+        try:
+            head = self._request_head(conn, request, route, origin.host_header, token_line)
+        except UnicodeEncodeError:  # a name the coroutine path fails on the same way
+            return False
         if head is None:
             return False
         up = fw.pool.take(origin)
@@ -101,33 +105,40 @@ class FastPath:
 
     def _request_head(self, conn: ClientConnection, request: Request, route: Route,
                       host_header: str, token_line: bytes) -> bytes | None:
-        """The upstream request head in one pass, byte for byte what the coroutine path
-        sends (``FastForwarder.upstream_pairs``); None when the client's fields need its
-        general filter (a ``Connection`` field naming others)."""
+        """The upstream request head in one pass over the client's fields as received,
+        byte for byte what the coroutine path sends (``FastForwarder.upstream_pairs``)."""
         fw = self.fw
-        lines = [f"{request.method} {route.upstream_target(request.target)} HTTP/1.1\r\n"
-                 f"Host: {host_header}\r\n"]
-        token_key = route.header.lower()
+        parts = [f"{request.method} {route.upstream_target(request.target)} HTTP/1.1\r\n"
+                 f"Host: {host_header}\r\n".encode("latin-1")]
+        token_key = route.header.lower().encode("latin-1", "replace")
         prior: list[str] | None = None
-        for key, value in request.headers:
-            low = key.lower()
-            if low in REQUEST_DROP or low == token_key:
-                if low == "x-forwarded-for":
+        for name, value in request.raw:
+            low = name.lower()
+            if low in _REQUEST_DROP or low == token_key:
+                if low == b"x-forwarded-for":
                     if prior is None:
                         prior = []
-                    prior.append(value)
-                elif low == "connection" and connection_tokens([(key, value)]) - REQUEST_DROP:
+                    prior.append(value.decode("latin-1"))
+                elif low == b"connection" and connection_tokens(
+                        [("connection", value.decode("latin-1"))]) - REQUEST_DROP:
                     # It names fields to drop wherever they are: the general filter.
                     return self._general_head(conn, request, route, host_header, token_line)
                 continue
-            if low == "accept-encoding":
-                value = accept_encoding(value)
-            lines.append(f"{key}: {value}\r\n")
-        lines.append(_forwarded(prior, conn.remote, fw.public_scheme, fw.public_host or conn.local))
-        try:
-            return "".join(lines).encode("latin-1") + token_line + b"\r\n"
-        except UnicodeEncodeError:
-            return None
+            if low == b"accept-encoding":
+                value = accept_encoding(value.decode("latin-1")).encode("latin-1")
+            parts += (name, b": ", value, b"\r\n")
+        if prior is None:
+            # The same for every request of the connection: made once per connection.
+            memo = conn.memo
+            if memo is None or memo[0] is not self:
+                memo = conn.memo = (self, _forwarded(None, conn.remote, fw.public_scheme,
+                                                     fw.public_host or conn.local).encode("latin-1"))
+            forwarded = memo[1]
+        else:
+            forwarded = _forwarded(prior, conn.remote, fw.public_scheme,
+                                   fw.public_host or conn.local).encode("latin-1")
+        parts += (forwarded, token_line, b"\r\n")
+        return b"".join(parts)
 
     def _general_head(self, conn: ClientConnection, request: Request, route: Route,
                       host_header: str, token_line: bytes) -> bytes | None:

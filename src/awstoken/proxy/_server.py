@@ -139,7 +139,7 @@ class ProxyServer:
             self._frontend = factory = Frontend(
                 self._dispatch, max_connections=server.max_connections,
                 head_timeout=server.head_timeout, keepalive_timeout=server.keepalive_timeout,
-                fast=self._dispatch_fast)
+                fast=self._fast.fast)
             try:
                 self._listeners.append(await loop.create_server(
                     factory, host, port, reuse_port=self.reuse_port or None, backlog=1024))
@@ -182,10 +182,6 @@ class ProxyServer:
         assert self._fast is not None
         return self._fast(conn, request)
 
-    def _dispatch_fast(self, conn: ClientConnection, request: Request) -> bool:
-        assert self._fast is not None
-        return self._fast.fast(conn, request)
-
     def reload(self, settings: Settings) -> list[str]:
         """Serve the routes, tokens and request settings of ``settings`` from the next request
         on; return what changed, one line each. Requests in flight finish as they started.
@@ -212,6 +208,8 @@ class ProxyServer:
         self.settings, self.routes, self.auth, self.token_names = settings, routes, auth, names
         if self._fast is not None:
             self._fast = self._fast_forwarder()
+            if self._frontend is not None:  # new requests take the new forwarder's fast path
+                self._frontend.fast = self._fast.fast
         self._token_collector.names = tuple(sorted(set(names)))
         self.admin.token_names = tuple(names)
         if self.token_listeners is not None:

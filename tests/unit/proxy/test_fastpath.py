@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import re
 import ssl
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings
 from awstoken.proxy._auth import InboundAuth
 from awstoken.proxy._fast import FastForwarder
-from awstoken.proxy._h1 import Frontend, Origin, Pool, UpstreamConnection
+from awstoken.proxy._h1 import Frontend, Origin, Pool, Request, UpstreamConnection
 from awstoken.proxy._metrics import RouteMetrics
 from awstoken.proxy._routes import RouteTable
 
@@ -180,3 +183,38 @@ def test_uncommon_requests_are_left_to_the_coroutine_path() -> None:
         _, _, fast, slow = run(lambda r=request: exchange(  # type: ignore[misc]
             r, [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"], fast=True))
         assert (fast, slow) == (0, 1), request
+
+
+NAMES = ["Accept", "accept-encoding", "Authorization", "Connection", "X-Forwarded-For",
+         "x-forwarded-proto", "X-Forwarded-Host", "Host", "Content-Length", "TE", "Expect",
+         "Keep-Alive", "Upgrade", "Proxy-Authorization", "X-Token", "User-Agent", "Range",
+         "X-Custom", "Trailer", "Cookie"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.tuples(
+    st.sampled_from(NAMES).flatmap(lambda n: st.sampled_from([n, n.lower(), n.upper()])),
+    st.one_of(st.sampled_from(["keep-alive", "close", "x-custom, te", "gzip, br, zstd, sdch",
+                               "10.0.0.1", ""]),
+              st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xff,
+                                             blacklist_characters="\x7f"), max_size=12))),
+    max_size=8), remote=st.sampled_from(["192.0.2.9", None]),
+       header=st.sampled_from(["Authorization", "X-Token"]))
+def test_the_one_pass_request_head_is_the_general_one(fields: list[tuple[str, str]],
+                                                       remote: str | None, header: str) -> None:
+    storage = MemoryStorage()
+    routes = RouteTable([RouteSettings(prefix="/", upstream="https://up.example/base",
+                                       token="ecr", header=header)])
+    pool = Pool.__new__(Pool)  # no loop needed: the head is built, nothing is sent
+    forwarder = FastForwarder(routes=routes, keeper=Keeper(storage), pool=pool,
+                              auth=InboundAuth(ServerSettings()),
+                              metrics=RouteMetrics(CollectorRegistry()), access_log=False)
+    conn = SimpleNamespace(remote=remote, local="127.0.0.1:8080", memo=None)
+    request = Request(method="GET", target="/v2/x?y=1", version="1.1", headers=fields,
+                      keep_alive=True, body=None, chunked=False, length=None, host="p",
+                      expect_continue=False)
+    route = routes.routes[0]
+    line = f"{header}: Basic t\r\n".encode()
+    fast = forwarder.fast._request_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
+    general = forwarder.fast._general_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
+    assert fast == general

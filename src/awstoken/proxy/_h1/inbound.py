@@ -14,7 +14,6 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import httptools
 
@@ -83,20 +82,42 @@ class BodyStream:
         return data
 
 
-@dataclass(slots=True)
 class Request:
-    """One parsed request head; ``body`` is None when the request has none."""
+    """One parsed request head; ``body`` is None when the request has none.
 
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-    keep_alive: bool
-    body: BodyStream | None
-    chunked: bool
-    length: int | None
-    host: str | None
-    expect_continue: bool
+    Its fields are kept as received (``raw``, bytes); ``headers`` is the same as text
+    (latin-1), decoded on first use: the common request never needs it.
+    """
+
+    __slots__ = ("_headers", "body", "chunked", "expect_continue", "host", "keep_alive",
+                 "length", "method", "raw", "target", "version")
+
+    def __init__(self, *, method: str, target: str, version: str,
+                 raw: list[tuple[bytes, bytes]] | None = None,
+                 headers: list[tuple[str, str]] | None = None, keep_alive: bool,
+                 body: BodyStream | None, chunked: bool, length: int | None, host: str | None,
+                 expect_continue: bool) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.raw = raw if raw is not None else [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers or ()]
+        self._headers = headers
+        self.keep_alive = keep_alive
+        self.body = body
+        self.chunked = chunked
+        self.length = length
+        self.host = host
+        self.expect_continue = expect_continue
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The fields as text (latin-1), in order, repeats kept."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = [(k.decode("latin-1"), v.decode("latin-1"))
+                                       for k, v in self.raw]
+        return headers
 
 
 Handler = Callable[["ClientConnection", Request], Awaitable[None]]
@@ -187,7 +208,7 @@ class Frontend:
             await asyncio.wait(tasks, timeout=1.0)
 
 
-def _framing(headers: list[tuple[str, str]],
+def _framing(headers: list[tuple[bytes, bytes]],
              version: str) -> tuple[int | None, bool, str | None, bool]:
     """Content-Length, chunked, Host and Expect: 100-continue of a request head, checked."""
     chunked = False
@@ -196,15 +217,15 @@ def _framing(headers: list[tuple[str, str]],
     expect = False
     for key, value in headers:
         low = key.lower()
-        if low == "content-length":
+        if low == b"content-length":
             length = int(value)  # llhttp checked the syntax and duplicates
-        elif low == "transfer-encoding":
+        elif low == b"transfer-encoding":
             chunked = True  # llhttp rejects any coding list that does not end in chunked
-        elif low == "host":
+        elif low == b"host":
             if host is not None:
                 raise ProtocolError(400, "more than one Host header")
-            host = value
-        elif low == "expect" and value.strip().lower() == "100-continue":
+            host = value.decode("latin-1")
+        elif low == b"expect" and value.decode("latin-1").strip().lower() == "100-continue":
             expect = True
     if version == "1.1" and host is None:
         raise ProtocolError(400, "HTTP/1.1 request without Host")
@@ -236,6 +257,8 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.busy = False  # a request is being answered
         #: Called when the connection is lost while a request is answered with callbacks.
         self.on_lost: Callable[[], None] | None = None
+        #: What the fast handler keeps for the rest of the connection (its own business).
+        self.memo: tuple[object, bytes] | None = None
         # A request head is awaited or being received (head_timeout applies): from the
         # start, so a client that connects and sends nothing is closed as a trickling one.
         self.in_head = True
@@ -246,7 +269,7 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.response_started = False
         self.sent = 0  # body bytes of the current response
         self._url: list[bytes] = []
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._body: BodyStream | None = None
         self._parsing: Request | None = None  # head parsed, message not complete yet
@@ -354,7 +377,7 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         if self._head_size > MAX_HEAD:
             raise ProtocolError(431, "request header fields too large")
         if self.in_head:
-            self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            self._headers.append((name, value))
         # else: a chunked body's trailer. Dropped: appended to the head's list it would reach
         # the upstream as a header (and inbound auth) when the whole request came in one read.
 
@@ -368,7 +391,7 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self._body = body
         self._parsing = request = Request(
             method=parser.get_method().decode("ascii"), target=b"".join(self._url).decode("latin-1"),
-            version=version, headers=self._headers, keep_alive=parser.should_keep_alive(),
+            version=version, raw=self._headers, keep_alive=parser.should_keep_alive(),
             body=body, chunked=chunked, length=None if chunked else length, host=host,
             expect_continue=expect and has_body and version == "1.1")
         self.queue.append(request)

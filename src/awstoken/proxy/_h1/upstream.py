@@ -514,6 +514,8 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
 def _names_others(value: bytes, fields: list[tuple[bytes, bytes]]) -> bool:
     """True when a Connection field names a field of the head that is not hop-by-hop
     already (``keep-alive`` and ``close`` commonly name none)."""
+    if value == b"keep-alive" or value == b"close":
+        return False
     named = {token.strip().lower() for token in value.split(b",")} - HOP_BY_HOP
     return bool(named) and any(name.lower() in named for name, _ in fields)
 
