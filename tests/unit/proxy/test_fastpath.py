@@ -9,6 +9,7 @@ must be identical, for every kind of answer the fast path takes (small, chunked,
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from types import SimpleNamespace
@@ -218,3 +219,97 @@ def test_the_one_pass_request_head_is_the_general_one(fields: list[tuple[str, st
     fast = forwarder.fast._request_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
     general = forwarder.fast._general_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
     assert fast == general
+
+
+class Rig:
+    """One client connection and one pooled upstream connection around a forwarder."""
+
+    def __init__(self, *, read_timeout: float = 30) -> None:
+        storage = MemoryStorage()
+        storage.write("ecr", Token(value=TOKEN))
+        routes = RouteTable([RouteSettings(prefix="/", upstream="http://up.example:8081",
+                                           token="ecr")])
+        self.pool = Pool(ssl_context=ssl.create_default_context(), connect_timeout=5,
+                         read_timeout=read_timeout)
+        self.up = UpstreamConnection(self.pool, Origin.parse("http://up.example:8081"))
+        self.up_transport = FakeTransport(peer=("192.0.2.1", 8081))
+        self.up_transport.set_protocol(self.up)
+        self.up.connection_made(self.up_transport)
+        self.pool.all.add(self.up)
+        self.pool.put(self.up)
+        self.metrics = RouteMetrics(CollectorRegistry())
+        self.forwarder = FastForwarder(routes=routes, keeper=Keeper(storage), pool=self.pool,
+                                       auth=InboundAuth(ServerSettings()), metrics=self.metrics,
+                                       access_log=False)
+        self.frontend = Frontend(self.forwarder, fast=self.forwarder.fast)
+        self.client = self.frontend()
+        self.client_transport = FakeTransport()
+        self.client_transport.set_protocol(self.client)
+        self.client.connection_made(self.client_transport)
+
+    def counted(self) -> dict[tuple[str, str], int]:
+        return dict(self.metrics._requests)
+
+    async def close(self) -> None:
+        await self.frontend.shutdown(0.1)
+        await self.pool.close()
+
+
+def test_pipelined_requests_take_the_callback_path_in_order() -> None:
+    async def main() -> None:
+        rig = Rig()
+        rig.client.data_received(GET.replace(b"/v2/x", b"/one") + GET.replace(b"/v2/x", b"/two"))
+        assert rig.up_transport.take().startswith(b"GET /one ")  # the second waits its turn
+        feed(rig.up, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
+        assert rig.client_transport.take().endswith(b"\r\n\r\none")
+        assert rig.up_transport.take().startswith(b"GET /two ")  # same pooled connection
+        feed(rig.up, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
+        assert rig.client_transport.take().endswith(b"\r\n\r\ntwo")
+        assert rig.client.task is None  # no coroutine ran
+        assert rig.counted() == {("/", "2xx"): 2}
+        await rig.close()
+    run(main)
+
+
+def test_a_client_that_leaves_mid_answer_aborts_the_upstream_exchange() -> None:
+    async def main() -> None:
+        rig = Rig()
+        rig.client.data_received(GET)
+        feed(rig.up, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"a" * 1000)
+        assert rig.client_transport.take().startswith(b"HTTP/1.1 200 OK")  # streaming
+        rig.client_transport.close()
+        await settle()
+        assert rig.up_transport.aborted  # never back to the pool mid-body
+        assert rig.pool.take(rig.up.origin) is None
+        assert rig.counted() == {("-", "4xx"): 1}  # 499, as the coroutine path counts it
+        assert not rig.client.busy
+        await rig.close()
+    run(main)
+
+
+def test_an_upstream_that_breaks_mid_body_cuts_the_client_connection() -> None:
+    async def main() -> None:
+        rig = Rig()
+        rig.client.data_received(GET)
+        feed(rig.up, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + b"a" * 1000)
+        rig.up_transport.close()  # the upstream goes away before the end of the body
+        await settle()
+        assert rig.client_transport.aborted  # a truncated body, never a complete-looking one
+        assert rig.metrics.upstream_errors.labels("/", "body")._value.get() == 1
+        await rig.close()
+    run(main)
+
+
+def test_an_upstream_that_does_not_answer_in_time_gets_a_504() -> None:
+    async def main() -> None:
+        rig = Rig(read_timeout=0.05)
+        rig.client.data_received(GET)
+        for _ in range(200):  # the read timer runs on the loop's clock: wait for its event
+            if rig.client_transport.data:
+                break
+            await asyncio.sleep(0.01)
+        assert rig.client_transport.take().startswith(b"HTTP/1.1 504 ")
+        assert rig.up_transport.aborted
+        assert rig.counted() == {("/", "5xx"): 1}
+        await rig.close()
+    run(main)
