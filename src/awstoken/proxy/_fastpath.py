@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ._answer import client_headers
 from ._framing import body_sink
-from ._h1 import ClientConnection, Request, UpstreamConnection, UpstreamError, reason
+from ._h1 import ClientConnection, Origin, Request, UpstreamConnection, UpstreamError, reason
 from ._h1 import encode_head as _encode_head
 from ._headers import REQUEST_DROP, connection_tokens
 from ._policy import REDIRECTS, SMALL_BODY, UpstreamFailure
@@ -46,8 +46,14 @@ class FastPath:
 
     def __init__(self, forwarder: FastForwarder) -> None:
         self.fw = forwarder
+        # Fixed for the forwarder's life (a reload builds a new one; the storage and inbound
+        # authentication change only with a restart): looked up once, not per request.
+        self._values = forwarder.keeper.storage.values
+        self._auth = forwarder.auth.enabled
         self._token_lines: dict[tuple[str, str], bytes] = {}
         self._status_lines: dict[tuple[int, bytes], bytes] = {}
+        #: Per route (by id: the route table keeps them): its origin and token field name.
+        self._routes: dict[int, tuple[Origin, bytes]] = {}
 
     # -- taking a request ------------------------------------------------------------------
 
@@ -58,20 +64,26 @@ class FastPath:
         fw = self.fw
         target = request.target
         path = target.partition("?")[0] if "?" in target else target
-        if fw.auth.enabled or not path.startswith("/") or needs_normalizing(path):
+        if self._auth or not path.startswith("/") or needs_normalizing(path):
             return False
         route = fw.routes.match(path)
         if route is None or route.cache is not None:
             return False
-        value = fw.keeper.storage.values.get(route.token)
+        value = self._values.get(route.token)
         if value is None:
             return False
         token_line = self._token_line(route.header, value)
         if token_line is None:
             return False  # the coroutine path refuses it with its error
-        origin = fw.origin_for(route.upstream_origin)
+        memo = self._routes.get(id(route))
+        if memo is None:
+            memo = self._routes[id(route)] = (
+                fw.origin_for(route.upstream_origin),
+                route.header.lower().encode("latin-1", "replace"))
+        origin = memo[0]
         try:
-            head = self._request_head(conn, request, route, origin.host_header, token_line)
+            head = self._request_head(conn, request, route, origin.host_header, token_line,
+                                      memo[1])
         except UnicodeEncodeError:  # a name the coroutine path fails on the same way
             return False
         if head is None:
@@ -104,13 +116,12 @@ class FastPath:
         return line
 
     def _request_head(self, conn: ClientConnection, request: Request, route: Route,
-                      host_header: str, token_line: bytes) -> bytes | None:
+                      host_header: str, token_line: bytes, token_key: bytes) -> bytes | None:
         """The upstream request head in one pass over the client's fields as received,
         byte for byte what the coroutine path sends (``FastForwarder.upstream_pairs``)."""
         fw = self.fw
         parts = [f"{request.method} {route.upstream_target(request.target)} HTTP/1.1\r\n"
                  f"Host: {host_header}\r\n".encode("latin-1")]
-        token_key = route.header.lower().encode("latin-1", "replace")
         prior: list[str] | None = None
         for name, value in request.raw:
             low = name.lower()

@@ -216,7 +216,8 @@ def test_the_one_pass_request_head_is_the_general_one(fields: list[tuple[str, st
                       expect_continue=False)
     route = routes.routes[0]
     line = f"{header}: Basic t\r\n".encode()
-    fast = forwarder.fast._request_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
+    fast = forwarder.fast._request_head(conn, request, route, "up.example", line,  # type: ignore[arg-type]
+                                        header.lower().encode())
     general = forwarder.fast._general_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
     assert fast == general
 
