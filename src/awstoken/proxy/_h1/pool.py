@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from .upstream import Origin, UpstreamConnection, UpstreamError
+from .origin import Origin, UpstreamError
+from .upstream import UpstreamConnection
 from .wire import MAX_IDLE, READ_SIZE
 
 
