@@ -82,7 +82,7 @@ class ProxyServer:
         self.with_admin = admin and settings.server.admin_listen is not None
         self.metrics_socket = metrics_socket
         # One process: request and token metrics on one registry. Workers expose theirs for
-        # the parent, which reports token metrics itself (see _Supervisor).
+        # the parent, which reports token metrics itself (see _supervisor.Supervisor).
         self._token_collector = TokenCollector(keeper, self.token_names)
         self.registry.register(self._token_collector)
         self.registry.register(StorageCollector(keeper.storage))
