@@ -139,7 +139,8 @@ def test_obtain_reports_the_failure_and_keeps_backoff(tmp_path: Path) -> None:
 
 
 def test_kubelet_helpers() -> None:
-    from awstoken._doors.kubelet import go_duration, image_registry
+    from awstoken._doors.fast import image_registry
+    from awstoken._duration import go_duration
 
     assert [go_duration(s) for s in (0, -5, 59.9, 60, 3599, 3600, 20700)] == [
         "0s", "0s", "59s", "1m0s", "59m59s", "1h0m0s", "5h45m0s"]

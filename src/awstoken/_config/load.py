@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .._errors import AwstokenError, ConfigError
-from ..storage._base import check_name
+from .._token import check_name
 from .checks import parse_listen, parse_public_url, parse_size, parse_token_listen
 from .options import OPTIONS, SOURCES, CommandOptions, SourceOptions, SourceType
 from .reading import (
