@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from .._errors import AwstokenError
 from .._rotation.keeper import Keeper
-from .._rotation.refusal import DEFAULT_REFRESH_WAIT
+from .._rotation.refusal import DEFAULT_REFRESH_WAIT, NO_TOKEN
 from ._answer import Responder
 from ._auth import InboundAuth
 from ._cache_http import ProxyCache
@@ -144,6 +144,10 @@ class FastForwarder(Responder):
         value = self.keeper.storage.values.get(route.token)
         if value is None:
             value = await asyncio.to_thread(_token_or_none, self.keeper, route.token)
+        if value is None:
+            # The first fetch may be running (serve listens before its sources finish):
+            # wait for it a bounded time, shared by every request for this token.
+            value = await self.refresher.fresh(route.token, "", NO_TOKEN)
         if value is None:
             self.metrics.unavailable.labels(route.name).inc()
             reason = await asyncio.to_thread(unavailable_reason, self.keeper, route.token)
