@@ -11,7 +11,7 @@ the handler of the token endpoint for nginx ``auth_request`` (``server.token_lis
 """
 
 from ._admin import AdminApp, token_status
-from ._serve import serve
+from ._run.serve import serve
 from ._server import ProxyServer
 from ._token_endpoint import TokenEndpoint
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ._cache_http import ProxyCache
+from ._cache.http import ProxyCache
 from ._framing import body_sink, stream_framing
 from ._h1 import ClientConnection, Request, UpstreamConnection, UpstreamError, http_date
 from ._h1 import encode_head as _encode_head

@@ -18,7 +18,7 @@ from .._rotation.keeper import Keeper
 from .._rotation.refusal import DEFAULT_REFRESH_WAIT, NO_TOKEN
 from ._answer import Responder
 from ._auth import InboundAuth
-from ._cache_http import ProxyCache
+from ._cache.http import ProxyCache
 from ._fastpath import FastPath
 from ._h1 import BodyStream, ClientConnection, Origin, Pool, Request, UpstreamConnection, UpstreamError
 from ._h1 import encode_head as _encode_head

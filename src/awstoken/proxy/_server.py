@@ -1,8 +1,8 @@
 """One process's server: the proxy listener, the admin listener, the token endpoint.
 
 :class:`ProxyServer` binds the listeners of one process (the only one with ``workers = 1``,
-each worker otherwise, see ``_supervisor``), swaps routes and request settings on reload, and
-stops gracefully. ``_serve`` runs it in a process; ``_supervisor`` runs N of them.
+each worker otherwise, see ``_run.supervisor``), swaps routes and request settings on reload, and
+stops gracefully. ``_run.serve`` runs it in a process; ``_run.supervisor`` runs N of them.
 
 A configuration without ``[[routes]]`` but with ``server.token_listen`` runs no proxy
 listener at all: one process serves the token endpoint (and the admin listener).
@@ -25,8 +25,8 @@ from .._errors import ConfigError
 from .._rotation.keeper import Keeper
 from ._admin import AdminApp
 from ._auth import InboundAuth
-from ._cache import Store
-from ._cache_http import ProxyCache
+from ._cache.http import ProxyCache
+from ._cache.store import Store
 from ._fast import FastForwarder
 from ._h1 import ClientConnection, Frontend, Pool, Request
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
@@ -82,7 +82,7 @@ class ProxyServer:
         self.with_admin = admin and settings.server.admin_listen is not None
         self.metrics_socket = metrics_socket
         # One process: request and token metrics on one registry. Workers expose theirs for
-        # the parent, which reports token metrics itself (see _supervisor.Supervisor).
+        # the parent, which reports token metrics itself (see _run.supervisor.Supervisor).
         self._token_collector = TokenCollector(keeper, self.token_names)
         self.registry.register(self._token_collector)
         self.registry.register(StorageCollector(keeper.storage))

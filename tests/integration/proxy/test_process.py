@@ -79,7 +79,7 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
         assert len(children.stdout.split()) == 2
         # Fresh interpreters, not forks of a parent that runs threads (the rotator's).
         for child in children.stdout.split():
-            assert b"awstoken.proxy._worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+            assert b"awstoken.proxy._run.worker" in Path(f"/proc/{child}/cmdline").read_bytes()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
 

@@ -22,15 +22,15 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from .._config.reload import keep_restart_only
-from .._config.settings import Settings
-from .._errors import ConfigError
-from .._rotation.keeper import Keeper
-from ._admin import AdminApp
-from ._process import Control, Reload, reload_failed, reloaded, run_loop
-from ._prom import merge_exposition
-from ._server import ProxyServer, check_reload
-from ._worker import WorkerSpec, logging_spec, worker_command, worker_storage
+from ..._config.reload import keep_restart_only
+from ..._config.settings import Settings
+from ..._errors import ConfigError
+from ..._rotation.keeper import Keeper
+from .._admin import AdminApp
+from .._prom import merge_exposition
+from .._server import ProxyServer, check_reload
+from .process import Control, Reload, reload_failed, reloaded, run_loop
+from .worker import WorkerSpec, logging_spec, worker_command, worker_storage
 
 log = logging.getLogger("awstoken.proxy")
 

@@ -1,9 +1,9 @@
 """Run the proxy: one process, or a supervisor of N workers; and one worker's main.
 
-With ``workers = N > 1`` the parent starts N workers (fresh interpreters, see ``_worker``)
+With ``workers = N > 1`` the parent starts N workers (fresh interpreters, see ``worker``)
 that each bind the proxy address with ``SO_REUSEPORT`` (the kernel spreads connections) and
 read the tokens from the shared storage; the parent keeps the tokens fresh, serves the admin
-listener and the token endpoint and sums the workers' request metrics (see ``_supervisor``).
+listener and the token endpoint and sums the workers' request metrics (see ``supervisor``).
 SIGHUP reloads the configuration (``reload``); with workers, new ones start with it and the
 old ones drain and exit.
 """
@@ -15,11 +15,20 @@ import logging
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .._config.settings import Settings
-from .._errors import ConfigError
-from .._rotation.keeper import Keeper
-from ._auth import InboundAuth
-from ._process import (
+from ..._config.settings import Settings
+from ..._errors import ConfigError
+from ..._rotation.keeper import Keeper
+from .._auth import InboundAuth
+from .._routes import RouteTable
+from .._server import (
+    ProxyServer,
+    check_cache_directories,
+    check_something_to_serve,
+    token_names,
+)
+from .._token_endpoint import load_secret
+from .._upstream import tls_context
+from .process import (
     Control,
     Reload,
     check_fd_budget,
@@ -29,16 +38,7 @@ from ._process import (
     run_loop,
     tune_malloc,
 )
-from ._routes import RouteTable
-from ._server import (
-    ProxyServer,
-    check_cache_directories,
-    check_something_to_serve,
-    token_names,
-)
-from ._supervisor import Supervisor
-from ._token_endpoint import load_secret
-from ._upstream import tls_context
+from .supervisor import Supervisor
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -96,7 +96,7 @@ async def _serve_one(settings: Settings, keeper: Keeper, *,
 
 def serve_worker(settings: Settings, keeper: Keeper, metrics_socket: str,
                  ready: BinaryIO) -> int:
-    """Run one worker's proxy listener (see ``_worker``); write ``ready`` once it is bound."""
+    """Run one worker's proxy listener (see ``worker``); write ``ready`` once it is bound."""
 
     async def main() -> int:
         server = ProxyServer(settings, keeper, reuse_port=True, admin=False,

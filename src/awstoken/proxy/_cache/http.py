@@ -17,25 +17,25 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ._cache import Fill, Store
-from ._cache_keys import Key, Learned, oci_key
-from ._cache_serve import serve_entry
-from ._framing import body_sink, stream_framing
-from ._h1 import (
+from .._framing import body_sink, stream_framing
+from .._h1 import (
     Chunk,
     ClientConnection,
     Request,
     UpstreamConnection,
     UpstreamError,
 )
-from ._h1 import encode_head as _encode_head
-from ._h1 import reason as _reason
-from ._headers import header, request_header_pairs, response_header_pairs
-from ._policy import UpstreamFailure
-from ._routes import Route, RouteTable
+from .._h1 import encode_head as _encode_head
+from .._h1 import reason as _reason
+from .._headers import header, request_header_pairs, response_header_pairs
+from .._policy import UpstreamFailure
+from .._routes import Route, RouteTable
+from .keys import Key, Learned, oci_key
+from .serve import serve_entry
+from .store import Fill, Store
 
 if TYPE_CHECKING:
-    from ._fast import FastForwarder
+    from .._fast import FastForwarder
 
 log = logging.getLogger("awstoken.proxy")
 

@@ -1,6 +1,6 @@
 """The pull-through cache's store: what may be cached, objects on disk, locks, eviction.
 
-Only content whose address names it is cached (see ``_cache_keys``);
+Only content whose address names it is cached (see ``keys``);
 the bytes are verified against that name while they stream, and a mismatch is never stored.
 
 On disk, one directory per configured path, owned by this user and mode 0700 (anything
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .._errors import ConfigError
-from ._cache_keys import Key
-from ._cache_usage import STATS_FILE, parse_stats
+from ..._errors import ConfigError
+from .keys import Key
+from .usage import STATS_FILE, parse_stats
 
 log = logging.getLogger("awstoken.proxy")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from ._cache import Entry
-from ._cache_keys import Key
-from ._h1 import ClientConnection, Request, http_date
-from ._h1 import encode_head as _encode_head
-from ._h1 import reason as _reason
-from ._headers import header
+from .._h1 import ClientConnection, Request, http_date
+from .._h1 import encode_head as _encode_head
+from .._h1 import reason as _reason
+from .._headers import header
+from .keys import Key
+from .store import Entry
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | bool | None:

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .._config.reload import TokenPlan
-from .._config.settings import Settings
-from .._errors import ConfigError
+from ..._config.reload import TokenPlan
+from ..._config.settings import Settings
+from ..._errors import ConfigError
 
 log = logging.getLogger("awstoken.proxy")
 
