@@ -24,9 +24,9 @@ fi
 # source again without it (docs/testing.md).
 unset PYTHONDONTWRITEBYTECODE
 # In parallel by default (pytest-xdist; pyproject's --dist loadgroup keeps grouped tests in
-# one worker): AWSTOKEN_TEST_WORKERS workers, chosen by measurement on a 2-core machine where
-# most tests wait on processes and sockets (docs/testing.md). An -n of the caller's wins
-# (-n 0: one process).
-workers=${AWSTOKEN_TEST_WORKERS:-6}
+# one worker): AWSTOKEN_TEST_WORKERS workers, else two per CPU, chosen by measurement (most
+# tests wait on processes and sockets; more gained nothing on 2 CPUs: docs/testing.md). An
+# -n of the caller's wins (-n 0: one process).
+workers=${AWSTOKEN_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) * 2 ))}
 # The aws CLI the tests run is the venv's own.
 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -n "$workers" "$@"
