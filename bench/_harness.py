@@ -133,7 +133,8 @@ def nginx(origin_cpu: int | None = 0, proxy_cpu: int | None = 1) -> Iterator[Ngi
         d.chmod(0o755)  # nginx workers run as another user when started by root
         (d / "files").mkdir()
         (d / "files").chmod(0o755)
-        values = {"dir": d, "origin_port": free_port(), "proxy_port": free_port(),
+        origin_port, proxy_port = free_port(), free_port()
+        values = {"dir": d, "origin_port": origin_port, "proxy_port": proxy_port,
                   "token": TOKEN_HEADER}
         procs = []
         try:
@@ -143,9 +144,9 @@ def nginx(origin_cpu: int | None = 0, proxy_cpu: int | None = 1) -> Iterator[Ngi
                 conf.write_text((NGINX_HEAD + body).format(role=role, **values))
                 procs.append(subprocess.Popen(pin([binary, "-p", str(d), "-c", str(conf), "-e",
                                                    str(d / "error.log")], cpu)))
-            wait_port(int(values["origin_port"]))  # type: ignore[arg-type]
-            wait_port(int(values["proxy_port"]))  # type: ignore[arg-type]
-            yield Nginx(int(values["origin_port"]), int(values["proxy_port"]), d,  # type: ignore[arg-type]
+            wait_port(origin_port)
+            wait_port(proxy_port)
+            yield Nginx(origin_port, proxy_port, d,
                         procs[1], procs[0])
         finally:
             for proc in procs:

@@ -1,20 +1,21 @@
 """Minimal forwarder: granian RSGI + pyreqwest (stack probe only). Run: python granian_pyreqwest.py PORT UP"""
 import os
 import sys
+from typing import Any
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection", "host",
        "authorization", "content-length"}
 
 
 class App:
-    client = None
+    client: Any = None
 
-    def __rsgi_init__(self, loop):
+    def __rsgi_init__(self, loop: Any) -> None:
         from pyreqwest.client import ClientBuilder
         self.client = ClientBuilder().follow_redirects(False).gzip(False).build()
         self.up = os.environ["UP"]
 
-    async def __rsgi__(self, scope, proto):
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
         headers = [(k, v) for k, v in scope.headers.items() if k not in HOP]
         headers.append(("authorization", "Basic dG9rZW4="))
         url = self.up + scope.path + (("?" + scope.query_string) if scope.query_string else "")

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
     from .storage import FileStorage, Lease, MemoryStorage, RedisStorage, Storage
 
-__version__ = "0.1.0.dev0"
+    __version__: str
 
 # Every public name is imported from its module on first access (PEP 562): the credential
 # doors (short-lived processes started by docker, pip, the kubelet) import only what they
@@ -77,6 +77,10 @@ _LAZY: dict[str, str] = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":  # from the package metadata: pyproject.toml is where it is set
+        from ._version import version
+
+        return version()
     if name == "storage":  # a subpackage that `import awstoken` used to load
         return importlib.import_module(".storage", __name__)
     module = _LAZY.get(name)
@@ -88,7 +92,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
 __all__ = [

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import __version__
 from ._errors import AwstokenError
+from ._version import version
 
 
 def commands() -> list[ModuleType]:
@@ -34,12 +34,23 @@ EPILOG = ("Configuration: every key is described in docs/configuration.md (in aw
           "`awstoken check -c awstoken.toml` validates it.")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: reads the package metadata only when asked (it costs 20 ms to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"awstoken {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every command."""
     parser = argparse.ArgumentParser(
         prog="awstoken", epilog=EPILOG,
         description="Keep AWS authorization tokens fresh and put them on proxied requests.")
-    parser.add_argument("--version", action="version", version=f"awstoken {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in commands():
         command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,

@@ -16,7 +16,7 @@ from ._api import default_keeper
 from ._errors import AwstokenError, TokenUnavailableError
 from ._rotation.keeper import Keeper
 from ._rotation.refusal import DEFAULT_REFRESH_WAIT, RefreshWait
-from .storage._base import check_name
+from ._token import check_name
 
 log = logging.getLogger("awstoken")
 
@@ -85,6 +85,11 @@ class TokenHeader:
     def rejected(self, status: int) -> bool:
         return status in self.retry_statuses
 
+    def refused(self, status: int, sent_back: str | None, sent: str) -> bool:
+        """True when a response refuses the token sent: its status is a rejection and its
+        request carried ``sent`` (``sent_back``), not a redirect to a host that never saw it."""
+        return self.rejected(status) and sent_back == sent
+
     def request_refresh(self, status: int) -> None:
         """Ask for a refresh without waiting (the request cannot be replayed)."""
         log.warning("awstoken: token %r: the server answered %d; asked for a refresh (the "
@@ -96,3 +101,18 @@ class TokenHeader:
         """Start waiting for a token other than ``sent``; drive it with ``poll``."""
         return RefreshWait(self.keeper, self.name, sent, status, wait=self.refresh_timeout,
                            min_gap=self.min_refresh_gap)
+
+
+class HeaderAuth:
+    """What the httpx and requests ``TokenAuth`` share: their options and the token header."""
+
+    def __init__(self, name: str, *, keeper: Keeper | None = None, header: str = "Authorization",
+                 refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
+                 retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
+                 min_refresh_gap: float | None = None) -> None:
+        self._token = TokenHeader(name, keeper=keeper, header=header,
+                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
+                                  min_refresh_gap=min_refresh_gap)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._token.name!r}, header={self._token.header!r})"

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ._errors import StorageError, TokenValueError
+from ._errors import AwstokenError, StorageError, TokenValueError
 from ._sources.transforms import validate_value
 
 _FIELDS = ("value", "expires_at", "refreshed_at", "generation", "error", "error_at", "failures",
            "leader", "hook_failures", "hook_error", "fence")
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it is a valid token name (letters, digits, ``_ . -``; at most 128)."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise AwstokenError(
+            f"invalid token name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-', "
+            "not starting with '.' or '-'")
+    return name
 
 
 @dataclass(frozen=True, slots=True)

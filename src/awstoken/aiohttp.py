@@ -23,12 +23,12 @@ from yarl import URL
 
 try:
     import aiohttp
-    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+    from aiohttp import ClientRequest, ClientResponse
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.aiohttp needs aiohttp 3.12 or newer (client middlewares): "
                       "pip install 'awstoken[aiohttp]'") from exc
 
-from ._client import DEFAULT_REFRESH_TIMEOUT, DEFAULT_RETRY_STATUSES, TokenHeader
+from . import _client
 from ._errors import AwstokenError
 from ._rotation.keeper import Keeper
 
@@ -50,11 +50,11 @@ class TokenMiddleware:
     """
 
     def __init__(self, name: str, *, keeper: Keeper | None = None, header: str = "Authorization",
-                 refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
-                 retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
+                 refresh_timeout: float = _client.DEFAULT_REFRESH_TIMEOUT,
+                 retry_statuses: Collection[int] = _client.DEFAULT_RETRY_STATUSES,
                  min_refresh_gap: float | None = None,
                  origins: Collection[str] | None = None) -> None:
-        self._token = TokenHeader(name, keeper=keeper, header=header,
+        self._token = _client.TokenHeader(name, keeper=keeper, header=header,
                                   refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
                                   min_refresh_gap=min_refresh_gap)
         self._origins = None if origins is None else frozenset(_origin(o) for o in origins)
@@ -62,7 +62,7 @@ class TokenMiddleware:
     def __repr__(self) -> str:
         return f"TokenMiddleware({self._token.name!r}, header={self._token.header!r})"
 
-    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    async def __call__(self, request: ClientRequest, handler: aiohttp.ClientHandlerType) -> ClientResponse:
         token = self._token
         if self._origins is not None and request.url.origin() not in self._origins:
             return await handler(request)

@@ -35,15 +35,16 @@ from ._sources.command import Fetched
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
-__all__ = ["ECR", "EKS", "RDS", "CodeArtifact", "ECRPublic"]
+__all__ = ["ECR", "EKS", "RDS", "CodeArtifact", "ECRPublic", "botocore_available",
+           "check_codeartifact_duration"]
 
 #: How long an EKS token is used (``aws eks get-token`` says 14 minutes; EKS accepts 15).
-EKS_TOKEN_LIFETIME = 14 * 60.0
+_EKS_TOKEN_LIFETIME = 14 * 60.0
 #: RDS IAM authentication tokens are valid for 15 minutes.
-RDS_TOKEN_LIFETIME = 15 * 60.0
+_RDS_TOKEN_LIFETIME = 15 * 60.0
 #: CodeArtifact accepts 0 (the role session's remaining time) or 900 s to 12 h.
-CODEARTIFACT_MIN_DURATION = 900
-CODEARTIFACT_MAX_DURATION = 12 * 3600
+_CODEARTIFACT_MIN_DURATION = 900
+_CODEARTIFACT_MAX_DURATION = 12 * 3600
 
 _EKS_PREFIX = "k8s-aws-v1."
 _EKS_HEADER = "x-k8s-aws-id"
@@ -103,7 +104,7 @@ class _AwsSource:
         import botocore.config
         import botocore.session
 
-        from . import __version__
+        from ._version import version
 
         session = botocore.session.Session(profile=self.profile)
         if self.role_arn is not None:
@@ -111,7 +112,7 @@ class _AwsSource:
         elif session.get_credentials() is None:
             raise SourceError(f"{self.service}: no AWS credentials found (environment, "
                               f"profile{_for_profile(self.profile)}, SSO or instance metadata)")
-        config = botocore.config.Config(user_agent_extra=f"awstoken/{__version__}")
+        config = botocore.config.Config(user_agent_extra=f"awstoken/{version()}")
         if self.timeout is not None:
             config = config.merge(botocore.config.Config(connect_timeout=self.timeout,
                                                          read_timeout=self.timeout))
@@ -261,9 +262,9 @@ def check_codeartifact_duration(duration: float | timedelta | None) -> int | Non
             or seconds != int(seconds)):
         raise ConfigError("codeartifact: duration must be a whole number of seconds")
     value = int(seconds)
-    if value != 0 and not CODEARTIFACT_MIN_DURATION <= value <= CODEARTIFACT_MAX_DURATION:
+    if value != 0 and not _CODEARTIFACT_MIN_DURATION <= value <= _CODEARTIFACT_MAX_DURATION:
         raise ConfigError(f"codeartifact: duration must be 0 (the role session's remaining time) "
-                          f"or {CODEARTIFACT_MIN_DURATION} to {CODEARTIFACT_MAX_DURATION} "
+                          f"or {_CODEARTIFACT_MIN_DURATION} to {_CODEARTIFACT_MAX_DURATION} "
                           f"seconds, not {value}")
     return value
 
@@ -300,7 +301,7 @@ class EKS(_AwsSource):
                                             Params={_EKS_HEADER: self.cluster}, ExpiresIn=60,
                                             HttpMethod="GET")
         token = _EKS_PREFIX + base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
-        return Fetched(token, _signed_at(url, self) + EKS_TOKEN_LIFETIME)
+        return Fetched(token, _signed_at(url, self) + _EKS_TOKEN_LIFETIME)
 
     def _options(self) -> list[str]:
         return [repr(self.cluster), *super()._options()]
@@ -344,7 +345,7 @@ class RDS(_AwsSource):
         region = self.region or client.meta.region_name
         token = client.generate_db_auth_token(DBHostname=self.host, Port=self.port,
                                               DBUsername=self.user, Region=region)
-        return Fetched(token, _signed_at(token, self) + RDS_TOKEN_LIFETIME)
+        return Fetched(token, _signed_at(token, self) + _RDS_TOKEN_LIFETIME)
 
     def _options(self) -> list[str]:
         return [repr(self.host), repr(self.port), repr(self.user), *super()._options()]

@@ -9,7 +9,7 @@ Works with ``httpx.Client`` and ``httpx.AsyncClient`` (asyncio or trio).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Collection, Generator
+from collections.abc import AsyncGenerator, Generator
 
 try:
     import anyio
@@ -17,13 +17,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.httpx needs httpx: pip install 'awstoken[httpx]'") from exc
 
-from ._client import DEFAULT_REFRESH_TIMEOUT, DEFAULT_RETRY_STATUSES, TokenHeader
-from ._rotation.keeper import Keeper
+from . import _client
 
 __all__ = ["TokenAuth"]
 
 
-class TokenAuth(httpx.Auth):
+class TokenAuth(_client.HeaderAuth, httpx.Auth):
     """Put the current value of token ``name`` in ``header`` of every request.
 
     The value is read from the keeper's storage per request (``keeper.token(name)``; the
@@ -34,23 +33,12 @@ class TokenAuth(httpx.Auth):
     be replayed (streamed bodies cannot: the rejection is returned as is).
     """
 
-    def __init__(self, name: str, *, keeper: Keeper | None = None, header: str = "Authorization",
-                 refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
-                 retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
-                 min_refresh_gap: float | None = None) -> None:
-        self._token = TokenHeader(name, keeper=keeper, header=header,
-                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
-                                  min_refresh_gap=min_refresh_gap)
-
-    def __repr__(self) -> str:
-        return f"TokenAuth({self._token.name!r}, header={self._token.header!r})"
-
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         sent = self._token.value()
         request.headers[self._token.header] = sent
         response = yield request
-        if not self._token.rejected(response.status_code) or \
-                response.request.headers.get(self._token.header) != sent:
+        if not self._token.refused(response.status_code,
+                                   response.request.headers.get(self._token.header), sent):
             return  # accepted, or rejected by another host (a redirect) that never saw the token
         if not _replayable(request):
             self._token.request_refresh(response.status_code)
@@ -68,8 +56,8 @@ class TokenAuth(httpx.Auth):
         sent = self._token.value()
         request.headers[self._token.header] = sent
         response = yield request
-        if not self._token.rejected(response.status_code) or \
-                response.request.headers.get(self._token.header) != sent:
+        if not self._token.refused(response.status_code,
+                                   response.request.headers.get(self._token.header), sent):
             return  # accepted, or rejected by another host (a redirect) that never saw the token
         if not _replayable(request):
             await anyio.to_thread.run_sync(self._token.request_refresh, response.status_code)

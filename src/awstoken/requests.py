@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from typing import Any
 
 try:
@@ -18,15 +17,14 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("awstoken.requests needs requests: pip install 'awstoken[requests]'") from exc
 
-from ._client import DEFAULT_REFRESH_TIMEOUT, DEFAULT_RETRY_STATUSES, TokenHeader
-from ._rotation.keeper import Keeper
+from . import _client
 
 __all__ = ["TokenAuth"]
 
 _NOT_SEEKABLE = -1
 
 
-class TokenAuth(AuthBase):
+class TokenAuth(_client.HeaderAuth, AuthBase):
     """Put the current value of token ``name`` in ``header`` of every request.
 
     The value is read from the keeper's storage per request (``keeper.token(name)``; the
@@ -37,17 +35,6 @@ class TokenAuth(AuthBase):
     be replayed (bytes, text, forms, JSON, seekable files; not generators). The retried
     response carries the rejected one in ``history``.
     """
-
-    def __init__(self, name: str, *, keeper: Keeper | None = None, header: str = "Authorization",
-                 refresh_timeout: float = DEFAULT_REFRESH_TIMEOUT,
-                 retry_statuses: Collection[int] = DEFAULT_RETRY_STATUSES,
-                 min_refresh_gap: float | None = None) -> None:
-        self._token = TokenHeader(name, keeper=keeper, header=header,
-                                  refresh_timeout=refresh_timeout, retry_statuses=retry_statuses,
-                                  min_refresh_gap=min_refresh_gap)
-
-    def __repr__(self) -> str:
-        return f"TokenAuth({self._token.name!r}, header={self._token.header!r})"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         sent = self._token.value()
@@ -65,8 +52,8 @@ class TokenAuth(AuthBase):
                 **kwargs: Any) -> requests.Response:
         token = self._token
         request = response.request
-        if not token.rejected(response.status_code) or \
-                request.headers.get(token.header) != state["sent"]:
+        if not token.refused(response.status_code, request.headers.get(token.header),
+                             state["sent"]):
             return response  # accepted, or rejected by a host (a redirect) that never saw the token
         position = state["position"]
         if position == _NOT_SEEKABLE:

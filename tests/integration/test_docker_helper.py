@@ -154,7 +154,7 @@ def test_with_a_keeper_daemon_the_helper_never_runs_the_source(tmp_path: Path) -
             assert json.loads(got.stdout)["Secret"] == "daemon-password"
         assert source.count == 1  # the daemon's one refresh
     finally:
-        stop(keeper)  # type: ignore[arg-type]
+        stop(keeper)
         if keeper.stderr:
             keeper.stderr.close()
 

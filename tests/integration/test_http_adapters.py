@@ -281,7 +281,7 @@ def test_a_refusal_of_a_token_younger_than_the_refresh_gap_is_final_at_once(
                                                           refresh_timeout=60)
             async with aiohttp.ClientSession(middlewares=(middleware,)) as session, \
                     session.get(index.simple) as response:
-                return response.status
+                return int(response.status)
         assert asyncio.run(with_aiohttp()) == 403
     assert caplog.text.count("to a token fetched less than 3600s ago; not retrying") == 3
     assert "no new token came" not in caplog.text

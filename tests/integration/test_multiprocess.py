@@ -99,10 +99,10 @@ def test_a_killed_leader_is_replaced_within_seconds(
     survivors = {p.pid for p in procs} - {leader_pid}
     time.sleep(0.5)
     reads = last_reads(out)
-    assert {reads[pid] for pid in survivors} == {current.value}
+    assert current is not None and {reads[pid] for pid in survivors} == {current.value}
 
 
-def _child_reads(directory: str, queue: multiprocessing.Queue[object]) -> None:
+def _child_reads(directory: str, queue: multiprocessing.Queue[tuple[str | None, bool, bool]]) -> None:
     rotator = awstoken.default_keeper().rotators["forked"]
     queue.put((awstoken.token("forked"), rotator.running, rotator.leader))
 
@@ -118,10 +118,10 @@ def test_rotators_survive_fork(tmp_path: Path) -> None:
             time.sleep(0.02)
         assert rotator.leader
         ctx = multiprocessing.get_context("fork")
-        queue: multiprocessing.Queue[object] = ctx.Queue()
+        queue: multiprocessing.Queue[tuple[str | None, bool, bool]] = ctx.Queue()
         child = ctx.Process(target=_child_reads, args=(str(tmp_path), queue))
         child.start()
-        value, running, leader = queue.get(timeout=10)  # type: ignore[misc]
+        value, running, leader = queue.get(timeout=10)
         child.join(10)
         assert value == "forked-token"
         assert running and not leader  # the child follows; the parent keeps leading

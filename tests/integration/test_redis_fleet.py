@@ -255,7 +255,10 @@ def test_flushall_while_rotating_gives_no_overlap_and_one_call_per_rotation(
     for _ in range(4):
         # FLUSHALL in the middle of a run, when the old leader is busiest.
         count = len(f.runs())
-        wait_until(lambda n=count: len(f.runs()) > n, timeout=3 * lease + 10)
+        def grew(n: int = count) -> bool:
+            return len(f.runs()) > n
+
+        wait_until(grew, timeout=3 * lease + 10)
         time.sleep(0.1)
         client.flushall()
         time.sleep(lease + 2.5)

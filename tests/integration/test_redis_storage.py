@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from awstoken import Keeper, RedisStorage, StorageError, Token
-from awstoken.storage.redis import _lease_clock
+from awstoken.storage._redis_lease import lease_clock as _lease_clock
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.ports import free_port
 from tests.fixtures.redis import RedisServer, TcpRelay
@@ -144,7 +144,11 @@ def test_lease_is_exclusive_and_released_only_by_its_owner(
     assert b.acquire("t") is None
     assert b.leader("t") is not None
     taken: list[Any] = []
-    wait_until(lambda: taken.append(b.acquire("t")) or taken[-1] is not None, timeout=8)
+    def taken_again() -> bool:
+        taken.append(b.acquire("t"))
+        return taken[-1] is not None
+
+    wait_until(taken_again, timeout=8)
     again = taken[-1]
     assert again.fence == lease.fence + 1
     assert b.leader("t") == again.owner

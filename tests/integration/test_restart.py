@@ -11,7 +11,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.fixtures.processes import stop
 
@@ -26,17 +28,17 @@ while True:
 """
 
 
-def _record(directory: Path) -> dict[str, object] | None:
+def _record(directory: Path) -> dict[str, Any] | None:
     try:
         return json.loads((directory / "t.json").read_text())  # type: ignore[no-any-return]
     except (OSError, ValueError):
         return None
 
 
-def _wait(predicate: object, seconds: float) -> bool:
+def _wait(predicate: Callable[[], object], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.1)
     return False
@@ -60,7 +62,7 @@ def test_a_restarted_process_does_not_wait_out_the_previous_backoff(tmp_path: Pa
     try:
         fetched = _wait(lambda: (_record(store) or {}).get("value") == "fresh", 30)
     finally:
-        stop(second)  # type: ignore[arg-type]
+        stop(second)
         assert second.stderr is not None
         err = second.stderr.read().decode()
         second.stderr.close()

@@ -34,7 +34,7 @@ def test_header_names_are_checked(header: str) -> None:
 def test_refresh_timeout_is_checked(timeout: object) -> None:
     with pytest.raises(awstoken.AwstokenError, match="refresh_timeout"):
         httpx_adapter.TokenAuth("t", keeper=Keeper(MemoryStorage()),
-                                refresh_timeout=timeout)  # type: ignore[arg-type]
+                                refresh_timeout=timeout)
 
 
 def test_token_names_are_checked() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def _server(extra: str = "") -> str:
             '[[routes]]\nprefix = "/"\nupstream = "http://127.0.0.1:9"\ntoken = "t"\n')
 
 
-CASES = {
+CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "empty file": (lambda m: "", "nothing to serve: configure [tokens.NAME]"),
     "socket directory missing": (
         lambda m: source(m) + '[server]\ntoken_listen = "unix:no-such-dir/t.sock"\n',

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ def test_token_path_without_expiry_path(echo: Callable[[object], str]) -> None:
      "expiry_path 'e' is not a time"),
 ])
 def test_json_errors_never_echo_the_output(echo: Callable[[object], str], document: object,
-                                           kwargs: dict[str, str], message: str) -> None:
+                                           kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(CommandError) as caught:
         Command(echo(document), **kwargs).fetch()
     assert message in str(caught.value)
@@ -142,4 +143,4 @@ def test_every_public_name_resolves() -> None:
         assert getattr(awstoken, name) is not None
     assert {"ECR", "ECRPublic", "CodeArtifact", "EKS", "RDS"} <= set(awstoken.__all__)
     with pytest.raises(AttributeError):
-        awstoken.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+        awstoken.NoSuchThing  # noqa: B018

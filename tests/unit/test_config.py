@@ -19,6 +19,7 @@ from awstoken._config.load import (
     parse_listen,
     start_rotators,
 )
+from awstoken._config.options import CodeArtifactOptions, CommandOptions, ECROptions, RDSOptions
 from awstoken._config.settings import RouteSettings, Settings, StorageSettings, TokenSettings
 from awstoken.aws import ECR, EKS, RDS, CodeArtifact, ECRPublic
 
@@ -113,17 +114,19 @@ def test_a_full_file_loads(tmp_path: Path) -> None:
     assert (ecr.source, ecr.format, ecr.interval, ecr.retry, ecr.timeout) == (
         "command", "Basic {token}", 6 * 3600, 30, 60)
     pypi = settings.tokens["pypi"]
-    assert pypi == TokenSettings(name="pypi", source="codeartifact", options={
-        "domain": "my-domain", "domain_owner": "123456789012", "duration": 43200},
-        basic_user="aws")
-    assert settings.tokens["registry"].options == {
-        "registry_id": "123456789012", "region": "eu-west-1",
-        "role_arn": "arn:aws:iam::123456789012:role/puller"}
-    assert settings.tokens["db"].options == {"host": "db.example.internal", "port": 5432,
-                                             "user": "app", "profile": "db"}
+    assert pypi == TokenSettings(name="pypi", options=CodeArtifactOptions(
+        domain="my-domain", domain_owner="123456789012", duration=43200), basic_user="aws")
+    assert pypi.source == "codeartifact"
+    assert settings.tokens["registry"].options == ECROptions(
+        registry_id="123456789012", region="eu-west-1",
+        role_arn="arn:aws:iam::123456789012:role/puller")
+    assert settings.tokens["db"].options == RDSOptions(host="db.example.internal", port=5432,
+                                                       user="app", profile="db")
     assert settings.tokens["k8s"].interval == 600
-    assert settings.tokens["cli-json"].options["command"] == (
-        "aws", "ecr", "get-authorization-token", "--output", "json")
+    assert settings.tokens["cli-json"].options == CommandOptions(
+        command=("aws", "ecr", "get-authorization-token", "--output", "json"),
+        token_path="authorizationData[0].authorizationToken",
+        expiry_path="authorizationData[0].expiresAt")
     server = settings.server
     assert server.listen == ("::1", 8443)
     assert server.admin_listen is None
@@ -530,7 +533,7 @@ def test_build_keeper_and_start_rotators(tmp_path: Path) -> None:
 def test_start_rotators_runs_the_hooks_of_each_token(tmp_path: Path) -> None:
     sink = tmp_path / "ecr.token"
     settings = Settings(storage=StorageSettings(type="memory"), tokens={
-        "ecr": TokenSettings(name="ecr", options={"command": "echo sink-token"},
+        "ecr": TokenSettings(name="ecr", options=CommandOptions(command="echo sink-token"),
                              format="Basic {token}", sink=str(sink))})
     keeper = build_keeper(settings)
     start_rotators(settings, keeper)

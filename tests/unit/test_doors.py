@@ -10,11 +10,13 @@ import pytest
 
 from awstoken import ConfigError, MemoryStorage, Token
 from awstoken._config.load import loads
+from awstoken._config.options import CodeArtifactOptions, ECROptions
 from awstoken._config.settings import TokenSettings
 from awstoken._doors.common import (
     NotFound,
     credentials,
     index_token,
+    indexes,
     obtain,
     registries,
     registry_host,
@@ -55,13 +57,24 @@ def test_ecr_source_with_account_and_region_implies_its_host() -> None:
     assert registries(settings) == {ECR: "e"}
 
 
+def test_codeartifact_source_with_owner_and_region_implies_its_index() -> None:
+    pytest.importorskip("botocore")
+    settings = loads('[tokens.c]\nsource = "codeartifact"\ndomain = "acme"\n'
+                     'domain_owner = "111122223333"\nregion = "eu-west-1"\n'
+                     'indexes = ["https://pypi.example/simple/"]\n'
+                     '[tokens.n]\nsource = "codeartifact"\ndomain = "acme"\n')
+    assert indexes(settings) == [
+        ("https://pypi.example/simple/", "c"),
+        ("https://acme-111122223333.d.codeartifact.eu-west-1.amazonaws.com/", "c")]
+
+
 @pytest.mark.parametrize("value", [f"Basic {_b64('AWS:pw=:x')}", _b64("AWS:pw=:x")])
 def test_ecr_values_split_into_user_and_password(value: str) -> None:
-    assert credentials(value, TokenSettings(name="e", source="ecr")) == ("AWS", "pw=:x")
+    assert credentials(value, TokenSettings(name="e", options=ECROptions())) == ("AWS", "pw=:x")
 
 
 def test_other_values() -> None:
-    token = TokenSettings(name="c", source="codeartifact", basic_user="aws")
+    token = TokenSettings(name="c", options=CodeArtifactOptions(domain="d"), basic_user="aws")
     assert credentials(f"Basic {_b64('aws:tok')}", token) == ("aws", "tok")
     assert credentials("Bearer tok", token) == ("aws", "tok")
     assert credentials("plain", TokenSettings(name="p")) == ("aws", "plain")
@@ -126,7 +139,8 @@ def test_obtain_reports_the_failure_and_keeps_backoff(tmp_path: Path) -> None:
 
 
 def test_kubelet_helpers() -> None:
-    from awstoken._doors.kubelet import go_duration, image_registry
+    from awstoken._doors.fast import image_registry
+    from awstoken._duration import go_duration
 
     assert [go_duration(s) for s in (0, -5, 59.9, 60, 3599, 3600, 20700)] == [
         "0s", "0s", "59s", "1m0s", "59m59s", "1h0m0s", "5h45m0s"]

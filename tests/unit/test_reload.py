@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from awstoken._config.options import CommandOptions
 from awstoken._config.reload import describe_changes, keep_restart_only
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings, StorageSettings, TokenSettings
 
 
 def _settings(**server: object) -> Settings:
     return Settings(server=ServerSettings(**server),  # type: ignore[arg-type]
-                    tokens={"a": TokenSettings("a", options={"command": "echo a"})},
+                    tokens={"a": TokenSettings("a", options=CommandOptions(command="echo a"))},
                     routes=(RouteSettings(prefix="/a", upstream="http://u", token="a"),))
 
 
@@ -28,8 +29,8 @@ def test_listener_and_storage_changes_wait_for_a_restart() -> None:
 
 def test_changes_are_described_as_added_removed_changed() -> None:
     old = _settings()
-    new = replace(old, tokens={"a": TokenSettings("a", options={"command": "echo b"}),
-                               "c": TokenSettings("c", options={"command": "echo c"})},
+    new = replace(old, tokens={"a": TokenSettings("a", options=CommandOptions(command="echo b")),
+                               "c": TokenSettings("c", options=CommandOptions(command="echo c"))},
                   routes=(RouteSettings(prefix="/c", upstream="http://u", token="c"),))
     assert describe_changes(old, new, ["a"], ["a", "c"]) == ["routes: +/c -/a", "tokens: +c ~a"]
     assert describe_changes(old, old, ["a"], ["a"]) == ["routes: unchanged", "tokens: unchanged"]

@@ -15,6 +15,15 @@ from .._rotation.rotator import Rotator
 from .._sources.command import Command, Source
 from .._sources.transforms import Transform, as_transform, basic_auth
 from ..storage import FileStorage, MemoryStorage, Storage
+from .options import (
+    AwsOptions,
+    CodeArtifactOptions,
+    CommandOptions,
+    ECROptions,
+    ECRPublicOptions,
+    EKSOptions,
+    RDSOptions,
+)
 from .settings import Settings, StorageSettings, TokenSettings
 
 
@@ -49,36 +58,37 @@ def build_storage(settings: StorageSettings) -> Storage:
 
 def build_source(token: TokenSettings) -> Source:
     """The source of ``[tokens.NAME]``."""
-    opts: dict[str, Any] = dict(token.options)
-    if token.source == "command":
-        command = opts.get("command")
-        if command is None:
+    opts = token.options
+    if isinstance(opts, CommandOptions):
+        if opts.command is None:
             raise ConfigError(f"tokens.{token.name}.command: missing")
-        return Command(command if isinstance(command, str) else list(command),
-                       timeout=token.timeout, token_path=opts.get("token_path"),
-                       expiry_path=opts.get("expiry_path"))
-    from .. import aws
-
-    common: dict[str, Any] = {k: opts.pop(k) for k in ("region", "profile", "role_arn")
-                              if k in opts}
-    common["timeout"] = token.timeout
+        return Command(opts.command if isinstance(opts.command, str) else list(opts.command),
+                       timeout=token.timeout, token_path=opts.token_path,
+                       expiry_path=opts.expiry_path)
     try:
-        if token.source == "ecr":
-            return aws.ECR(opts.get("registry_id"), **common)
-        if token.source == "ecr-public":
-            return aws.ECRPublic(**common)
-        if token.source == "codeartifact":
-            return aws.CodeArtifact(opts["domain"], domain_owner=opts.get("domain_owner"),
-                                    duration=opts.get("duration"), **common)
-        if token.source == "eks":
-            return aws.EKS(opts["cluster"], **common)
-        if token.source == "rds":
-            return aws.RDS(opts["host"], opts["port"], opts["user"], **common)
-    except KeyError as exc:
-        raise ConfigError(f"tokens.{token.name}.{exc.args[0]}: missing") from None
+        return _native(opts, token.timeout)
     except ConfigError as exc:
         raise ConfigError(f"tokens.{token.name}: {exc}") from None
-    raise ConfigError(f"tokens.{token.name}.source: unknown source {token.source!r}")
+
+
+def _native(opts: AwsOptions, timeout: float) -> Source:
+    """The native (botocore) source that ``opts`` describe."""
+    from .. import aws
+
+    common: dict[str, Any] = {"region": opts.region, "profile": opts.profile,
+                              "role_arn": opts.role_arn, "timeout": timeout}
+    if isinstance(opts, ECROptions):
+        return aws.ECR(opts.registry_id, **common)
+    if isinstance(opts, CodeArtifactOptions):
+        return aws.CodeArtifact(opts.domain, domain_owner=opts.domain_owner,
+                                duration=opts.duration, **common)
+    if isinstance(opts, EKSOptions):
+        return aws.EKS(opts.cluster, **common)
+    if isinstance(opts, RDSOptions):
+        return aws.RDS(opts.host, opts.port, opts.user, **common)
+    if isinstance(opts, ECRPublicOptions):
+        return aws.ECRPublic(**common)
+    raise ConfigError(f"source: no source for {type(opts).__name__}")
 
 
 def build_transform(token: TokenSettings) -> Transform:

@@ -16,15 +16,12 @@ from .._rotation.keeper import Keeper
 from .._rotation.rotator import RotateHook
 from .._sources.command import Source
 from .._sources.transforms import Transform
-from .settings import Settings, TokenSettings
+from .settings import ServerSettings, Settings, TokenSettings
 
-#: ``[server]`` keys that take effect only at a restart.
-RESTART_ONLY = ("listen", "workers", "admin_listen", "token_listen", "token_socket_mode", "engine",
-                "ca_file", "verify_tls", "connect_timeout", "read_timeout", "max_connections",
-                "head_timeout", "keepalive_timeout", "token_hosts", "log_level", "log_format")
+#: ``[server]`` keys that take effect only at a restart (declared by their fields).
+RESTART_ONLY = tuple(f.name for f in dataclasses.fields(ServerSettings)
+                     if f.metadata.get("restart"))
 
-#: ``[tokens.NAME]`` keys that change the token itself: a change fetches a new one at once.
-_SOURCE_KEYS = ("source", "options", "format", "basic_user")
 
 
 def keep_restart_only(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
@@ -98,5 +95,10 @@ class TokenPlan:
             keeper.rotate(name, source, transform, interval=token.interval, retry=token.retry,
                           timeout=token.timeout, on_rotate=hooks,
                           min_refresh_gap=self.settings.server.refresh_min_gap)
-            if old is not None and any(getattr(old, k) != getattr(token, k) for k in _SOURCE_KEYS):
+            if old is not None and _changes_value(old, token):
                 keeper.request_refresh(name)
+
+
+def _changes_value(old: TokenSettings, new: TokenSettings) -> bool:
+    """Whether the token itself changes (its source, options or transform): fetch at once."""
+    return (old.options, old.format, old.basic_user) != (new.options, new.format, new.basic_user)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._config.options import CodeArtifactOptions, ECROptions
 from .._config.settings import Settings, TokenSettings
 from .._errors import AwstokenError, ConfigError
 from .._token import Token
@@ -115,8 +116,8 @@ def remember(settings: Settings) -> None:
 def token_registries(token: TokenSettings) -> tuple[str, ...]:
     """The registry hosts of one token: ``registries``, then the host its ECR source implies."""
     opts = token.options
-    if token.source == "ecr" and opts.get("registry_id") and opts.get("region"):
-        implied = f"{opts['registry_id']}.dkr.ecr.{opts['region']}.amazonaws.com"
+    if isinstance(opts, ECROptions) and opts.registry_id and opts.region:
+        implied = f"{opts.registry_id}.dkr.ecr.{opts.region}.amazonaws.com"
         if implied not in token.registries:
             return (*token.registries, implied)
     return token.registries
@@ -137,9 +138,8 @@ def indexes(settings: Settings) -> list[tuple[str, str]]:
     found = [(url, name) for name, token in settings.tokens.items() for url in token.indexes]
     for name, token in settings.tokens.items():
         opts = token.options
-        if token.source == "codeartifact" and opts.get("domain_owner") and opts.get("region"):
-            host = (f"{opts['domain']}-{opts['domain_owner']}.d.codeartifact.{opts['region']}"
-                    ".amazonaws.com")
+        if isinstance(opts, CodeArtifactOptions) and opts.domain_owner and opts.region:
+            host = f"{opts.domain}-{opts.domain_owner}.d.codeartifact.{opts.region}.amazonaws.com"
             found.append((f"https://{host}/", name))
     return found
 

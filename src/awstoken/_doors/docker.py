@@ -44,9 +44,9 @@ def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None,
     logging.getLogger("awstoken").propagate = False
     try:
         if action == "version":
-            from .. import __version__
+            from .._version import version
 
-            print(f"{PROG} (awstoken) {__version__}", file=stdout)
+            print(f"{PROG} (awstoken) {version()}", file=stdout)
             return 0
         if action in ("store", "erase"):
             stdin.read()

@@ -26,6 +26,8 @@ import sys
 import time
 import zlib
 
+from .._duration import go_duration
+
 TYPE_CHECKING = False  # not from typing: importing it costs more than the whole answer
 if TYPE_CHECKING:
     from typing import Any
@@ -245,18 +247,6 @@ def cache_seconds(refreshed_at: float, expires_at: float | None, interval: float
             seconds = expires_at - MARGIN - now
         seconds = min(seconds, expires_at - MARGIN - now)
     return max(seconds, 0.0)
-
-
-def go_duration(seconds: float) -> str:
-    """A Go ``time.Duration`` string (``"5h45m0s"``, ``"0s"``) for whole seconds."""
-    total = max(int(seconds), 0)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def image_registry(image: str) -> str:

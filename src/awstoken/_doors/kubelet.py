@@ -31,13 +31,13 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .._config.settings import Settings
+from .._duration import go_duration
 from .._errors import AwstokenError
 from .common import NotFound, credentials, load_settings, obtain, registry_token, remember
 from .fast import (
     KUBELET_GROUP,
     KUBELET_VERSIONS,
     cache_seconds,
-    go_duration,
     image_registry,
 )
 

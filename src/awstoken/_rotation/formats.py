@@ -99,41 +99,53 @@ def _set_ini(lines: list[str], section: str, key: str, value: str,
              aliases: tuple[str, ...] = ()) -> list[str]:
     """``lines`` with ``key = value`` set in ``[section]`` (replacing the key, its aliases
     and their continuation lines), the section appended when missing."""
-    names = {key, *aliases}
+    setting = f"{key} = {value}"
     out: list[str] = []
-    current: str | None = None
-    found_section = done = skipping = False
+    found = False
+    for name, block in _ini_blocks(lines):
+        if name == section:
+            # Every copy of the section loses the key; the first one gets the new setting,
+            # where the key was or at its end.
+            body, at = _without_keys(block[1:], {key, *aliases})
+            if not found:
+                body.insert(len(body) if at is None else at, setting)
+            found = True
+            block = [block[0], *body]
+        out.extend(block)
+    if not found:
+        if out and out[-1].strip():
+            out.append("")
+        out.extend([f"[{section}]", setting])
+    return out
+
+
+def _ini_blocks(lines: list[str]) -> list[tuple[str | None, list[str]]]:
+    """``lines`` cut at each section header: ``(section or None before the first, lines)``."""
+    blocks: list[tuple[str | None, list[str]]] = [(None, [])]
     for line in lines:
         match = _SECTION.match(line)
         if match:
-            if current == section and not done:
-                out.append(f"{key} = {value}")
-                done = True
-            current = match.group(1).strip()
-            found_section = found_section or current == section
-            skipping = False
-            out.append(line)
-            continue
+            blocks.append((match.group(1).strip(), []))
+        blocks[-1][1].append(line)
+    return blocks
+
+
+def _without_keys(body: list[str], names: set[str]) -> tuple[list[str], int | None]:
+    """``body`` without the lines setting one of ``names`` (and their continuation lines),
+    and where the first of them was (None when none was there)."""
+    kept: list[str] = []
+    at: int | None = None
+    skipping = False
+    for line in body:
         if skipping and line[:1] in (" ", "\t") and line.strip():
             continue  # a continuation of the value being replaced
-        skipping = False
-        if current == section:
-            name = re.split(r"[=:]", line, maxsplit=1)[0].strip().lower()
-            if line.strip() and line[:1] not in (" ", "\t", "#", ";") and name in names:
-                skipping = True
-                if not done:
-                    out.append(f"{key} = {value}")
-                    done = True
-                continue
-        out.append(line)
-    if current == section and not done:
-        out.append(f"{key} = {value}")
-        done = True
-    if not found_section:
-        if out and out[-1].strip():
-            out.append("")
-        out.extend([f"[{section}]", f"{key} = {value}"])
-    return out
+        name = re.split(r"[=:]", line, maxsplit=1)[0].strip().lower()
+        skipping = bool(line.strip()) and line[:1] not in (" ", "\t", "#", ";") and name in names
+        if skipping:
+            at = len(kept) if at is None else at
+            continue
+        kept.append(line)
+    return kept, at
 
 
 def _ini_lines(old: str) -> list[str]:

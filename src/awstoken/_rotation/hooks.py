@@ -8,13 +8,11 @@ also count their runs and failures (:class:`HookStats`) for status output and me
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import re
 import shlex
-import signal
 import stat
 import subprocess
 import threading
@@ -27,9 +25,8 @@ from typing import TYPE_CHECKING, Literal
 
 from .. import _fs
 from .._errors import HookError, HookTimeout
-from .._sources import mask as _mask
-from .._sources.command import Fetched, kill_group
-from .._sources.spawn import popen
+from .._sources.command import Fetched
+from .._sources.spawn import Runner
 from .._token import Token
 
 if TYPE_CHECKING:
@@ -80,7 +77,7 @@ class _CountedHook(ABC):
         except HookError as exc:
             self._count(started, clock, exc)
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - anything a render or the OS raises is a hook failure
             # A foreign exception's text may quote its input: keep only its type.
             error = HookError(f"token {name!r}: {self.describe()}: {type(exc).__name__}")
             self._count(started, clock, error)
@@ -231,6 +228,7 @@ class CommandHook(_CountedHook):
             raise HookError(f"on-rotate command {self.display!r}: timeout must be a positive "
                             f"number of seconds, not {timeout!r}")
         self.timeout = float(timeout)
+        self._runner = Runner()
 
     @property
     def display(self) -> str:
@@ -250,22 +248,15 @@ class CommandHook(_CountedHook):
                    AWSTOKEN_EXPIRES_AT="" if token.expires_at is None else f"{token.expires_at:.0f}")
         what = f"token {name!r}: {self.describe()}"
         try:
-            proc = popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, env=env, start_new_session=True)
+            done = self._runner.run(self.argv, timeout=self.timeout, env=env, capture_stdout=False,
+                                    stdin=(payload + "\n").encode("utf-8"))
         except OSError as exc:
             raise HookError(f"{what} could not start: {exc.strerror}") from None
-        try:
-            _, err = proc.communicate((payload + "\n").encode("utf-8"), timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
             raise HookTimeout(f"{what} ran past its timeout of {self.timeout:g}s and its process "
                               "group was killed") from None
-        except BaseException:
-            kill_group(proc)
-            raise
-        if proc.returncode != 0:
-            detail = _mask.first_line(err, (fetched.token, token.value))
-            raise HookError(f"{what} exited with status {_status(proc.returncode)}{detail}")
+        if done.returncode != 0:
+            raise HookError(f"{what} {done.failure((fetched.token, token.value))}")
         log.debug("awstoken: %s ran", what)
 
 
@@ -281,13 +272,6 @@ def hook_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -
            if k in _BASE_ENV or k.startswith("LC_") or k in pass_env}
     env.setdefault("PATH", os.defpath)
     return env
-
-
-def _status(returncode: int) -> str:
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
-    return str(returncode)
 
 
 def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:

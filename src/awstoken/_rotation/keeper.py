@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from .._errors import AwstokenError
 from .._sources.command import DEFAULT_TIMEOUT, Fetched, Source, as_source
 from .._sources.transforms import Transform, as_transform
-from .._token import Token
+from .._token import Token, check_name
 from ..storage import FileStorage
-from ..storage._base import Storage, check_name
+from ..storage._base import Storage
 from .rotator import DEFAULT_MIN_REFRESH_GAP, RotateHook, Rotator, Schedule, fetch_value
 
 SourceLike = Source | str | Sequence[str] | Callable[[], "str | Fetched"]

@@ -25,8 +25,8 @@ from .._errors import AwstokenError, TokenExpiredError
 from .._sources import mask as _mask
 from .._sources.command import Fetched, Source
 from .._sources.transforms import Transform, validate_value
-from .._token import Token
-from ..storage._base import Clock, Lease, Storage, check_name
+from .._token import Token, check_name
+from ..storage._base import Clock, Lease, Storage
 
 log = logging.getLogger("awstoken")
 
@@ -40,6 +40,7 @@ DEFAULT_POLL = 1.0
 DEFAULT_MIN_REFRESH_GAP = 10.0
 
 RotateHook = Callable[[str, Fetched, Token], object]
+"""An on-rotate hook: called as ``hook(name, fetched, token)`` after each stored rotation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +373,7 @@ class Rotator:
         for hook in self.on_rotate:
             try:
                 hook(self.name, fetched, token)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a user's hook must not stop the rotation
                 failed.append(_describe(self.name, exc))
                 log.error("awstoken: token %r: on-rotate hook %s failed: %s", self.name,
                           getattr(hook, "__name__", hook), failed[-1])
@@ -441,7 +442,7 @@ def fetch_value(name: str, source: Source, transform: Transform,
                          f"token {name!r} (raw)")
     try:
         value = transform(raw)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a user's callable: any failure, text withheld
         raise AwstokenError(f"token {name!r}: the transform raised {type(exc).__name__}") from None
     value = validate_value(value, f"token {name!r}")
     now = clock()

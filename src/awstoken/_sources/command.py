@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .._errors import CommandError, CommandTimeout, ConfigError
 from . import jsonout as _jsonout
-from . import mask as _mask
-from .spawn import popen, untrack
+from .spawn import MAX_STDOUT, OutputTooLarge, Runner
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -96,8 +92,9 @@ class Command:
         if timeout <= 0:
             raise CommandError(f"command timeout must be positive, not {timeout!r}")
         self.timeout = float(timeout)
-        self._mine: set[subprocess.Popen[bytes]] = set()  # runs in progress, for cancel()
-        self._mine_lock = threading.Lock()
+        # Tracked: each run in its own session (a timeout kills the whole group), killed with
+        # this program when it exits (rotation threads are daemons).
+        self._runner = Runner(track=True)
         self._env = dict(env) if env is not None else None
         self._parse = parse
         self.token_path = token_path
@@ -168,81 +165,35 @@ class Command:
 
         A leader that loses its lease mid-refresh abandons the run this way.
         """
-        with self._mine_lock:
-            procs = list(self._mine)
-        for proc in procs:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        self._runner.cancel()
 
     def run(self) -> str:
         """Run the command and return its stripped standard output."""
-        shell = isinstance(self._argv, str)
         env = None if self._env is None else {**os.environ, **self._env}
         try:
-            # Tracked: its own session (a timeout kills the whole group), killed with this
-            # program when it exits (rotation threads are daemons).
-            proc = popen(
-                self._argv, shell=shell, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=env, track=True)
+            done = self._runner.run(self._argv, shell=isinstance(self._argv, str), env=env,
+                                    timeout=self.timeout)
         except OSError as exc:
             raise CommandError(f"command {self.display!r} could not start: {exc.strerror}") from None
-        with self._mine_lock:
-            self._mine.add(proc)
-        try:
-            out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
             raise CommandTimeout(
                 f"command {self.display!r} ran past its timeout of {self.timeout:g}s and was "
                 "killed") from None
-        except BaseException:
-            kill_group(proc)
-            raise
-        finally:
-            with self._mine_lock:
-                self._mine.discard(proc)
-            untrack(proc)
-        if proc.returncode != 0:
+        except OutputTooLarge:
+            raise CommandError(f"command {self.display!r} printed more than "
+                               f"{MAX_STDOUT // 1024} KiB and was killed") from None
+        if done.returncode != 0:
             # stderr may quote the token: the one it printed on stdout before failing, or
             # the current one (masked through the rotator's _mask.masking context).
-            printed = out.decode("utf-8", "replace").strip()
-            raise CommandError(
-                f"command {self.display!r} exited with status {_status(proc.returncode)}"
-                f"{_mask.first_line(err, (printed,))}", returncode=proc.returncode)
+            printed = done.stdout.decode("utf-8", "replace").strip()
+            raise CommandError(f"command {self.display!r} {done.failure((printed,))}",
+                               returncode=done.returncode)
         try:
-            return out.decode("utf-8").strip()
+            return done.stdout.decode("utf-8").strip()
         except UnicodeDecodeError as exc:
             raise CommandError(
                 f"command {self.display!r} printed output that is not UTF-8 (byte "
                 f"{exc.start})", returncode=0) from None
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process group of ``proc`` (started with ``start_new_session``) and reap it.
-
-    The shell may have started children (the aws CLI, a pipe): the group kill takes them all.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        # A descendant that left the group (setsid) still holds the pipes: stop reading
-        # them rather than wait for it; the killed command itself is reaped.
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        proc.wait()
-
-
-def _status(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
-        except ValueError:
-            return str(returncode)
-    return str(returncode)
 
 
 def as_source(source: Source | str | Sequence[str] | Callable[[], str | Fetched], *,

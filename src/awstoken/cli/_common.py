@@ -19,6 +19,12 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
         help=f"the configuration file (TOML); default: ${CONFIG_ENV}")
 
 
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-c FILE NAME``: the arguments of a command about one configured token."""
+    add_config_argument(parser)
+    parser.add_argument("name", metavar="NAME", help="the token, as in [tokens.NAME]")
+
+
 def load_settings(args: argparse.Namespace) -> Settings:
     """The settings from ``args.config``; raise ConfigError when none was given."""
     if not args.config:

@@ -8,7 +8,7 @@ import sys
 from .._config.build import build_source, build_transform
 from .._errors import AwstokenError
 from .._rotation.rotator import fetch_value
-from ._common import add_config_argument, configured_token, load_settings
+from ._common import add_token_arguments, configured_token, load_settings
 
 NAME = "fetch"
 HELP = ("run the source of one configured token once and print the final header value "
@@ -16,8 +16,7 @@ HELP = ("run the source of one configured token once and print the final header 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.add_argument("name", metavar="NAME", help="the token, as in [tokens.NAME]")
+    add_token_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import time
 
 from .._config.build import build_storage
 from .._errors import AwstokenError
-from ._common import add_config_argument, configured_token, load_settings
+from ._common import add_token_arguments, configured_token, load_settings
 
 NAME = "get"
 HELP = ("print the current stored header value of one token (exit 1 with the reason when "
@@ -16,8 +16,7 @@ HELP = ("print the current stored header value of one token (exit 1 with the rea
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.add_argument("name", metavar="NAME", help="the token, as in [tokens.NAME]")
+    add_token_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._config.build import build_storage
 from .._config.settings import TokenSettings
+from .._duration import span
 from .._errors import AwstokenError
 from .._rotation.rotator import Schedule
 from .._token import Token
@@ -132,19 +133,6 @@ def describe(name: str, record: Token | None, now: float, *,
     }
 
 
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    sign, left = ("-" if seconds < 0 else ""), int(abs(seconds))
-    hours, rest = divmod(left, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{sign}{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{sign}{minutes}m{secs:02d}s"
-    return f"{sign}{secs}s"
-
-
 def _leader(row: dict[str, Any]) -> str:
     if not row["leader"]:
         return "none" if row["leader_alive"] is False else "-"
@@ -157,7 +145,7 @@ def _next(row: dict[str, Any]) -> str:
         return "-"
     if row["leader_alive"] is False:
         return "none (no leader)"
-    return "now" if row["next_refresh_in_seconds"] <= 0 else _span(row["next_refresh_in_seconds"])
+    return "now" if row["next_refresh_in_seconds"] <= 0 else span(row["next_refresh_in_seconds"])
 
 
 def printable(text: str) -> str:
@@ -187,8 +175,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         error = row["error"] or "-"
         if row["hook_error"]:
             error = (f"{row['error']}; " if row["error"] else "") + f"hook: {row['hook_error']}"
-        lines.append((row["name"], state, str(row["generation"]), _span(row["age_seconds"]),
-                      _span(row["expires_in_seconds"]), _next(row), printable(_leader(row)),
+        lines.append((row["name"], state, str(row["generation"]), span(row["age_seconds"]),
+                      span(row["expires_in_seconds"]), _next(row), printable(_leader(row)),
                       str(row["failures"]), str(row["hook_failures"]), printable(error)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False))

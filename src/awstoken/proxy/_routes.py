@@ -10,7 +10,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .._config.settings import CacheSettings, RouteSettings
 from .._errors import ConfigError
-from ..storage._base import check_name
+from .._token import check_name
 
 
 @dataclass(frozen=True, slots=True)

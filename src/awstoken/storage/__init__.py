@@ -20,4 +20,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'awstoken.storage' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), "RedisStorage"})
+
+
 __all__ = ["BaseStorage", "FileStorage", "Lease", "MemoryStorage", "RedisStorage", "Storage"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -21,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 from .._errors import AwstokenError
-from .._token import Token
+from .._token import Token, check_name
 
 log = logging.getLogger("awstoken")
 
@@ -31,18 +30,6 @@ Clock = Callable[[], float]
 #: it up still has time to reach the upstream, and a late cache thread is never late enough
 #: to serve an expired token.
 DEFAULT_MARGIN = 1.0
-
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
-def check_name(name: object) -> str:
-    """Return ``name`` if it is a valid token name (letters, digits, ``_ . -``; at most 128)."""
-    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
-        raise AwstokenError(
-            f"invalid token name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-', "
-            "not starting with '.' or '-'")
-    return name
-
 
 @runtime_checkable
 class Lease(Protocol):

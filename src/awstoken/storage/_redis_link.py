@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import StorageError
-from ._redis_url import _url_secrets, redact_url
+from .._redact import redact_url, url_secrets
 
 log = logging.getLogger("awstoken")
 
@@ -34,7 +34,7 @@ class RedisLink:
                  options: dict[str, Any], timeout: float, max_backoff: float, channel: str,
                  on_message: Callable[[object], None], on_connected: Callable[[], None],
                  crashed: Callable[[BaseException], None]) -> None:
-        self._secrets = sorted({s for s in (password, *_url_secrets(url)) if s}, key=len,
+        self._secrets = sorted({s for s in (password, *url_secrets(url)) if s}, key=len,
                                reverse=True)
         self.url = redact_url(url)
         self.timeout = timeout
@@ -159,7 +159,7 @@ class RedisLink:
         while not self.stopping.is_set():
             try:
                 self._watch_once()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the watcher thread must not die
                 self._crashed(exc)
                 if self.stopping.wait(self._backoff(4)):
                     return

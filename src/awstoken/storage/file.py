@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .._errors import StorageError
 from .._fs import Directory, UnsafePath
-from .._token import Token
-from ._base import BaseStorage, Clock, check_name, log
+from .._token import Token, check_name
+from ._base import BaseStorage, Clock, log
 
 _Signature = tuple[int, int, int, int] | None
 

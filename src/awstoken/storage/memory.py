@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from .._token import Token
-from ._base import BaseStorage, Clock, check_name
+from .._token import Token, check_name
+from ._base import BaseStorage, Clock
 
 
 class _MemoryLease:

@@ -37,8 +37,8 @@ malformed there) is written back by any process that still holds a usable copy.
 
 Where each part lives: this module is the cache and its sync with Redis; ``_redis_lease``
 the leases; ``_redis_records`` the fenced store script and the checks on what is read;
-``_redis_link`` the connection, outage bookkeeping and pub/sub watcher; ``_redis_url`` the
-redaction of URLs in messages.
+``_redis_link`` the connection, outage bookkeeping and pub/sub watcher; ``awstoken._redact``
+the redaction of URLs in messages.
 """
 
 from __future__ import annotations
@@ -52,15 +52,14 @@ from dataclasses import replace
 from typing import Any
 
 from .._errors import AwstokenError, StorageError
-from .._token import Token
-from ._base import DEFAULT_MARGIN, BaseStorage, Clock, check_name, log
+from .._token import Token, check_name
+from ._base import DEFAULT_MARGIN, BaseStorage, Clock, log
 from ._redis_lease import Leadership, RedisLease
 from ._redis_lease import lease_clock as _lease_clock
 from ._redis_link import RedisLink
 from ._redis_records import RecordIO
-from ._redis_url import redact_url
 
-__all__ = ["RedisStorage", "redact_url"]
+__all__ = ["RedisStorage"]
 
 #: How long a refresh request is kept (it only matters until the next refresh).
 _REQUEST_TTL_MS = 24 * 3600 * 1000
@@ -316,7 +315,7 @@ class RedisStorage(BaseStorage):
             except AwstokenError as exc:
                 self._log_once(f"revalidate:{name}", str(exc),
                                "awstoken: could not revalidate token %r: %s", name, exc)
-            except Exception as exc:  # bad data must not end the cache thread
+            except Exception as exc:  # noqa: BLE001 - bad data must not end the cache thread
                 self._log_once(f"revalidate:{name}", type(exc).__name__,
                                "awstoken: token %r: unexpected error revalidating", name,
                                exc_info=True)

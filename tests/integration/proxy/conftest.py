@@ -28,7 +28,7 @@ class Reply:
 def call(base: str, method: str, path: str, headers: list[tuple[str, str]] | None = None,
          body: bytes | None = None, timeout: float = 30) -> Reply:
     parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
         skip_host = any(k.lower() == "host" for k, _ in headers or [])
         conn.putrequest(method, path, skip_accept_encoding=True, skip_host=skip_host)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -31,6 +32,9 @@ from .conftest import Reply, call
 
 TOKEN = "Bearer good-token"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 @dataclass
@@ -76,34 +80,41 @@ def stand_in_registry() -> Iterator[Registry]:
         data = state.blobs.get((repo, parts[1]))
         if data is None:
             return web.Response(status=404, text="blob unknown")
-        if parts[1] in state.tampered:
-            data = data[:-1] + bytes([data[-1] ^ 1])
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
-                                           "Docker-Content-Digest": f"sha256:{parts[1]}"})
-        if parts[1] in state.no_store:
-            resp.headers["Cache-Control"] = "no-store"
-        if state.chunked:
-            resp.enable_chunked_encoding()
-        else:
-            resp.content_length = len(data)
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
-        half = len(data) // 2
-        await resp.write(data[:half])
-        if parts[1] in state.cut:
-            assert request.transport is not None
-            request.transport.close()  # half a body, then the connection is gone
-            return resp
-        if state.hold is not None:
-            await asyncio.get_running_loop().run_in_executor(None, state.hold.wait, 30)
-        await resp.write(data[half:])
-        await resp.write_eof()
-        return resp
+        return await _send_blob(state, request, parts[1], data)
 
     with aiohttp_server(handle) as url:
         state.url = url
         yield state
+
+
+async def _send_blob(state: Registry, request: Any, digest: str, data: bytes) -> web.StreamResponse:
+    """The blob as the registry's state says: tampered, uncacheable, chunked, cut, held."""
+    from aiohttp import web
+
+    if digest in state.tampered:
+        data = data[:-1] + bytes([data[-1] ^ 1])
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream",
+                                       "Docker-Content-Digest": f"sha256:{digest}"})
+    if digest in state.no_store:
+        resp.headers["Cache-Control"] = "no-store"
+    if state.chunked:
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = len(data)
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    half = len(data) // 2
+    await resp.write(data[:half])
+    if digest in state.cut:
+        assert request.transport is not None
+        request.transport.close()  # half a body, then the connection is gone
+        return resp
+    if state.hold is not None:
+        await asyncio.get_running_loop().run_in_executor(None, state.hold.wait, 30)
+    await resp.write(data[half:])
+    await resp.write_eof()
+    return resp
 
 
 def settings_for(registry: Registry, cache: Path, *, max_size: int | None = None,

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,8 @@ def _blob(layout: Path, data: bytes) -> tuple[str, int]:
 
 def make_image(layout: Path, layers: list[bytes]) -> list[str]:
     """An OCI layout with one gzip'd tar layer per payload; returns every blob digest."""
-    descriptors, diff_ids = [], []
+    descriptors: list[dict[str, Any]] = []
+    diff_ids: list[str] = []
     for i, payload in enumerate(layers):
         raw = io.BytesIO()
         with tarfile.open(fileobj=raw, mode="w") as tar:

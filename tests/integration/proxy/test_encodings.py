@@ -232,9 +232,9 @@ def _bomb(coding: str, size: int) -> bytes:
         return b"".join(deflater.compress(piece) for _ in range(size >> 20)) + deflater.flush()
     if coding == "br":
         compressor = brotli.Compressor(quality=5)
-        return b"".join(compressor.process(piece) for _ in range(size >> 20)) + compressor.finish()
+        return b"".join(compressor.process(piece) for _ in range(size >> 20)) + bytes(compressor.finish())
     compressor = zstandard.ZstdCompressor(level=3).compressobj()
-    return b"".join(compressor.compress(piece) for _ in range(size >> 20)) + compressor.flush()
+    return b"".join(compressor.compress(piece) for _ in range(size >> 20)) + bytes(compressor.flush())
 
 
 @pytest.fixture(scope="module")

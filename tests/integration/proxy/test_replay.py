@@ -46,7 +46,7 @@ def _proxy(upstream_url: str, **server: float) -> Iterator[tuple[RunningProxy, K
 
 def _put_chunked(base: str, path: str, body: bytes) -> tuple[int, bytes]:
     parts = urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
     try:
         pieces = (body[i:i + 100_000] for i in range(0, len(body), 100_000))
         conn.request("PUT", path, body=pieces, encode_chunked=True)

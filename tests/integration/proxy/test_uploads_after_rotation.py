@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,9 +76,9 @@ def _generation(keeper: Keeper) -> int:
     return 0 if record is None else record.generation
 
 
-def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL, **kw)  # type: ignore[call-overload, no-any-return]
+                          stdin=subprocess.DEVNULL, **kw)
 
 
 # -- PyPI uploads: twine, uv, poetry against pypiserver ------------------------------------------

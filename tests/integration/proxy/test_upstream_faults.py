@@ -48,6 +48,16 @@ def _big_then_cut(conn: socket.socket) -> None:
     _reset(conn)
 
 
+def _after(seconds: float, conn: socket.socket, data: bytes) -> None:
+    time.sleep(seconds)
+    conn.sendall(data)
+
+
+def _then_stall(conn: socket.socket, data: bytes) -> None:
+    conn.sendall(data)
+    time.sleep(2)
+
+
 BEHAVIOURS: dict[str, Callable[[socket.socket], None]] = {
     "/ok": lambda c: c.sendall(OK),
     "/reset": _reset,
@@ -58,11 +68,11 @@ BEHAVIOURS: dict[str, Callable[[socket.socket], None]] = {
     "/bad-chunked": lambda c: c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                         b"5\r\nhello\r\nzz\r\n"),
     "/big-then-reset": _big_then_cut,
-    "/slow-head": lambda c: (time.sleep(0.6), c.sendall(OK)),
+    "/slow-head": lambda c: _after(0.6, c, OK),
     "/trickle": _trickle,
     "/stall-head": lambda c: time.sleep(2),
-    "/stall-body": lambda c: (c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
-                                        + b"z" * 1000), time.sleep(2)),
+    "/stall-body": lambda c: _then_stall(c, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+                                         + b"z" * 1000),
 }
 
 
