@@ -72,7 +72,7 @@ def logging_spec() -> LoggingSpec:
         if handler.formatter is not None:
             try:
                 formatters.append(pickle.dumps(handler.formatter))
-            except Exception:  # a formatter that cannot travel: the default one instead
+            except Exception:  # noqa: BLE001  a formatter that cannot travel (any reason): the default
                 formatters.append(pickle.dumps(None))
     levels = tuple((name, logger.level) for name, logger in logging.root.manager.loggerDict.items()
                    if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET)
@@ -94,7 +94,7 @@ def _setup_logging(spec: LoggingSpec) -> None:
         handler = logging.StreamHandler(sys.stderr)
         try:
             formatter = pickle.loads(raw)  # noqa: S301 (our parent wrote it)
-        except Exception:
+        except Exception:  # noqa: BLE001  a formatter that cannot be rebuilt here: the default
             formatter = None
         handler.setFormatter(formatter or logging.Formatter("%(asctime)s %(message)s"))
         root.addHandler(handler)
@@ -145,7 +145,7 @@ def main() -> None:
     _setup_logging(spec.logging)
     status = 1
     try:
-        from ._server import serve_worker
+        from ._serve import serve_worker
 
         keeper = Keeper(_open_storage(spec))
         status = serve_worker(spec.settings, keeper, spec.metrics_socket, ready)
