@@ -113,18 +113,22 @@ def print_small(args: argparse.Namespace, targets: list[tuple[str, int, int]],
     print(f"Small responses (2 bytes), wrk -t1 -c32, {args.seconds} s, median of "
           f"{args.rounds} interleaved rounds")
     print("| target | req/s | x nginx (per round) | x nginx (median) | p50 ms | p99 ms "
-          "| proxy CPU us/req | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| proxy CPU us/req | x nginx by CPU (per round) | x nginx by CPU (median) | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     d = direct[0]
     print(f"| origin (nginx, direct) | {d.wrk.rps:.0f} | - | - | {d.wrk.p50_ms:.2f} | "
-          f"{d.wrk.p99_ms:.2f} | - | {d.wrk.errors} |")
+          f"{d.wrk.p99_ms:.2f} | - | - | - | {d.wrk.errors} |")
     for name, _, _ in targets:
         runs = small[name]
         ratios = [r.wrk.rps / b.wrk.rps for r, b in zip(runs, small[base_name], strict=True)]
+        # By CPU: nginx's CPU per request over this target's, in the same round.
+        by_cpu = [b.cpu_us_per_req / max(r.cpu_us_per_req, 1e-9)
+                  for r, b in zip(runs, small[base_name], strict=True)]
         mid = median_run(runs)
         print(f"| {name} | {mid.wrk.rps:.0f} | {' '.join(f'{x:.2f}' for x in ratios)} | "
               f"{statistics.median(ratios):.2f} | {mid.wrk.p50_ms:.2f} | {mid.wrk.p99_ms:.2f} "
-              f"| {statistics.median(r.cpu_us_per_req for r in runs):.0f} | "
+              f"| {statistics.median(r.cpu_us_per_req for r in runs):.1f} | "
+              f"{' '.join(f'{x:.2f}' for x in by_cpu)} | {statistics.median(by_cpu):.2f} | "
               f"{sum(r.wrk.errors for r in runs)} |")
 
 

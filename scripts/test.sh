@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite: creates a venv if missing, installs the package with its extras
-# and the test dependencies, then lints, type-checks and runs pytest. Extra arguments go to
-# pytest. PYTHON=python3.13 (or a path) runs it on that interpreter, in .venv-3.13.
+# and the test dependencies, then lints, type-checks and runs pytest, in parallel. Extra
+# arguments go to pytest. PYTHON=python3.13 (or a path) runs it on that interpreter, in .venv-3.13.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then
@@ -18,5 +18,15 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[aws,redis,proxy]' -r requirements-test.txt
 "$venv/bin/ruff" check src tests bench
 "$venv/bin/mypy"
+# Compiled bytecode is kept (some environments set PYTHONDONTWRITEBYTECODE): every xdist
+# worker imports the test modules (pytest rewrites their asserts: seconds per worker) and
+# hundreds of awstoken processes the tests start import the package, each compiling it from
+# source again without it (docs/testing.md).
+unset PYTHONDONTWRITEBYTECODE
+# In parallel by default (pytest-xdist; pyproject's --dist loadgroup keeps grouped tests in
+# one worker): AWSTOKEN_TEST_WORKERS workers, else two per CPU, chosen by measurement (most
+# tests wait on processes and sockets; more gained nothing on 2 CPUs: docs/testing.md). An
+# -n of the caller's wins (-n 0: one process).
+workers=${AWSTOKEN_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) * 2 ))}
 # The aws CLI the tests run is the venv's own.
-PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest "$@"
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -n "$workers" "$@"

@@ -1,6 +1,7 @@
 """Test configuration: fixture modules for each real peer live in tests/fixtures/."""
 
 pytest_plugins = [
+    "tests.fixtures.isolation",
     "tests.fixtures.aws",
     "tests.fixtures.pypiserver",
     "tests.fixtures.aws_standins",

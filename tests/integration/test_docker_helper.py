@@ -190,8 +190,8 @@ def test_skopeo_pushes_and_pulls_with_the_helper(
     assert refused.returncode != 0
 
 
-@pytest.mark.parametrize("port", [free_port()])
-def test_ecr_route_implies_the_registry(tmp_path: Path, port: int) -> None:
+def test_ecr_route_implies_the_registry(tmp_path: Path) -> None:
+    port = free_port()  # chosen here, not at collection: xdist workers must collect one name
     config = _config(tmp_path, '[tokens.ecr]\ncommand = "false"\nformat = "Basic {token}"\n\n'
                                f'[[routes]]\nprefix = "/"\nupstream = "https://{ECR}"\ntoken = "ecr"\n'
                                f'[server]\nlisten = "127.0.0.1:{port}"\n')

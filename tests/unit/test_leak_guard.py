@@ -55,8 +55,8 @@ def test_the_proxys_error_answers_are_watched(leak_guard: secrets.Guard) -> None
     # The guard once patched a module the proxy no longer has, and so watched no error answer.
     import pytest
 
-    _fast = pytest.importorskip("awstoken.proxy._fast")
+    _answer = pytest.importorskip("awstoken.proxy._answer")  # where the proxy builds them
     leak_guard.issue("Bearer error-token-0004")
-    _fast.error_body("/v2/x", 503, "refresh failed: Bearer error-token-0004")
+    _answer.error_body("/v2/x", 503, "refresh failed: Bearer error-token-0004")
     assert any("proxy 503 /v2/x" in leak for leak in leak_guard.leaks())
     leak_guard.exposed.clear()  # seen: this test leaked on purpose

@@ -12,8 +12,8 @@ import pytest
 from awstoken._config.load import loads, parse_size
 from awstoken._config.settings import CacheSettings
 from awstoken._errors import ConfigError
-from awstoken.proxy._cache import Key, Learned, oci_key
-from awstoken.proxy._cache_http import parse_range
+from awstoken.proxy._cache.keys import Key, Learned, oci_key
+from awstoken.proxy._cache.serve import parse_range
 
 HEX = "a" * 64
 ROUTE = """

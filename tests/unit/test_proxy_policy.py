@@ -129,7 +129,8 @@ def test_merge_exposition_sums_workers() -> None:
     "ff02::1", "255.255.255.255", "240.0.0.1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
     "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "2001::1", "fe80::1%eth0"])
 def test_non_public_peers_are_not_followed(address: str) -> None:
-    from awstoken.proxy._fast import _plain_address, _public
+    from awstoken.proxy._redirects import plain_address as _plain_address
+    from awstoken.proxy._redirects import public as _public
 
     assert not _public(_plain_address(address))
 
@@ -137,6 +138,7 @@ def test_non_public_peers_are_not_followed(address: str) -> None:
 @pytest.mark.parametrize("address", ["8.8.8.8", "52.95.110.1", "2606:4700::1111",
                                      "::ffff:8.8.8.8", "64:ff9b::808:808"])
 def test_public_peers_are(address: str) -> None:
-    from awstoken.proxy._fast import _plain_address, _public
+    from awstoken.proxy._redirects import plain_address as _plain_address
+    from awstoken.proxy._redirects import public as _public
 
     assert _public(_plain_address(address))

@@ -11,6 +11,11 @@ httpx, requests and aiohttp adapters all drive :class:`RefreshWait`, so they dec
   refresh stores a new token (retry with it), stores the same token or fails (the refusal
   is final).
 
+The proxy also drives it (status :data:`NO_TOKEN`) for a request that found no usable token
+(``serve`` has just started and the first fetch is running, or the token expired): it waits
+the same bounded time for the refresh instead of answering 503 at once, unless a refresh
+failed within the gap.
+
 :meth:`RefreshWait.poll` does one (possibly blocking) storage read; callers on an event loop
 run it in a thread and sleep between polls asynchronously.
 """
@@ -31,6 +36,9 @@ log = logging.getLogger("awstoken")
 
 #: How long a refused request waits, at most, for a refresh it asked for.
 DEFAULT_REFRESH_WAIT = 5.0
+#: The ``status`` of a wait for a request that found no usable token at all (not a refusal):
+#: ``sent`` is then "" (never a valid token), so any usable token ends the wait.
+NO_TOKEN = 0
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.2
 
@@ -103,6 +111,12 @@ class RefreshWait:
 
     def _done(self, outcome: str, value: str | None, error: str | None = None) -> None:
         self.outcome, self.value = outcome, value
+        if self.status == NO_TOKEN:
+            self._log_first(outcome, error)
+        else:
+            self._log_refusal(outcome, error)
+
+    def _log_refusal(self, outcome: str, error: str | None) -> None:
         name, status = self.name, self.status
         if outcome == "new":
             log.info("awstoken: token %r: the server answered %d; retrying once with the new "
@@ -119,3 +133,12 @@ class RefreshWait:
         else:
             log.warning("awstoken: token %r: the server answered %d and no new token came "
                         "within %gs; not retrying", name, status, self.wait)
+
+    def _log_first(self, outcome: str, error: str | None) -> None:
+        # A request that found no usable token: the caller answers 503 with the reason
+        # unless a token came; only the wait's end is worth a line.
+        if outcome == "new":
+            log.debug("awstoken: token %r: a request waited for the token and got it", self.name)
+        elif outcome == "timeout":
+            log.warning("awstoken: token %r: no usable token came within %gs of a request",
+                        self.name, self.wait)

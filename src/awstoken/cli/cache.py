@@ -34,7 +34,7 @@ def _size(n: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..proxy._cache import read_usage
+    from ..proxy._cache.usage import read_usage
 
     settings = load_settings(args)
     rows: list[dict[str, Any]] = []

@@ -11,7 +11,8 @@ the handler of the token endpoint for nginx ``auth_request`` (``server.token_lis
 """
 
 from ._admin import AdminApp, token_status
-from ._server import ProxyServer, serve
+from ._run.serve import serve
+from ._server import ProxyServer
 from ._token_endpoint import TokenEndpoint
 
 __all__ = ["AdminApp", "ProxyServer", "TokenEndpoint", "serve", "token_status"]

@@ -16,6 +16,9 @@ _HOP = frozenset((
 _REQUEST_DROP = _HOP | {"host", "authorization", "expect", "x-forwarded-for",
                         "x-forwarded-proto", "x-forwarded-host"}
 _RESPONSE_DROP = _HOP | {"content-length"}
+#: Request fields the proxy never forwards as they are when it frames the request itself
+#: (besides the route's token header and the fields a Connection field names).
+REQUEST_DROP = _REQUEST_DROP | {"content-length"}
 # Headers that never follow a redirect to another host.
 _CROSS_HOST_DROP = frozenset(("authorization", "cookie", "x-forwarded-for", "x-forwarded-host",
                               "x-forwarded-proto"))
@@ -31,7 +34,7 @@ _FOLLOWED_KEEP = frozenset((
 Pairs = list[tuple[str, str]]
 
 
-def _connection_tokens(pairs: Iterable[tuple[str, str]]) -> set[str]:
+def connection_tokens(pairs: Iterable[tuple[str, str]]) -> set[str]:
     named: set[str] = set()
     for key, value in pairs:
         if key.lower() == "connection":
@@ -50,7 +53,7 @@ def request_header_pairs(pairs: Sequence[tuple[str, str]], *, token_header: str,
     sets X-Forwarded-For/Proto/Host.
     """
     lows = [k.lower() for k, _ in pairs]
-    named = _connection_tokens(pairs) if "connection" in lows else None
+    named = connection_tokens(pairs) if "connection" in lows else None
     token_key = token_header.lower()
     out: Pairs = []
     prior: list[str] = []
@@ -76,7 +79,7 @@ def response_header_pairs(pairs: Sequence[tuple[str, str]]) -> Pairs:
     lows = [k.lower() for k, _ in pairs]
     if "connection" not in lows:
         return [pair for pair, low in zip(pairs, lows, strict=True) if low not in _RESPONSE_DROP]
-    named = _connection_tokens(pairs)
+    named = connection_tokens(pairs)
     return [pair for pair, low in zip(pairs, lows, strict=True)
             if not (low in _RESPONSE_DROP or low in named)]
 
@@ -92,3 +95,11 @@ def followed_response_pairs(pairs: Iterable[tuple[str, str]]) -> Pairs:
     """A followed redirect target's response headers, cut to what describes the body
     (framing headers stay for :func:`response_header_pairs` to handle)."""
     return [(k, v) for k, v in pairs if k.lower() in _FOLLOWED_KEEP]
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of header ``name`` (lowercase) in ``headers``, or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None

@@ -134,7 +134,7 @@ class TokenCollector(Collector):
         for name in self.names:
             try:
                 record = self.keeper.record(name)
-            except Exception:
+            except Exception:  # noqa: BLE001  one unreadable record must not fail the scrape
                 record = None
             ok = record is not None and record.usable(now)
             usable.add_metric([name], 1.0 if ok else 0.0)

@@ -48,6 +48,11 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 MAX_REWRITE_BYTES = MAX_INDEX_BYTES  # the former name
 
 #: Content codings this process can decode, in the order they are offered upstream.
+#: What the decoders raise for a corrupt body (the libraries' own error classes).
+_CORRUPT: tuple[type[Exception], ...] = (zlib.error, ValueError, EOFError, *(
+    error for error in (getattr(_brotli, "error", None), getattr(_zstd, "ZstdError", None))
+    if isinstance(error, type) and issubclass(error, Exception)))
+
 DECODABLE: tuple[str, ...] = ("gzip", "deflate") + (("br",) if _brotli is not None else ()) + \
     (("zstd",) if _zstd is not None else ())
 _ALIASES = {"x-gzip": "gzip"}
@@ -115,7 +120,7 @@ def _decode_one(body: bytes, coding: str, limit: int) -> bytes:
             return _zstandard(body, limit)
     except DecodeError:
         raise
-    except Exception as exc:  # zlib.error, brotli.error, zstandard.ZstdError
+    except _CORRUPT as exc:
         raise DecodeError(f"the {coding} body is corrupt ({exc.__class__.__name__})") from None
     hint = {"br": " (install the brotli package)",
             "zstd": " (install the zstandard package)"}.get(coding, "")

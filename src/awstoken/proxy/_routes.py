@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .._config.settings import CacheSettings, RouteSettings
-from .._errors import ConfigError
+from .._errors import AwstokenError, ConfigError
 from .._token import check_name
 
 
@@ -167,7 +167,7 @@ def compile_route(settings: RouteSettings, index: int) -> Route:
         raise ConfigError(f"{where}: upstream must not carry a query, fragment or credentials")
     try:
         check_name(settings.token)
-    except Exception:
+    except AwstokenError:
         raise ConfigError(f"{where}: invalid token name {settings.token!r}") from None
     if not settings.header or any(c in settings.header for c in " :\r\n\t"):
         raise ConfigError(f"{where}: invalid header name {settings.header!r}")

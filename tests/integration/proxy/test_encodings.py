@@ -114,6 +114,9 @@ def _yarn_berry(registry: Npm, url: str, project: Path, tmp_path: Path) -> list[
     return [node, str(yarn), "add", PACKAGE]
 
 
+# One worker runs every client against the module's one verdaccio (xdist_group): the
+# registry starts once, not once per worker.
+@pytest.mark.xdist_group("encodings-npm")
 @pytest.mark.parametrize("client", [_npm, _pnpm, _yarn_classic, _yarn_berry],
                          ids=["npm", "pnpm", "yarn-classic", "yarn-berry"])
 def test_npm_clients_install_through_a_compressing_front(
@@ -183,6 +186,7 @@ def _poetry(url: str, tmp_path: Path) -> list[str]:
     return [_tool("poetry"), "lock", "--no-interaction", "--directory", str(project)]
 
 
+@pytest.mark.xdist_group("encodings-pypi")  # one pypiserver and caddy, as for npm above
 @pytest.mark.parametrize("client", [_pip, _uv, _poetry], ids=["pip", "uv", "poetry"])
 def test_python_clients_resolve_through_a_compressing_front(
         tmp_path: Path, pypi_proxy: tuple[PypiServer, RunningProxy, str],

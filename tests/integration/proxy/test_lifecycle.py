@@ -27,7 +27,7 @@ from tests.fixtures.wait import wait_until
 from .conftest import call
 
 # The command line of a worker process (the parent's rotator runs commands of its own).
-WORKER = b"awstoken.proxy._worker"
+WORKER = b"awstoken.proxy._run.worker"
 
 
 class Serving:

@@ -85,11 +85,11 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
                     if x.startswith('awstoken_proxy_requests_total{route="/",status="2xx"}'))
         assert float(line.split()[-1]) >= 40
         assert call(admin, "GET", "/readyz").status == 200
-        workers = children(proc.pid, b"awstoken.proxy._worker")
+        workers = children(proc.pid, b"awstoken.proxy._run.worker")
         assert len(workers) == 2
         # Fresh interpreters, not forks of a parent that runs threads (the rotator's).
         for child in workers:
-            assert b"awstoken.proxy._worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+            assert b"awstoken.proxy._run.worker" in Path(f"/proc/{child}/cmdline").read_bytes()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
 
@@ -97,7 +97,7 @@ def test_workers_share_port_and_storage(upstream: Upstream, tmp_path: Path) -> N
 def test_workers_stop_when_their_parent_is_killed(upstream: Upstream, tmp_path: Path) -> None:
     with serving(upstream, tmp_path, 2) as (proc, base, _):
         assert call(base, "GET", "/echo").status == 200
-        workers = children(proc.pid, b"awstoken.proxy._worker")
+        workers = children(proc.pid, b"awstoken.proxy._run.worker")
         assert len(workers) == 2
         proc.kill()  # SIGKILL: the parent cannot stop its workers itself
         proc.wait(10)

@@ -95,16 +95,18 @@ def test_upstream_never_answers_times_out(proxy: RunningProxy) -> None:
 
 
 def test_upstream_refusing_connections_is_502(upstream: Upstream) -> None:
+    # Bound, never listening, held for the whole test: the port refuses connections, and
+    # no other process (tests run in parallel) can start listening on it meanwhile.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    storage = MemoryStorage()
-    storage.write("ecr", Token(value="Bearer t"))
-    settings = Settings(routes=(RouteSettings(prefix="/", upstream=dead, token="ecr"),))
-    with running_proxy(settings, Keeper(storage)) as proxy:
-        reply = call(proxy.url, "GET", "/v2/")
-        assert reply.status == 502
-        assert b"cannot connect to upstream" in reply.body
+        storage = MemoryStorage()
+        storage.write("ecr", Token(value="Bearer t"))
+        settings = Settings(routes=(RouteSettings(prefix="/", upstream=dead, token="ecr"),))
+        with running_proxy(settings, Keeper(storage)) as proxy:
+            reply = call(proxy.url, "GET", "/v2/")
+            assert reply.status == 502
+            assert b"cannot connect to upstream" in reply.body
 
 
 def test_tls_verified_by_default(tmp_path: Path) -> None:

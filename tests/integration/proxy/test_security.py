@@ -446,7 +446,7 @@ def test_idle_and_trickling_connections_are_capped_and_timed_out(
 
 
 def test_the_soft_open_file_limit_is_raised_to_the_hard_limit() -> None:
-    code = ("import resource; from awstoken.proxy._server import raise_open_file_limit\n"
+    code = ("import resource; from awstoken.proxy._run.process import raise_open_file_limit\n"
             "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
             "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
             "raise_open_file_limit()\n"

@@ -1,8 +1,14 @@
-"""The proxy's 503 says why the token is unavailable: the record's last error, never a value."""
+"""The proxy's 503 says why the token is unavailable: the record's last error, never a value.
+
+A request that finds no usable token first waits (``refresh_wait``, shared by every request
+for that token) for a refresh, so a client that comes right after ``serve`` starts gets the
+first token rather than a 503; a refresh that failed within the gap answers 503 at once."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
@@ -13,8 +19,8 @@ from .conftest import call
 ERROR = "token 'ecr': the command exited with status 3: service is down"
 
 
-def _settings(upstream: Upstream) -> Settings:
-    return Settings(server=ServerSettings(), routes=(
+def _settings(upstream: Upstream, refresh_wait: float = 0.2) -> Settings:
+    return Settings(server=ServerSettings(refresh_wait=refresh_wait), routes=(
         RouteSettings(prefix="/", upstream=upstream.url, token="ecr"),))
 
 
@@ -43,3 +49,32 @@ def test_503_of_an_expired_token_carries_the_last_error(upstream: Upstream) -> N
         assert reply.body.startswith(b"token 'ecr' has expired")
         assert b"service is down" in reply.body
         assert b"c2VjcmV0LXZhbHVl" not in reply.body
+
+
+def test_a_request_before_the_first_token_waits_for_it(upstream: Upstream) -> None:
+    storage = MemoryStorage()
+    with running_proxy(_settings(upstream, refresh_wait=60), Keeper(storage)) as proxy:
+        # The token lands while the request is held (as the first fetch of a just-started
+        # serve would); without the wait the request is answered 503 before it lands.
+        timer = threading.Timer(0.5, storage.write, ("ecr", Token(
+            value="Bearer first-token", expires_at=time.time() + 3600,
+            refreshed_at=time.time(), generation=1)))
+        timer.start()
+        try:
+            reply = call(proxy.url, "GET", "/v2/")
+        finally:
+            timer.join()
+        assert reply.status == 200
+    assert [dict(seen["headers"]).get("Authorization") for seen in upstream.seen] == [
+        "Bearer first-token"]
+
+
+def test_a_refresh_that_just_failed_is_answered_at_once(upstream: Upstream) -> None:
+    storage = MemoryStorage()
+    storage.write("ecr", Token(value=None, error=ERROR, error_at=time.time(), failures=1))
+    # refresh_wait far beyond the client's timeout: a held request would time the client out.
+    with running_proxy(_settings(upstream, refresh_wait=300), Keeper(storage)) as proxy:
+        reply = call(proxy.url, "GET", "/v2/", timeout=20)
+        assert reply.status == 503
+        assert b"service is down" in reply.body
+    assert upstream.seen == []

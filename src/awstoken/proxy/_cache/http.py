@@ -17,23 +17,25 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ._cache import Entry, Fill, Key, Learned, Store, oci_key
-from ._h1 import (
+from .._framing import body_sink, stream_framing
+from .._h1 import (
     Chunk,
     ClientConnection,
     Request,
     UpstreamConnection,
     UpstreamError,
-    http_date,
 )
-from ._h1 import encode_head as _encode_head
-from ._h1 import reason as _reason
-from ._headers import request_header_pairs, response_header_pairs
-from ._policy import UpstreamFailure
-from ._routes import Route, RouteTable
+from .._h1 import encode_head as _encode_head
+from .._h1 import reason as _reason
+from .._headers import header, request_header_pairs, response_header_pairs
+from .._policy import UpstreamFailure
+from .._routes import Route, RouteTable
+from .keys import Key, Learned, oci_key
+from .serve import serve_entry
+from .store import Fill, Store
 
 if TYPE_CHECKING:
-    from ._fast import FastForwarder
+    from .._fast import FastForwarder
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -42,13 +44,6 @@ CONFIRM_TTL = 300.0
 _CONFIRM_LIMIT = 100_000
 #: What :meth:`ProxyCache._hit` returns when the upstream did not confirm a cached object.
 _REFUSED = -1
-
-
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 class _Counted:
@@ -197,7 +192,7 @@ class ProxyCache:
             return status
         # Nothing is written while the disk refuses (full, read-only): hits still are read.
         if status == _REFUSED or method != "GET" or not store.usable or \
-                _header(request.headers, "range") is not None:
+                header(request.headers, "range") is not None:
             return await fw._forward(conn, request, route, value, cached=True)
         async with store.lease(key):
             # Another request may have filled it while this one waited for the lease.
@@ -261,7 +256,7 @@ class ProxyCache:
                                 if k.lower() not in ("range", "if-range")],
                        keep_alive=True, body=None, chunked=False, length=None,
                        host=request.host, expect_continue=False)
-        origin = fw._origin(route.upstream_origin)
+        origin = fw.origin_for(route.upstream_origin)
         target = route.upstream_target(request.target)
         headers = request_header_pairs(head.headers, token_header=route.header,
                                        client_ip=conn.remote, proto=fw.public_scheme,
@@ -293,8 +288,8 @@ class ProxyCache:
         if pending is None or up.status != 200 or request.method != "GET":
             return None
         store, key = pending
-        control = (_header(up.headers, "cache-control") or "").lower()
-        encoding = (_header(up.headers, "content-encoding") or "identity").lower()
+        control = (header(up.headers, "cache-control") or "").lower()
+        encoding = (header(up.headers, "content-encoding") or "identity").lower()
         if "no-store" in control or "private" in control or encoding != "identity":
             return None
         fill = store.begin(key, up.content_type or "application/octet-stream")
@@ -326,21 +321,11 @@ class ProxyCache:
         status = up.status
         headers = response_header_pairs(up.headers)
         length = up.length
-        chunked = length is None and request.version == "1.1"
-        if length is not None:
-            headers.append(("Content-Length", str(length)))
-        elif chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        if not request.keep_alive or (length is None and not chunked):
-            headers.append(("Connection", "close"))
-            request.keep_alive = False
-        elif request.version == "1.0":
-            headers.append(("Connection", "keep-alive"))
+        chunked = stream_framing(request, headers, length)
         reason_ = up.reason.decode("latin-1") or _reason(status)
         conn.response_started = True
         conn.write(_encode_head(f"HTTP/1.1 {status} {reason_}", headers))
-        transport = conn.transport
-        assert transport is not None
+        to_client = body_sink(conn, chunked)
         bad = False
 
         def sink(data: Chunk) -> None:
@@ -356,12 +341,7 @@ class ProxyCache:
                 fill.abandon()
                 conn.abort()
                 return
-            if chunked:
-                if data:
-                    transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-            else:
-                transport.write(data)
-            conn.sent += len(data)
+            to_client(data)
 
         broken = False
         try:
@@ -388,139 +368,4 @@ class ProxyCache:
                     fill.key.digest)
 
 
-# -- serving a hit -----------------------------------------------------------------------------
-
-
-def parse_range(value: str, size: int) -> tuple[int, int] | bool | None:
-    """``(first, last)`` of a single ``bytes=`` range; None to ignore the header (not
-    bytes, several ranges, malformed: the whole object is answered); False when
-    unsatisfiable (416)."""
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first_s, dash, last_s = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if not first_s:
-            suffix = int(last_s)
-            if suffix <= 0:
-                return False if suffix == 0 else None
-            return (max(size - suffix, 0), size - 1) if size else False
-        first = int(first_s)
-        last = int(last_s) if last_s else None
-    except ValueError:
-        return None
-    if first < 0 or (last is not None and last < first):
-        return None  # invalid: ignored, as RFC 9110 14.2 allows
-    if first >= size:
-        return False
-    return first, size - 1 if last is None else min(last, size - 1)
-
-
-async def serve_entry(conn: ClientConnection, request: Request, entry: Entry, key: Key) -> int:
-    """Answer ``request`` from a cached object, as a registry would (HEAD, single
-    ranges, 416); the body goes out with sendfile."""
-    size = entry.size
-    headers = [("Date", http_date()), ("Content-Type", entry.content_type),
-               ("Accept-Ranges", "bytes")]
-    etag = f'"{key.digest}"'
-    if key.repo:
-        headers += [("Docker-Content-Digest", key.digest), ("ETag", etag)]
-    status, first, count = 200, 0, size
-    wanted = _header(request.headers, "range")
-    if_range = _header(request.headers, "if-range")
-    if wanted is not None and (if_range is None or if_range.strip() == etag):
-        parsed = parse_range(wanted, size)
-        if parsed is False:
-            status, count = 416, 0
-            headers.append(("Content-Range", f"bytes */{size}"))
-        elif isinstance(parsed, tuple):
-            status, first, count = 206, parsed[0], parsed[1] - parsed[0] + 1
-            headers.append(("Content-Range", f"bytes {parsed[0]}-{parsed[1]}/{size}"))
-    headers.append(("Content-Length", str(count)))
-    if not request.keep_alive:
-        headers.append(("Connection", "close"))
-    elif request.version == "1.0":
-        headers.append(("Connection", "keep-alive"))
-    conn.response_started = True
-    conn.write(_encode_head(f"HTTP/1.1 {status} {_reason(status)}", headers))
-    if request.method == "HEAD" or not count:
-        return status
-    await send_file(conn, entry.fd, entry.offset + first, count)
-    return status
-
-
-async def send_file(conn: ClientConnection, fd: int, offset: int, count: int) -> None:
-    """``count`` bytes of ``fd`` from ``offset`` to the client, by the kernel (sendfile).
-
-    ``loop.sendfile`` where the loop has it (asyncio's); uvloop has none, so there the
-    socket is written with ``os.sendfile`` directly, once the transport's own buffer is
-    empty, waiting for writability on a duplicate of its descriptor.
-    """
-    transport = conn.transport
-    if transport is None or conn.closed:
-        raise ConnectionResetError("the client closed the connection")
-    await conn.drain()
-    loop = conn.loop
-    if transport.get_extra_info("sslcontext") is None:
-        with os.fdopen(os.dup(fd), "rb") as file:
-            try:
-                await loop.sendfile(transport, file, offset, count, fallback=False)
-                conn.sent += count
-                return
-            except (NotImplementedError, asyncio.SendfileNotAvailableError):
-                pass  # uvloop has no loop.sendfile; both are raised before any byte is sent
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            await _sendfile_socket(conn, loop, sock.fileno(), fd, offset, count)
-            return
-    await _copy(conn, fd, offset, count)
-
-
-async def _sendfile_socket(conn: ClientConnection, loop: asyncio.AbstractEventLoop, sock: int,
-                           fd: int, offset: int, count: int) -> None:
-    out = os.dup(sock)  # a descriptor of our own to watch (the transport owns ``sock``)
-    try:
-        end = offset + count
-        while offset < end:
-            if conn.closed:
-                raise ConnectionResetError("the client closed the connection")
-            try:
-                sent = os.sendfile(out, fd, offset, end - offset)
-            except BlockingIOError:
-                waiter = loop.create_future()
-                loop.add_writer(out, _wake, waiter)
-                try:
-                    await waiter
-                finally:
-                    loop.remove_writer(out)
-                continue
-            if sent == 0:
-                raise ConnectionResetError("the cached file shrank while being sent")
-            offset += sent
-            conn.sent += sent
-    finally:
-        os.close(out)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-async def _copy(conn: ClientConnection, fd: int, offset: int, count: int) -> None:
-    """Read and write (TLS transports, where the kernel cannot send the file)."""
-    end = offset + count
-    while offset < end:
-        data = os.pread(fd, min(1024 * 1024, end - offset), offset)
-        if not data:
-            raise ConnectionResetError("the cached file shrank while being sent")
-        conn.write(data)
-        conn.sent += len(data)
-        offset += len(data)
-        await conn.drain()
-
-
-__all__ = ["CONFIRM_TTL", "CacheMetrics", "ProxyCache", "parse_range", "send_file",
-           "serve_entry"]
+__all__ = ["CONFIRM_TTL", "CacheMetrics", "ProxyCache"]

@@ -20,10 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._config.settings import Settings
-from .._errors import ConfigError
-from .._rotation.keeper import Keeper
-from ..storage import FileStorage, Storage
+from ..._config.settings import Settings
+from ..._errors import ConfigError
+from ..._rotation.keeper import Keeper
+from ...storage import FileStorage, Storage
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -72,7 +72,7 @@ def logging_spec() -> LoggingSpec:
         if handler.formatter is not None:
             try:
                 formatters.append(pickle.dumps(handler.formatter))
-            except Exception:  # a formatter that cannot travel: the default one instead
+            except Exception:  # noqa: BLE001  a formatter that cannot travel (any reason): the default
                 formatters.append(pickle.dumps(None))
     levels = tuple((name, logger.level) for name, logger in logging.root.manager.loggerDict.items()
                    if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET)
@@ -81,9 +81,11 @@ def logging_spec() -> LoggingSpec:
 
 def worker_command() -> list[str]:
     """The command line of a worker: this interpreter, importing this copy of awstoken."""
-    package_parent = str(Path(__file__).resolve().parents[2])
+    import awstoken  # the package's own location, wherever this module sits inside it
+
+    package_parent = str(Path(awstoken.__file__).resolve().parents[1])
     boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-            "from awstoken.proxy._worker import main; main()")
+            "from awstoken.proxy._run.worker import main; main()")
     return [sys.executable, "-c", boot]
 
 
@@ -94,7 +96,7 @@ def _setup_logging(spec: LoggingSpec) -> None:
         handler = logging.StreamHandler(sys.stderr)
         try:
             formatter = pickle.loads(raw)  # noqa: S301 (our parent wrote it)
-        except Exception:
+        except Exception:  # noqa: BLE001  a formatter that cannot be rebuilt here: the default
             formatter = None
         handler.setFormatter(formatter or logging.Formatter("%(asctime)s %(message)s"))
         root.addHandler(handler)
@@ -107,7 +109,7 @@ def _open_storage(spec: WorkerSpec) -> Storage:
     if kind == "file":
         assert where is not None
         return FileStorage(where)
-    from .._config.build import build_storage
+    from ..._config.build import build_storage
 
     return build_storage(spec.settings.storage)
 
@@ -145,7 +147,7 @@ def main() -> None:
     _setup_logging(spec.logging)
     status = 1
     try:
-        from ._server import serve_worker
+        from .serve import serve_worker
 
         keeper = Keeper(_open_storage(spec))
         status = serve_worker(spec.settings, keeper, spec.metrics_socket, ready)

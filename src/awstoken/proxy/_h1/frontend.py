@@ -1,0 +1,95 @@
+"""The listener's side of the inbound connections: admission, idle sweeps, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .inbound import ClientConnection, FastHandler, Handler
+from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT
+
+log = logging.getLogger("awstoken.proxy")
+
+
+#: Open client connections per process unless configured (``server.max_connections``).
+MAX_CONNECTIONS = 4096
+
+
+class Frontend:
+    """The inbound side: a protocol factory for ``loop.create_server`` and shutdown.
+
+    Bounds what idle or trickling clients can hold: at most ``max_connections`` open
+    connections (more are answered 503 and closed), a whole request head within
+    ``head_timeout`` seconds of the connection or of the previous answer, and idle
+    keep-alive connections closed after ``keepalive_timeout``.
+    """
+
+    def __init__(self, handler: Handler, *, max_connections: int = MAX_CONNECTIONS,
+                 head_timeout: float = HEAD_TIMEOUT,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+                 fast: FastHandler | None = None) -> None:
+        self.handler = handler
+        self.fast = fast
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.closing = False
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.at_limit = False  # logged once each time the limit is reached
+        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4))
+        self._sweeper = self.loop.call_later(self._every, self._sweep)
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """Count a new connection in, or say no when ``max_connections`` are open."""
+        if len(self.connections) < self.max_connections:
+            if self.at_limit and len(self.connections) < self.max_connections * 9 // 10:
+                self.at_limit = False
+                log.warning("awstoken: proxy connections back under server.max_connections "
+                            "(%d open)", len(self.connections))
+            self.connections.add(conn)
+            return True
+        if not self.at_limit:
+            self.at_limit = True
+            log.warning("awstoken: server.max_connections (%d) reached: new clients get 503 "
+                        "until idle connections time out (head_timeout %gs, keepalive_timeout "
+                        "%gs)", self.max_connections, self.head_timeout, self.keepalive_timeout)
+        return False
+
+    def _sweep(self) -> None:
+        # One periodic pass instead of a timer per request: close idle keep-alive
+        # connections and clients that take too long to send a request head.
+        now = self.loop.time()
+        for conn in list(self.connections):
+            if conn.busy:
+                continue
+            limit = self.head_timeout if conn.in_head else self.keepalive_timeout
+            if now - conn.since >= limit:
+                conn.close()
+        self._sweeper = self.loop.call_later(self._every, self._sweep)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections, let requests in flight finish (bounded), abort the rest."""
+        self.closing = True
+        self._sweeper.cancel()
+        deadline = self.loop.time() + timeout
+        while True:
+            for conn in list(self.connections):
+                if not conn.busy and not conn.queue:
+                    conn.close()
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        tasks = [c.task for c in list(self.connections) if c.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+
+__all__ = ["MAX_CONNECTIONS", "Frontend"]

@@ -1,0 +1,84 @@
+"""Keep-alive upstream connections per origin."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from .origin import Origin, UpstreamError
+from .upstream import UpstreamConnection
+from .wire import MAX_IDLE, READ_SIZE
+
+
+class Pool:
+    """Keep-alive upstream connections per origin."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, connect_timeout: float,
+                 read_timeout: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.ssl = ssl_context
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle: dict[str, list[UpstreamConnection]] = {}  # by Origin.url
+        self.all: set[UpstreamConnection] = set()
+        self.closing = False
+        #: Where every connection of the pool reads into (see UpstreamConnection).
+        self.read_buffer = memoryview(bytearray(READ_SIZE))
+
+    def take(self, origin: Origin) -> UpstreamConnection | None:
+        """An idle connection to ``origin``, if there is one."""
+        idle = self.idle.get(origin.url)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def acquire(self, origin: Origin) -> UpstreamConnection:
+        """An idle connection to ``origin``, or a new one (connect and TLS bounded in time)."""
+        conn = self.take(origin)
+        return conn if conn is not None else await self.connect(origin)
+
+    async def connect(self, origin: Origin) -> UpstreamConnection:
+        """A new connection to ``origin`` (connect and TLS handshake bounded in time)."""
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_connection(
+                lambda: UpstreamConnection(self, origin), origin.host, origin.port,
+                ssl=self.ssl if origin.tls else None,
+                server_hostname=origin.host if origin.tls else None), self.connect_timeout)
+        except TimeoutError:
+            raise UpstreamError("timeout", f"upstream {origin.host} did not answer in time",
+                                before_response=True) from None
+        except ssl.SSLCertVerificationError:
+            raise UpstreamError("tls", f"upstream {origin.host}: TLS certificate not trusted",
+                                before_response=True) from None
+        except ssl.SSLError as exc:
+            raise UpstreamError("tls", f"upstream {origin.host}: TLS failed ({exc.reason})",
+                                before_response=True) from None
+        except OSError as exc:
+            raise UpstreamError("connect", f"cannot connect to upstream {origin.host}:"
+                                f"{origin.port} ({exc.strerror or exc})",
+                                before_response=True) from None
+        self.all.add(conn)
+        return conn
+
+    def put(self, conn: UpstreamConnection) -> None:
+        idle = self.idle.setdefault(conn.origin.url, [])
+        if len(idle) >= MAX_IDLE:
+            conn.abort()
+        else:
+            idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self.all.discard(conn)
+        idle = self.idle.get(conn.origin.url)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    async def close(self) -> None:
+        """Close every connection (idle or not)."""
+        self.closing = True
+        for conn in list(self.all):
+            conn.abort()
+        self.idle.clear()
+        await asyncio.sleep(0)
