@@ -49,7 +49,12 @@ def _proxy(tmp_path: Path, upstream: str, password: str, *, user: str, prefix: s
                         routes=(RouteSettings(prefix=prefix, upstream=upstream, token="up",
                                               strip_prefix=prefix != "/"),))
     try:
-        keeper.rotators["up"].refresh()
+        # The rotator's own first refresh (it runs at once), not one more of ours: two
+        # refreshes at the start made the refused upload's refresh generation 3, not 2.
+        deadline = time.monotonic() + 60
+        while _generation(keeper) < 1:
+            assert time.monotonic() < deadline, "the rotator's first refresh never came"
+            threading.Event().wait(0.02)
         with running_proxy(settings, keeper) as proxy:
             yield proxy, keeper, password_file
     finally:
