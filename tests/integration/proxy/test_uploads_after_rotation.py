@@ -52,7 +52,7 @@ def _proxy(tmp_path: Path, upstream: str, password: str, *, user: str, prefix: s
     try:
         # The rotator's own first refresh (generation 1). A refresh() here as well made a
         # second one whenever the first had ended by then, as on a loaded machine.
-        wait_until(lambda: keeper.token("up"), 30, "the first token")
+        wait_until(lambda: keeper.token("up"), 60, "the first token")
         with running_proxy(settings, keeper) as proxy:
             yield proxy, keeper, password_file
     finally:
