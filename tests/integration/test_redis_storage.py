@@ -651,10 +651,13 @@ def test_a_leader_confirms_its_lease_just_before_running_the_source(
 
     keeper = Keeper(storage, interval=0.25)
     keeper.rotate("t", fetch, "Bearer {token}")
-    wait_until(lambda: len(runs) >= 2)
-    raw.delete("awstoken:lease:t")
-    # Four more runs (the next periodic renewal is up to 3.75 s away).
-    wait_until(lambda: len(runs) >= 6, 30, "four more source runs")
+    try:
+        wait_until(lambda: len(runs) >= 2)
+        raw.delete("awstoken:lease:t")
+        # Four more runs (the next periodic renewal is up to 3.75 s away).
+        wait_until(lambda: len(runs) >= 6, 30, "four more source runs")
+    finally:
+        keeper.stop()
     assert all(runs), f"{runs.count(False)} source runs without the lease in Redis"
     raw.close()
 

@@ -246,10 +246,15 @@ class Leadership:
             self._free_at.pop(name, None)
             if wait_ms:
                 self._pending[name] = lease
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._renew_all, daemon=True,
-                                                name="awstoken-redis-lease")
-                self._thread.start()
+            # Started before it is published, and never once closing: close() (another
+            # thread) joins what it reads under this lock, and joining a thread not yet
+            # started raises (seen on Python 3.12 in a test's teardown).
+            if not self.stopping.is_set() and (self._thread is None
+                                               or not self._thread.is_alive()):
+                thread = threading.Thread(target=self._renew_all, daemon=True,
+                                          name="awstoken-redis-lease")
+                thread.start()
+                self._thread = thread
         if wait_ms:
             log.info("awstoken: token %r: took the lease (fence %d); waiting %.1fs for the "
                      "previous leader to stop", name, fence, wait_ms / 1000)
@@ -347,7 +352,8 @@ class Leadership:
         self.wake.set()
         for lease in self.all():
             lease.release()
-        thread = self._thread
+        with self._state:
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
