@@ -429,10 +429,16 @@ cache = {{ path = "cache", max_size = "1G" }}
         proc = subprocess.Popen([*awstoken_cli(), "serve", "-c", str(config)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        wait_for_port(port)
-        # The port listens before the token is in (a request would get 503): wait for ready.
-        wait_until(lambda: call(f"http://127.0.0.1:{admin}", "GET", "/readyz").status == 200,
-                   30, "serve ready")
+        try:
+            # Both listeners (the admin one may come after the proxy's), then the token.
+            wait_for_port(port)
+            wait_for_port(admin)
+            wait_until(lambda: call(f"http://127.0.0.1:{admin}", "GET", "/readyz").status == 200,
+                       30, "serve ready")
+        except BaseException:
+            proc.kill()  # never leave a serve process behind for a later test to trip on
+            proc.wait(10)
+            raise
         return proc
 
     registry.hold = threading.Event()
