@@ -25,6 +25,7 @@ from .wire import (
     ProtocolError,
     encode_head,
     reason,
+    text_fields,
 )
 
 if TYPE_CHECKING:
@@ -118,8 +119,7 @@ class Request:
         """The fields as text (latin-1), in order, repeats kept."""
         headers = self._headers
         if headers is None:
-            headers = self._headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                                       for k, v in self.raw]
+            headers = self._headers = text_fields(self.raw)
         return headers
 
 

@@ -15,7 +15,7 @@ import httptools
 
 from .flow import FlowControl
 from .origin import Origin, UpstreamError
-from .wire import HIGH_WATER, HOP_BY_HOP, MAX_HEAD, READ_SIZE, Chunk
+from .wire import HIGH_WATER, HOP_BY_HOP, MAX_HEAD, READ_SIZE, Chunk, text_fields
 
 if TYPE_CHECKING:
     from .inbound import ClientConnection
@@ -75,8 +75,7 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         """The response head's fields as text (latin-1), decoded on first use."""
         headers = self._headers
         if headers is None:
-            headers = self._headers = [(k.decode("latin-1"), v.decode("latin-1"))
-                                       for k, v in self.raw]
+            headers = self._headers = text_fields(self.raw)
         return headers
 
     @headers.setter

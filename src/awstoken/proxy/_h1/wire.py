@@ -51,6 +51,11 @@ def http_date() -> str:
     return _date[1]
 
 
+def text_fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Header fields kept as bytes, as text (latin-1), in order, repeats kept."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
 def encode_head(first_line: str, headers: list[tuple[str, str]]) -> bytes:
     """A message head: the first line, the headers in order, the blank line (latin-1)."""
     parts = [first_line, "\r\n"]
