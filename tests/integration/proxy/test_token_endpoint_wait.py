@@ -214,3 +214,21 @@ def test_refresh_wait_zero_answers_at_once(short_dir: Path) -> None:
         reply = request(str(sock), "GET", "/token/ecr", timeout=20)
         assert reply.status == 503
         assert reply.body == b"token 'ecr' is not available yet\n"
+
+
+def test_stopping_while_requests_wait_leaves_nothing_behind(short_dir: Path) -> None:
+    sock = short_dir / "token.sock"
+    settings = _endpoint_settings(sock, refresh_wait=300)  # no source: nothing ends the wait
+    with running_server(settings, Keeper(MemoryStorage())) as running:
+        held, replies = _in_threads(3, lambda: request(str(sock), "GET", "/token/ecr", timeout=60))
+        endpoint = running.server.token_listeners.handler
+        wait_until(lambda: endpoint.refresher.waiting("ecr"), 30, "the shared wait")
+        # Bounded by LoopThread.run's 30 s, far below refresh_wait.
+        running.loop.run(running.server.stop())
+        for thread in held:
+            thread.join(60)
+        # The clients were cut off: none got a token, none hangs; no task is left.
+        assert not any(thread.is_alive() for thread in held)
+        assert all(isinstance(r, OSError) or r.status == 503 for r in replies), replies
+        assert not endpoint.refresher.waiting("ecr")
+        wait_until(lambda: running.loop.run(_task_count()) == 0, 30, "the tasks to end")
