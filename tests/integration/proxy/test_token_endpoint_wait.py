@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from awstoken import Command, Keeper, MemoryStorage, Token
@@ -234,3 +235,15 @@ def test_stopping_while_requests_wait_leaves_nothing_behind(short_dir: Path) -> 
         assert all(isinstance(r, OSError) or r.status == 503 for r in replies), replies
         assert not endpoint.refresher.waiting("ecr")
         wait_until(lambda: running.loop.run(_task_count()) == 0, 30, "the tasks to end")
+
+
+def test_a_reload_changes_the_wait_of_the_endpoint_and_the_proxy_alike(short_dir: Path) -> None:
+    sock = short_dir / "token.sock"
+    settings = _endpoint_settings(sock, refresh_wait=300)
+    with running_server(settings, Keeper(MemoryStorage())) as running:
+        server = running.server
+        assert server.token_listeners.handler.refresher is server.refresher  # one wait per token
+        server.reload(replace(settings, server=replace(settings.server, refresh_wait=0.0)))
+        # With 300 s still in force the request would outlast the client's timeout.
+        reply = request(str(sock), "GET", "/token/ecr", timeout=20)
+        assert reply.status == 503
