@@ -366,6 +366,8 @@ def test_a_slow_steady_download_outlives_read_timeout_and_a_client_that_stops_re
         caplog: pytest.LogCaptureFixture) -> None:
     from aiohttp import web
 
+    caplog.set_level(logging.WARNING, logger="awstoken.proxy")
+
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.path == "/slow":
             resp = web.StreamResponse()
