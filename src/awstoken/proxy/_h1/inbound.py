@@ -353,7 +353,8 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         """Start answering the next queued request: with callbacks when the fast handler
         takes it, else as a coroutine (one task per such request)."""
         request = self.queue.popleft()
-        self.resume_reading("pipeline")
+        if self._pausers:  # a call saved on every request that was not waiting its turn
+            self.resume_reading("pipeline")
         self.busy = True
         self.response_started = False
         self.sent = 0

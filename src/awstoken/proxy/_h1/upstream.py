@@ -406,8 +406,10 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
     async def _wait(self) -> None:
         await self.event()
 
-    def start(self, head: bytes, *, head_only: bool) -> None:
-        """Send a request head (the body, if any, follows through :meth:`write`)."""
+    def start(self, head: bytes, head_only: bool) -> None:
+        """Send a request head (the body, if any, follows through :meth:`write`);
+        ``head_only`` for a HEAD request (its answer has no body). Positional: called for
+        every request, and a keyword costs more."""
         self._reset()
         self._head_size = 0  # bytes of this exchange's answer head(s) so far
         self.uses += 1
@@ -415,7 +417,9 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self.head_only = head_only
         assert self.transport is not None
         self.transport.write(head)
-        self._arm()
+        self._last = now = self.loop.time()  # _arm, inline: once per request
+        if self._timer is None:
+            self._timer = self.loop.call_at(now + self.pool.read_timeout, self._check_timeout)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
