@@ -476,14 +476,25 @@ def test_a_malformed_record_never_kills_a_thread_and_is_replaced(
     wait_until(lambda: follower.get("t") == "Bearer tok1")
     raw = redis_server.client()
     bad = BAD_RECORDS[kind]
-    for _ in range(3):
+    storages = (leader_storage, follower)
+
+    def replaced() -> bool:
+        """Someone put a valid record back (the last good copy, or a fresh fetch)."""
+        there = raw.get("awstoken:token:t")
+        return there is not None and there != bad and Token.from_json(
+            there, where="test").value in ("Bearer tok1", "Bearer tok2")
+
+    for planting in range(3):
+        seen = [storage._seq.get("t", 0) for storage in storages]
         raw.set("awstoken:token:t", bad)
         raw.publish("awstoken:events", b"t")  # the announcement of an older writer: GET
         raw.publish("awstoken:events", b"t\n" + bad)  # the record in the message
-        time.sleep(0.4)
-    # Someone puts a valid record back (the last good copy, or a fresh fetch).
-    wait_until(lambda: Token.from_json(raw.get("awstoken:token:t"), where="test").value
-               in ("Bearer tok1", "Bearer tok2"), timeout=10)
+        # Both storages handled both messages, and the planted record was replaced.
+        def handled(seen: list[int] = seen) -> bool:
+            return replaced() and all(storage._seq.get("t", 0) >= before + 2
+                                      for storage, before in zip(storages, seen, strict=True))
+
+        wait_until(handled, 30, f"planting {planting + 1} read by both storages and replaced")
     for storage in (leader_storage, follower):
         assert storage.get("t") in ("Bearer tok1", "Bearer tok2")
         assert storage._link.watcher is not None and storage._link.watcher.is_alive()
