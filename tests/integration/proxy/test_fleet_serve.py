@@ -284,18 +284,30 @@ def test_two_leaders_never_refresh_at_once_even_when_the_leader_freezes_mid_run(
                                     interval=interval, lease=lease, run_seconds=0.4)
     members = fleet.start(3)
     fleet.wait(lambda: len(fleet.finished()) >= 2, 60, "two runs")
-    count = len(fleet.runs())
-    fleet.wait(lambda: len(fleet.runs()) > count, 60, "a run starts")
-    frozen_run = fleet.runs()[-1]
+
+    def freeze_mid_run() -> tuple[Run, float] | None:
+        """Freeze the leader while its command runs (a hung host, a long GC pause): its
+        command finishes, but the leader only reads the output after its lease is gone.
+        None if the command ended before the freeze took (a loaded machine can delay the
+        signal past the 0.4 s run): the leader is let go again, for the next run."""
+        count = len(fleet.runs())
+        fleet.wait(lambda: len(fleet.runs()) > count, 60, "a run starts")
+        run = fleet.runs()[-1]
+        member = members[run.member]
+        os.kill(member.pid, signal.SIGSTOP)
+        frozen_at = time.time()
+        ended = fleet.wait(lambda: next((r.end for r in fleet.runs()
+                                         if r.start == run.start and r.end), None), 60,
+                           "the frozen leader's command ends")
+        if ended > frozen_at:
+            return run, frozen_at
+        os.kill(member.pid, signal.SIGCONT)
+        return None
+
+    frozen = next(filter(None, (freeze_mid_run() for _ in range(10))), None)
+    assert frozen is not None, "the freeze came after the command ended ten times in a row"
+    frozen_run, frozen_at = frozen
     leader = members[frozen_run.member]
-    # Freeze the leader while its command runs (a hung host, a long GC pause): its command
-    # finishes, but the leader only reads the output after its lease is gone.
-    os.kill(leader.pid, signal.SIGSTOP)
-    frozen_at = time.time()
-    fleet.wait(lambda: any(r.end for r in fleet.runs() if r.start == frozen_run.start), 60,
-               "the frozen leader's command ends")
-    ended = next(r.end for r in fleet.runs() if r.start == frozen_run.start)
-    assert ended is not None and ended > frozen_at, "froze after the command ended"
     others = [m for m in members if m is not leader]
     with Load(others) as load:
         fleet.wait(lambda: len([r for r in fleet.finished()
