@@ -376,7 +376,8 @@ def test_a_leader_cut_off_never_runs_late_and_never_brings_back_an_older_token(
     f = fleet(redis_tcp.url, interval=interval, lease=lease)
     # The leader: slow runs, and (silent failure) Redis calls that block for long.
     leader = f.start(1, url=relay.url, run_seconds=0.8, timeout=1.5, max_backoff=0.2)[0]
-    f.wait(lambda: any(r.worker == leader and r.end for r in f.runs()), 60, "a run by the leader")
+    # The followers start once it leads (they start up while its first run goes on).
+    f.wait(lambda: f.status(leader).get("leader"), 60, "the first worker to lead")
     followers = f.start(2, run_seconds=0.8)
     f.wait(lambda: all(f.status(pid).get("seen") for pid in f.procs), 60, "a first read")
     count = len(f.runs())
