@@ -13,9 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .._errors import AwstokenError
 from .._rotation.keeper import Keeper
-from .._rotation.refusal import DEFAULT_REFRESH_WAIT, NO_TOKEN
+from .._rotation.refusal import DEFAULT_REFRESH_WAIT
 from ._answer import Responder
 from ._auth import InboundAuth
 from ._cache.http import ProxyCache
@@ -30,7 +29,6 @@ from ._policy import (
     SMALL_BODY,
     TokenRefresher,
     UpstreamFailure,
-    unavailable_reason,
 )
 from ._redirects import check_peer, origin_of, redirect_url, target_of
 from ._replay import REPLAY_MAX_BYTES, REPLAY_SPOOL_MAX_BYTES, BodyRecorder
@@ -54,6 +52,7 @@ class FastForwarder(Responder):
     def __init__(self, *, routes: RouteTable, keeper: Keeper, pool: Pool, auth: InboundAuth,
                  metrics: RouteMetrics, access_log: bool = True,
                  refresh_wait: float = DEFAULT_REFRESH_WAIT, refresh_min_gap: float | None = None,
+                 refresher: TokenRefresher | None = None,
                  replay_max_bytes: int = REPLAY_MAX_BYTES,
                  replay_spool_max_bytes: int = REPLAY_SPOOL_MAX_BYTES,
                  max_index_bytes: int = MAX_INDEX_BYTES, public_url: str | None = None,
@@ -74,7 +73,9 @@ class FastForwarder(Responder):
         self.auth = auth
         self.metrics = metrics
         self.access_log = access_log
-        self.refresher = TokenRefresher(keeper, wait=refresh_wait, min_gap=refresh_min_gap)
+        #: Shared with the token endpoint when the server passes its own (one wait per token).
+        self.refresher = refresher or TokenRefresher(keeper, wait=refresh_wait,
+                                                     min_gap=refresh_min_gap)
         self.replay_max_bytes = replay_max_bytes
         self.replay_spool_max_bytes = replay_spool_max_bytes
         self.max_index_bytes = max_index_bytes
@@ -143,14 +144,12 @@ class FastForwarder(Responder):
         # cached yet, an expired one, a Redis read) runs in a thread: never on the loop.
         value = self.keeper.storage.values.get(route.token)
         if value is None:
-            value = await asyncio.to_thread(_token_or_none, self.keeper, route.token)
-        if value is None:
             # The first fetch may be running (serve listens before its sources finish):
             # wait for it a bounded time, shared by every request for this token.
-            value = await self.refresher.fresh(route.token, "", NO_TOKEN)
+            value = await self.refresher.usable(route.token)
         if value is None:
             self.metrics.unavailable.labels(route.name).inc()
-            reason = await asyncio.to_thread(unavailable_reason, self.keeper, route.token)
+            reason = await self.refresher.reason(route.token)
             return route, self._error(conn, request, path, 503, reason)
         try:
             return route, await self._forward(conn, request, route, value)
@@ -403,14 +402,6 @@ def _upstream_head(request: Request, origin: Origin, target: str,
         lines.append(("Transfer-Encoding", "chunked") if request.chunked else
                      ("Content-Length", str(request.length)))
     return _encode_head(f"{request.method} {target} HTTP/1.1", lines)
-
-
-def _token_or_none(keeper: Keeper, name: str) -> str | None:
-    try:
-        return keeper.token(name)
-    except AwstokenError as exc:  # storage unreadable (Redis away and nothing cached)
-        log.warning("awstoken: token %r: cannot read the storage: %s", name, exc)
-        return None
 
 
 def _failure(exc: UpstreamError) -> UpstreamFailure:

@@ -1,4 +1,4 @@
-"""Request policy: error bodies, upstream failures, token refresh after a refusal."""
+"""Request policy: error bodies, upstream failures, waits for a token (refused or missing)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 
 from .._errors import AwstokenError
 from .._rotation.keeper import Keeper
-from .._rotation.refusal import DEFAULT_REFRESH_WAIT, RefreshWait
+from .._rotation.refusal import DEFAULT_REFRESH_WAIT, NO_TOKEN, RefreshWait
 from ._routes import has_dot_segment
 
 log = logging.getLogger("awstoken.proxy")
@@ -72,11 +72,16 @@ def unavailable_reason(keeper: Keeper, name: str) -> str:
 
 
 class TokenRefresher:
-    """After an upstream 401/403: one shared wait per refused token (single flight).
+    """One shared, bounded wait per token, for every request path of a process.
 
-    Concurrent refusals of the same token value share one :class:`RefreshWait` (the same
-    decision as the client adapters'); its storage reads run in a thread, so a slow storage
-    (Redis) never stalls the event loop.
+    Two kinds of request wait on a refresh (the same decision as the client adapters', see
+    :class:`RefreshWait`): a request whose token the upstream refused (401/403), and a request
+    that found no usable token at all (``serve`` listens before its first fetch ends, or the
+    token expired), on the proxy listener or on the token endpoint. Concurrent waits for the
+    same token (and refused value) share one :class:`RefreshWait`, so they cost one refresh
+    and one poll loop; its storage reads run in a thread, so a slow storage (Redis) never
+    stalls the event loop. Each caller awaits its own shield of the shared wait: a request
+    cancelled while it waits (its client went away) leaves the wait running for the others.
     """
 
     def __init__(self, keeper: Keeper, *, wait: float = DEFAULT_REFRESH_WAIT,
@@ -90,7 +95,8 @@ class TokenRefresher:
         """A future for the token to retry with after ``old`` was refused, or None (final).
 
         Starts the wait (asking for a refresh when one may help) at once, so callers can
-        do other work (finish reading a request body) before awaiting it.
+        do other work (finish reading a request body) before awaiting it. ``old`` "" with
+        ``status`` :data:`NO_TOKEN`: a wait for any usable token.
         """
         key = (name, old)
         waiter = self._waits.get(key)
@@ -98,7 +104,31 @@ class TokenRefresher:
             waiter = asyncio.ensure_future(self._wait(name, old, status))
             self._waits[key] = waiter
             waiter.add_done_callback(lambda _: self._waits.pop(key, None))
-        return waiter
+        # Cancelling the caller (its client left) must not cancel the wait others share.
+        return asyncio.shield(waiter)
+
+    async def usable(self, name: str) -> str | None:
+        """The usable token of ``name`` for a request that did not find it in the storage's
+        hot dict: a storage read (in a thread), else the shared wait for a refresh (at most
+        ``wait`` seconds; none when a refresh failed less than the gap ago). None: no token
+        came; :meth:`reason` says why."""
+        value = await asyncio.to_thread(token_or_none, self.keeper, name)
+        if value is None:
+            value = await self.fresh(name, "", NO_TOKEN)
+        return value
+
+    async def reason(self, name: str) -> str:
+        """Why ``name`` has no usable token (:func:`unavailable_reason`, read in a thread)."""
+        return await asyncio.to_thread(unavailable_reason, self.keeper, name)
+
+    def waiting(self, name: str) -> bool:
+        """Whether a wait for ``name`` is in flight."""
+        return any(key[0] == name for key in self._waits)
+
+    def close(self) -> None:
+        """Cancel the waits still in flight (at shutdown, once no request awaits them)."""
+        for waiter in list(self._waits.values()):
+            waiter.cancel()
 
     async def _wait(self, name: str, old: str, status: int) -> str | None:
         wait = RefreshWait(self.keeper, name, old, status, wait=self.wait, min_gap=self.min_gap)
@@ -109,3 +139,13 @@ class TokenRefresher:
             log.warning("awstoken: token %r: cannot look for a refreshed token: %s", name, exc)
             return None
         return wait.value
+
+
+def token_or_none(keeper: Keeper, name: str) -> str | None:
+    """``keeper.token(name)``; None (logged) when the storage cannot be read (Redis away
+    and nothing cached). Blocking: call it in a thread."""
+    try:
+        return keeper.token(name)
+    except AwstokenError as exc:
+        log.warning("awstoken: token %r: cannot read the storage: %s", name, exc)
+        return None

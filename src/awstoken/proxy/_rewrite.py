@@ -62,6 +62,7 @@ class DecodeError(Exception):
     """An index body that cannot be decoded (unknown coding, corrupt, over the bound)."""
 
 
+@functools.lru_cache(maxsize=256)  # asked for every answer; upstreams use a few types
 def is_index(content_type: str | None) -> bool:
     """True when a response of this type may need rewriting."""
     if not content_type:

@@ -30,6 +30,7 @@ from ._cache.store import Store
 from ._fast import FastForwarder
 from ._h1 import ClientConnection, Frontend, Pool, Request
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
+from ._policy import TokenRefresher
 from ._routes import RouteTable
 from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
 from ._upstream import tls_context
@@ -90,6 +91,9 @@ class ProxyServer:
         self.with_token_endpoint = token_endpoint and bool(settings.server.token_listen)
         self.token_secret = load_secret(settings.server) if self.with_token_endpoint else None
         self.token_listeners: TokenListeners | None = None
+        # One wait per token for the proxy's requests and the token endpoint's alike.
+        self.refresher = TokenRefresher(keeper, wait=settings.server.refresh_wait,
+                                        min_gap=settings.server.refresh_min_gap)
         self._fast: FastForwarder | None = None
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
@@ -167,8 +171,7 @@ class ProxyServer:
         forwarder = FastForwarder(routes=self.routes, keeper=self.keeper, pool=self._pool,
                                   auth=self.auth, metrics=self.metrics,
                                   access_log=server.access_log, public_url=server.public_url,
-                                  refresh_wait=server.refresh_wait,
-                                  refresh_min_gap=server.refresh_min_gap,
+                                  refresher=self.refresher,
                                   replay_max_bytes=server.replay_max_bytes,
                                   replay_spool_max_bytes=server.replay_spool_max_bytes,
                                   max_index_bytes=server.max_index_bytes, cache=self.cache)
@@ -206,6 +209,9 @@ class ProxyServer:
         changes = describe_changes(self.settings, settings, self.token_names, names) + kept
         # Nothing below can fail: apply.
         self.settings, self.routes, self.auth, self.token_names = settings, routes, auth, names
+        # Waits from now on (those in flight keep theirs).
+        self.refresher.wait = settings.server.refresh_wait
+        self.refresher.min_gap = settings.server.refresh_min_gap
         if self._fast is not None:
             self._fast = self._fast_forwarder()
             if self._frontend is not None:  # new requests take the new forwarder's fast path
@@ -237,7 +243,8 @@ class ProxyServer:
         """Bind the token endpoint's listeners (``server.token_listen``)."""
         endpoint = TokenEndpoint(self.keeper, self.token_names, secret=self.token_secret,
                                  max_age=self.settings.server.token_max_age, registry=registry,
-                                 hosts=self.settings.server.token_hosts)
+                                 hosts=self.settings.server.token_hosts,
+                                 refresher=self.refresher)
         self.token_listeners = TokenListeners(endpoint, self.settings.server)
         await self.token_listeners.start()
 
@@ -267,6 +274,7 @@ class ProxyServer:
             await aux.shutdown(1.0)
         if self.token_listeners is not None:
             await self.token_listeners.stop()
+        self.refresher.close()  # waits whose requests are gone (a wait is bounded, not short)
         if self._pool is not None:
             await self._pool.close()
         if self.cache is not None:

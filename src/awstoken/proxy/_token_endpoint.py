@@ -6,9 +6,11 @@ nginx (stock, no Lua) asks it in a subrequest and copies the answer onto the pro
     auth_request_set $awstoken $upstream_http_x_awstoken_value;
     proxy_set_header Authorization $awstoken;
 
-Answers: 204 with ``X-Awstoken-Value: <header value>`` when the token is usable; 503 when
-there is none or it has expired (nginx then refuses the request: the upstream never sees it
-without a token); 404 for a name that is not configured; 403 when a shared secret is
+Answers: 204 with ``X-Awstoken-Value: <header value>`` when the token is usable; 503 with
+the reason when there is none or it has expired and no refresh brought one within
+``server.refresh_wait`` (the request waits for it, like the proxy's own requests, unless a
+refresh failed less than ``server.refresh_min_gap`` ago; nginx then refuses the request: the
+upstream never sees it without a token); 404 for a name that is not configured; 403 when a shared secret is
 configured and ``X-Awstoken-Secret`` does not carry it; 405 for methods other than GET/HEAD;
 421 on a TCP listener without a secret when ``Host`` does not name the listener (DNS rebinding).
 A 204 says ``Cache-Control: max-age=N``: N is ``server.token_max_age`` (default 5 s), cut
@@ -40,8 +42,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from .._config.settings import Address, ServerSettings
-from .._errors import AwstokenError, ConfigError
+from .._errors import ConfigError
 from .._rotation.keeper import Keeper
+from ._policy import TokenRefresher
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -78,8 +81,12 @@ class TokenEndpoint:
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
                  max_age: float = 5.0, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time, hosts: Iterable[str] = ()) -> None:
+                 clock: Callable[[], float] = time.time, hosts: Iterable[str] = (),
+                 refresher: TokenRefresher | None = None) -> None:
         self.keeper = keeper
+        #: Waits for a token on its way (``server.refresh_wait``); the server shares its own
+        #: with the proxy's request path, so both wait on one refresh per token.
+        self.refresher = refresher or TokenRefresher(keeper)
         self.names = frozenset(token_names)
         self.secret = secret
         self.max_age = max_age
@@ -113,12 +120,14 @@ class TokenEndpoint:
         if name not in self.names:
             return self._answer(404, "", "no such token\n")
         # The hot dict answers without I/O; a storage read (a Redis round trip, a name not
-        # cached yet) runs in a thread, never on the event loop.
+        # cached yet) runs in a thread, never on the event loop. No usable token: wait for
+        # the refresh (serve listens before its first fetch ends), as the proxy's requests do.
         value = self.keeper.storage.values.get(name)
         if value is None:
-            value = await asyncio.to_thread(_token_or_none, self.keeper, name)
+            value = await self.refresher.usable(name)
         if value is None:
-            return self._answer(503, name, f"no usable token for {name}\n", {"Retry-After": "1"})
+            reason = await self.refresher.reason(name)
+            return self._answer(503, name, reason + "\n", {"Retry-After": "1"})
         known = self._expiry.get(name)
         if known is None or known[0] != value:
             record = await asyncio.to_thread(self.keeper.record, name)
@@ -299,10 +308,3 @@ def _in_use(path: str) -> bool:
 __all__ = ["PATH_PREFIX", "SECRET_HEADER", "VALUE_HEADER", "TokenEndpoint", "TokenListeners",
            "describe", "load_secret"]
 
-
-def _token_or_none(keeper: Keeper, name: str) -> str | None:
-    try:
-        return keeper.token(name)
-    except AwstokenError as exc:  # storage unreadable and nothing cached
-        log.warning("awstoken: token endpoint: token %r: cannot read the storage: %s", name, exc)
-        return None

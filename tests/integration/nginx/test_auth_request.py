@@ -37,6 +37,7 @@ TOKEN_A = "Basic " + "QVdTOmZpcnN0LXRva2Vu" * 350  # 7006 bytes
 TOKEN_B = "Basic " + "QVdTOnNlY29uZC10b2tlbg" * 330  # 7266 bytes
 SECRET = "nginx-shared-secret-4f1c"
 MAX_AGE = 5.0  # server.token_max_age, as in the example's comments
+REFRESH_WAIT = 0.2
 
 
 @dataclass
@@ -60,12 +61,17 @@ def stack(request: pytest.FixtureRequest, short_dir: Path,
     keeper = Keeper(MemoryStorage())
     sock = str(short_dir / "token.sock")
     replace: dict[str, str]
+    # No source here brings a token unless a test stores one: a request without a usable
+    # token waits refresh_wait for it, then is refused; kept short for the tests that expect
+    # the refusal (test_nginx_waits_for_the_first_token_of_a_just_started_serve waits).
     if variant == "unix":
-        server = ServerSettings(admin_listen=None, token_listen=(sock,), token_max_age=MAX_AGE)
+        server = ServerSettings(admin_listen=None, token_listen=(sock,), token_max_age=MAX_AGE,
+                                refresh_wait=REFRESH_WAIT)
     else:
         monkeypatch.setenv("AWSTOKEN_TEST_TOKEN_SECRET", SECRET)
         server = ServerSettings(admin_listen=None, token_listen=(("127.0.0.1", 0),),
-                                token_max_age=MAX_AGE, token_secret_env="AWSTOKEN_TEST_TOKEN_SECRET")
+                                token_max_age=MAX_AGE, token_secret_env="AWSTOKEN_TEST_TOKEN_SECRET",
+                                refresh_wait=REFRESH_WAIT)
     settings = Settings(tokens={"ecr": TokenSettings(name="ecr")}, server=server)
     port = free_port()
     with running_server(settings, keeper) as awstoken, recording_upstream() as upstream:
@@ -232,3 +238,68 @@ def test_nginx_never_sends_the_token_after_it_expires(stack: Stack) -> None:
     # Every request that reached the upstream (200) was answered before the expiry.
     assert all(answered < expires for _, answered, status in replies if status == 200)
     assert all(status == 503 for sent, _, status in replies if sent >= refused)
+
+
+def test_nginx_waits_for_the_first_token_of_a_just_started_serve(tmp_path: Path,
+                                                                 short_dir: Path) -> None:
+    """`awstoken serve` listens before its first fetch ends (here a source that takes about
+    2 s, with the default refresh_wait of 5 s): nginx's first request, sent as soon as the
+    socket accepts, waits for the token and goes upstream with it (it was refused 503)."""
+    from tests.fixtures import processes
+    from tests.fixtures.cli import awstoken_cli
+
+    raw = "QVdTOmp1c3Qtc3RhcnRlZA"
+    sock = short_dir / "token.sock"
+    config = tmp_path / "awstoken.toml"
+    config.write_text(f"""
+[storage]
+type = "file"
+path = "{tmp_path / 'tokens'}"
+
+[tokens.ecr]
+command = "sleep 2; echo {raw}"
+format = "Basic {{token}}"
+
+[server]
+admin_listen = "off"
+token_listen = "unix:{sock}"
+token_max_age = "5s"
+""")
+    processes.issue(f"Basic {raw}", raw)
+    port = free_port()
+    with recording_upstream() as upstream:
+        nginx_config = render((EXAMPLES / "nginx.conf").read_text(), {
+            **base_replacements(short_dir / "nginx"),
+            "server unix:/run/awstoken/token.sock;": f"server unix:{sock};",
+            "/run/nginx-awstoken-cache": str(short_dir / "cache"),
+            "listen 127.0.0.1:5000;": f"listen 127.0.0.1:{port};",
+            "server 123456789012.dkr.ecr.eu-west-1.amazonaws.com:443;":
+                f"server 127.0.0.1:{upstream.port};",
+            "proxy_pass https://ecr;": "proxy_pass http://ecr;",
+        })
+        with running_nginx(short_dir / "nginx", nginx_config, [port]) as nginx:
+            log = tmp_path / "serve.log"
+            proc = processes.start_logged([*awstoken_cli(), "serve", "-c", str(config)], log)
+            try:
+                wait_until(lambda: _accepts(sock) or proc.poll() is not None, 30, "the socket")
+                assert proc.poll() is None, log.read_text()
+                reply = http_request(("127.0.0.1", port), "GET", "/v2/",
+                                     {"Authorization": "Basic Y2xpZW50OmNyZWRz"})
+                assert (reply.status, reply.body) == (200, b"upstream ok\n"), reply.body
+            finally:
+                processes.stop(proc, 30)
+            assert upstream.authorizations() == [f"Basic {raw}"]
+            assert raw not in nginx.error_log() + nginx.access_log() + log.read_text()
+
+
+def _accepts(path: Path) -> bool:
+    import socket
+
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:  # bound, not listening yet
+            return False
+    return True

@@ -30,9 +30,12 @@ VALUE = "Basic " + "QVdTOmVjci10b2tlbi0" * 400  # 7.6 KB: longer than nginx's 4 
 
 def endpoint_settings(*listen: str | tuple[str, int], secret_env: str | None = None,
                       routes: tuple[RouteSettings, ...] = ()) -> Settings:
+    # No source brings a missing token here: a request waits refresh_wait for one (see
+    # test_token_endpoint_wait.py), kept short for the tests that expect the 503.
     return Settings(tokens={"ecr": TokenSettings(name="ecr"), "pypi": TokenSettings(name="pypi")},
                     server=ServerSettings(listen=("127.0.0.1", 0), admin_listen=None,
-                                          token_listen=listen, token_secret_env=secret_env),
+                                          token_listen=listen, token_secret_env=secret_env,
+                                          refresh_wait=0.2),
                     routes=routes)
 
 

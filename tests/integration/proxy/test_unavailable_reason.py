@@ -7,12 +7,15 @@ first token rather than a 503; a refresh that failed within the gap answers 503 
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 
 from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings, Settings
-from tests.fixtures.proxy import Upstream, running_proxy
+from tests.fixtures.proxy import RunningProxy, Upstream, running_proxy
+from tests.fixtures.wait import wait_until
 
 from .conftest import call
 
@@ -78,3 +81,46 @@ def test_a_refresh_that_just_failed_is_answered_at_once(upstream: Upstream) -> N
         assert reply.status == 503
         assert b"service is down" in reply.body
     assert upstream.seen == []
+
+
+def _answered(proxy: RunningProxy, status_class: str) -> float:
+    return sum(float(sample.value) for family in proxy.server.registry.collect()
+               if family.name == "awstoken_proxy_requests" for sample in family.samples
+               if sample.labels.get("status") == status_class)
+
+
+def test_a_client_that_leaves_during_the_wait_does_not_end_it_for_others(
+        upstream: Upstream) -> None:
+    storage = MemoryStorage()
+    with running_proxy(_settings(upstream, refresh_wait=60), Keeper(storage)) as proxy:
+        host, port = proxy.server.address
+        refresher = proxy.server._fast.refresher
+        with socket.create_connection((host, port), timeout=10) as leaving:
+            leaving.sendall(f"GET /v2/ HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            # Its request alone started the wait: it is waiting on it now.
+            wait_until(lambda: refresher.waiting("ecr"), 30, "the shared wait")
+            # Closed with a reset (not a half-close, which the proxy answers all the same):
+            # its request is cancelled.
+            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: _answered(proxy, "4xx") == 1, 30, "the client that left (499)")
+        assert refresher.waiting("ecr"), "the client that left ended the shared wait"
+        replies: list[object] = []
+
+        def ask() -> None:
+            try:
+                replies.append(call(proxy.url, "GET", "/v2/").status)
+            except OSError as exc:
+                replies.append(exc)
+
+        threads = [threading.Thread(target=ask, daemon=True) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        storage.write("ecr", Token(value="Bearer first-token", expires_at=time.time() + 3600,
+                                   refreshed_at=time.time(), generation=1))
+        for thread in threads:
+            thread.join(60)
+        assert replies == [200, 200, 200]
+        # The wait ends at its next look at the storage (it may find the token after them).
+        wait_until(lambda: not refresher.waiting("ecr"), 30, "the wait to end")
+    assert [dict(seen["headers"]).get("Authorization") for seen in upstream.seen] == [
+        "Bearer first-token"] * 3

@@ -211,9 +211,7 @@ def test_the_one_pass_request_head_is_the_general_one(fields: list[tuple[str, st
                               auth=InboundAuth(ServerSettings()),
                               metrics=RouteMetrics(CollectorRegistry()), access_log=False)
     conn = SimpleNamespace(remote=remote, local="127.0.0.1:8080", memo=None)
-    request = Request(method="GET", target="/v2/x?y=1", version="1.1", headers=fields,
-                      keep_alive=True, body=None, chunked=False, length=None, host="p",
-                      expect_continue=False)
+    request = Request.of(method="GET", target="/v2/x?y=1", headers=fields, host="p")
     route = routes.routes[0]
     line = f"{header}: Basic t\r\n".encode()
     fast = forwarder.fast._request_head(conn, request, route, "up.example", line,  # type: ignore[arg-type]

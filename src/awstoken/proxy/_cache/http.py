@@ -251,11 +251,10 @@ class ProxyCache:
     async def _ask_upstream(self, fw: FastForwarder, conn: ClientConnection,
                             request: Request, route: Route, value: str) -> bool:
         """A HEAD upstream with the token: does this repository have the object?"""
-        head = Request(method="HEAD", target=request.target, version="1.1",
-                       headers=[(k, v) for k, v in request.headers
-                                if k.lower() not in ("range", "if-range")],
-                       keep_alive=True, body=None, chunked=False, length=None,
-                       host=request.host, expect_continue=False)
+        head = Request.of(method="HEAD", target=request.target,
+                          headers=[(k, v) for k, v in request.headers
+                                   if k.lower() not in ("range", "if-range")],
+                          host=request.host)
         origin = fw.origin_for(route.upstream_origin)
         target = route.upstream_target(request.target)
         headers = request_header_pairs(head.headers, token_header=route.header,
