@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.secrets",
     "tests.fixtures.nginx",
     "tests.fixtures.fleet",
+    "tests.fixtures.xdist_groups",
 ]

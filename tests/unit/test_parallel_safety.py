@@ -50,3 +50,12 @@ def test_each_test_has_a_private_runtime_directory(private_runtime_dir: Path,
     assert private_runtime_dir.stat().st_mode & 0o777 == 0o700
     assert not private_runtime_dir.is_relative_to(tmp_path)  # tmp_path stays the test's own
     assert FileStorage().path == private_runtime_dir / "awstoken"  # not /tmp/awstoken-UID
+
+
+@pytest.mark.xdist_group("parallel-safety-self-check")
+def test_an_xdist_group_mark_takes_effect(request: pytest.FixtureRequest) -> None:
+    """Under ``--dist loadgroup`` the scheduler groups by the ``@group`` suffix of the test's
+    id; without it the mark groups nothing, silently (tests/fixtures/xdist_groups.py)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not on an xdist worker with --dist loadgroup")
+    assert request.node.nodeid.endswith("@parallel-safety-self-check"), request.node.nodeid

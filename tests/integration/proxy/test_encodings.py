@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import zlib
@@ -225,16 +226,31 @@ def _compress(coding: str, data: bytes) -> bytes:
 
 
 def _bomb(coding: str, size: int) -> bytes:
-    """``size`` zero bytes, compressed in pieces (never held whole)."""
-    piece = b"\0" * (1 << 20)
+    """``size`` zero bytes compressed, never held whole, and cheaply: after a flush, each
+    further MiB of zeros compresses to the same bytes (the window holds only zeros), so
+    that block is compressed once and repeated (compressing 512 MiB of zeros took seconds
+    of CPU per coding)."""
+    piece, count = b"\0" * (1 << 20), size >> 20
     if coding == "gzip":
         deflater = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        return b"".join(deflater.compress(piece) for _ in range(size >> 20)) + deflater.flush()
-    if coding == "br":
+        blocks = [deflater.compress(piece) + deflater.flush(zlib.Z_FULL_FLUSH) for _ in range(3)]
+        crc = 0
+        for _ in range(count):
+            crc = zlib.crc32(piece, crc)
+        # An empty last block (fixed Huffman: BFINAL, BTYPE 01, end of block), then the
+        # trailer: CRC-32 and length of the whole uncompressed body.
+        tail = b"\x03\x00" + struct.pack("<II", crc, size & 0xFFFFFFFF)
+    elif coding == "br":
         compressor = brotli.Compressor(quality=5)
-        return b"".join(compressor.process(piece) for _ in range(size >> 20)) + bytes(compressor.finish())
-    compressor = zstandard.ZstdCompressor(level=3).compressobj()
-    return b"".join(compressor.compress(piece) for _ in range(size >> 20)) + bytes(compressor.flush())
+        blocks = [bytes(compressor.process(piece)) + bytes(compressor.flush()) for _ in range(3)]
+        tail = bytes(compressor.finish())  # brotli has no length or checksum to match
+    else:
+        zstd = zstandard.ZstdCompressor(level=3).compressobj()  # no content size, no checksum
+        blocks = [zstd.compress(piece) + zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+                  for _ in range(3)]
+        tail = zstd.flush()
+    assert blocks[1] == blocks[2], f"{coding}: a flushed MiB of zeros did not repeat"
+    return blocks[0] + blocks[1] * (count - 1) + tail
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ def make_keeper(value: str | None = TOKEN, *, expires_at: float | None = None) -
     return Keeper(storage)
 
 
-def settings_for(upstream: str, **route: object) -> Settings:
-    return Settings(server=ServerSettings(), routes=(
+def settings_for(upstream: str, *, refresh_wait: float = 5.0, **route: object) -> Settings:
+    return Settings(server=ServerSettings(refresh_wait=refresh_wait), routes=(
         RouteSettings(prefix="/", upstream=upstream, token="ecr", **route),))  # type: ignore[arg-type]
 
 
@@ -165,8 +165,10 @@ def test_pip_simple_absolute_links_rewritten_under_prefix(upstream: Upstream) ->
         assert 'href="../../packages/q-1.0.tar.gz"' in page
 
 
+# A request that finds no usable token waits up to refresh_wait for one (what that wait does
+# is test_unavailable_reason's); these tests are about the 503 after it, so the wait is short.
 def test_no_token_is_503_docker_json_and_nothing_forwarded(upstream: Upstream) -> None:
-    with running_proxy(settings_for(upstream.url), make_keeper(None)) as proxy:
+    with running_proxy(settings_for(upstream.url, refresh_wait=0.1), make_keeper(None)) as proxy:
         reply = call(proxy.url, "GET", "/v2/x/manifests/latest")
         assert reply.status == 503
         error = json.loads(reply.body)["errors"][0]
@@ -179,7 +181,8 @@ def test_no_token_is_503_docker_json_and_nothing_forwarded(upstream: Upstream) -
 
 
 def test_expired_token_is_503(upstream: Upstream) -> None:
-    with running_proxy(settings_for(upstream.url), make_keeper(expires_at=2.0)) as proxy:
+    with running_proxy(settings_for(upstream.url, refresh_wait=0.1),
+                       make_keeper(expires_at=2.0)) as proxy:
         reply = call(proxy.url, "GET", "/v2/")
         assert reply.status == 503
         assert b"expired" in reply.body

@@ -346,7 +346,7 @@ def test_a_slow_steady_upload_outlives_read_timeout_and_a_stalled_one_does_not(
         upstream: Upstream) -> None:
     server = ServerSettings(read_timeout=1.0)
     with running_proxy(_settings(upstream.url, server=server), _keeper()) as proxy:
-        pieces = 12  # one every 0.25 s: 3 s in all, three times read_timeout
+        pieces = 8  # one every 0.25 s: 2 s in all, twice read_timeout
         with _raw_request(proxy.url, b"PUT /v2/blob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                           b"Content-Length: %d\r\n\r\n" % (pieces * 1000)) as sock:
             for _ in range(pieces):
@@ -354,7 +354,7 @@ def test_a_slow_steady_upload_outlives_read_timeout_and_a_stalled_one_does_not(
                 sock.sendall(b"z" * 1000)
             answer = _read_answer(sock)
         assert statuses(answer) == [200], answer[:300]
-        assert b'"body_len": 12000' in answer
+        assert b'"body_len": 8000' in answer
         # The same upload stalling halfway: cut after read_timeout of silence.
         with _raw_request(proxy.url, b"PUT /v2/blob HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                           b"Content-Length: 10000\r\n\r\n" + b"z" * 5000) as sock:
@@ -363,15 +363,17 @@ def test_a_slow_steady_upload_outlives_read_timeout_and_a_stalled_one_does_not(
 
 
 def test_a_slow_steady_download_outlives_read_timeout_and_a_client_that_stops_reading_is_cut(
-        ) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     from aiohttp import web
+
+    caplog.set_level(logging.WARNING, logger="awstoken.proxy")
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.path == "/slow":
             resp = web.StreamResponse()
-            resp.content_length = 12 * 1000
+            resp.content_length = 8 * 1000  # 2 s in all, twice read_timeout
             await resp.prepare(request)
-            for _ in range(12):
+            for _ in range(8):
                 await asyncio.sleep(0.25)
                 await resp.write(b"d" * 1000)
             return resp
@@ -388,10 +390,13 @@ def test_a_slow_steady_download_outlives_read_timeout_and_a_client_that_stops_re
     with aiohttp_server(handle) as url, running_proxy(_settings(url, server=server),
                                                        _keeper()) as proxy:
         reply = call(proxy.url, "GET", "/slow")
-        assert (reply.status, len(reply.body)) == (200, 12_000)
+        assert (reply.status, len(reply.body)) == (200, 8_000)
         with _raw_request(proxy.url, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            time.sleep(4)  # reads nothing for four times read_timeout
+            # Reads nothing until the proxy says it gave up on this client (read_timeout
+            # after the client's buffers filled), rather than sleeping a multiple of it.
+            wait_until(lambda: "the client stopped reading" in caplog.text, timeout=30,
+                       what="the proxy to give up on the client that stopped reading")
             sock.settimeout(5)
             received = len(_read_answer(sock))
         assert received < BIG, received  # cut, not held open forever

@@ -32,7 +32,9 @@ def test_a_blocked_storage_read_leaves_other_routes_served(upstream: Upstream) -
     storage = _SlowStorage()
     storage.write("fast", Token(value="Bearer fast-token", expires_at=4e9))
     keeper = Keeper(storage)
-    settings = Settings(routes=(
+    # Once the read returns, the slow request waits refresh_wait (5 s by default) for a token
+    # that never comes, then answers 503: the wait is not what this test is about.
+    settings = Settings(server=ServerSettings(refresh_wait=0.1), routes=(
         RouteSettings(prefix="/slow/", upstream=upstream.url, token="slow"),
         RouteSettings(prefix="/", upstream=upstream.url, token="fast")))
     slow: list[Reply] = []
@@ -61,7 +63,10 @@ def test_a_blocked_storage_read_leaves_the_token_endpoint_serving(short_dir: Pat
     sock = str(short_dir / "token.sock")
     settings = Settings(tokens={"fast": TokenSettings(name="fast"),
                                 "slow": TokenSettings(name="slow")},
-                        server=ServerSettings(admin_listen=None, token_listen=(sock,)))
+                        # After the read, the wait for a refresh that never comes (5 s by
+                        # default) only delays the 503: see the other test above.
+                        server=ServerSettings(admin_listen=None, token_listen=(sock,),
+                                              refresh_wait=0.1))
     slow: list[int] = []
     with running_server(settings, keeper):
         # First answer for "fast": its record (for the max-age) is read and remembered. A

@@ -239,3 +239,55 @@ def test_the_upstream_write_side_drains_and_fails_once_closed() -> None:
         assert isinstance(lost.exception(), ConnectionResetError)
         await pool.close()
     run(main)
+
+
+def _fed_in(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("read_size", [1 << 20, 4096, 7])
+@pytest.mark.parametrize("fields", ["one big", "many small", "behind a 100 Continue"])
+def test_an_upstream_head_over_the_bound_is_refused_however_it_comes(
+        read_size: int, fields: str) -> None:
+    """A hostile upstream cannot make the proxy hold more than MAX_HEAD bytes of head,
+    whether in one read or trickled, in one field or in thousands of tiny ones."""
+    from awstoken.proxy._h1 import MAX_HEAD
+    if fields == "one big":
+        block = b"X-Big: " + b"a" * MAX_HEAD + b"\r\n"
+    else:
+        block = b"a: b\r\n" * (MAX_HEAD // 6 + 1)
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" if fields == "behind a 100 Continue" else b""
+    answer = interim + b"HTTP/1.1 200 OK\r\n" + block + b"Content-Length: 2\r\n\r\nok"
+
+    async def main() -> None:
+        pool, conn, transport = upstream()
+        conn.start(b"GET / HTTP/1.1\r\nHost: up.example:8081\r\n\r\n", head_only=False)
+        for piece in _fed_in(answer, read_size):
+            if conn.closed:
+                break
+            feed(conn, piece)
+            assert len(conn.raw) <= MAX_HEAD // 4  # never more fields than the bound holds
+        assert conn.error is not None and "response head over" in str(conn.error)
+        assert transport.aborted and not conn.complete
+        await pool.close()
+    run(main)
+
+
+@pytest.mark.parametrize("read_size", [1 << 20, 4096, 7])
+def test_an_upstream_head_just_under_the_bound_and_its_body_in_the_same_read_pass(
+        read_size: int) -> None:
+    from awstoken.proxy._h1 import MAX_HEAD
+    status = b"HTTP/1.1 200 OK\r\n"
+    framing = b"Content-Length: 5\r\n\r\n"
+    filler = MAX_HEAD - len(status) - len(framing) - len(b"X-Fill: \r\n")
+    answer = status + b"X-Fill: " + b"f" * filler + b"\r\n" + framing + b"hello"
+
+    async def main() -> None:
+        pool, conn, _ = upstream()
+        conn.start(b"GET / HTTP/1.1\r\nHost: up.example:8081\r\n\r\n", head_only=False)
+        for piece in _fed_in(answer, read_size):
+            feed(conn, piece)
+        assert conn.error is None and conn.complete and conn.take() == b"hello"
+        assert conn.length == 5 and [k for k, _ in conn.raw] == [b"X-Fill", b"Content-Length"]
+        await pool.close()
+    run(main)

@@ -206,7 +206,12 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self.received_any = True
         self._last = self.loop.time()
         try:
-            self.parser.feed_data(data)
+            if self.head_done:
+                self.parser.feed_data(data)
+            elif not self._feed_head(data):
+                self._fail(UpstreamError("protocol", f"upstream {self.origin.host}: response "
+                                         f"head over {MAX_HEAD} bytes"))
+                self.abort()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _HeadDone):
@@ -220,6 +225,24 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
                                      f"({type(exc).__name__})"))
             self.abort()
 
+    def _feed_head(self, data: bytes | memoryview) -> bool:
+        """Feed bytes while the head is incomplete: at most MAX_HEAD bytes of them before
+        the head must be complete (counted here per read, not in on_header per field:
+        that cost about 500 instructions per field). What follows the head in the same
+        read is fed after it. False when the head is too large."""
+        seen = self._head_size + len(data)
+        if seen <= MAX_HEAD:
+            self._head_size = seen
+            self.parser.feed_data(data)
+            return True
+        room = MAX_HEAD - self._head_size
+        self._head_size = MAX_HEAD
+        self.parser.feed_data(data[:room])
+        if not self.head_done:
+            return False
+        self.parser.feed_data(data[room:])
+        return True
+
     def eof_received(self) -> bool | None:
         return False
 
@@ -229,16 +252,11 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self.raw = []
         self._headers = None
         self.reason = b""
-        self._head_size = 0
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEAD:
-            raise UpstreamError("protocol", f"upstream {self.origin.host}: response head over "
-                                f"{MAX_HEAD} bytes")
         if not self.head_done:  # trailers of a chunked body are dropped, never promoted
             self.raw.append((name, value))
 
@@ -391,6 +409,7 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
     def start(self, head: bytes, *, head_only: bool) -> None:
         """Send a request head (the body, if any, follows through :meth:`write`)."""
         self._reset()
+        self._head_size = 0  # bytes of this exchange's answer head(s) so far
         self.uses += 1
         self.in_exchange = True
         self.head_only = head_only
