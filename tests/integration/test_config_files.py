@@ -20,8 +20,9 @@ import pytest
 
 from awstoken import FileStorage, Keeper, Rotator
 from awstoken._config.build import build_source, build_transform
+from awstoken._config.hooks import hooks_from_settings
 from awstoken._config.load import loads
-from awstoken._rotation.hooks import FileSink, hooks_from_settings
+from awstoken._rotation.hooks import FileSink
 from tests.fixtures.binaries import require_binary
 from tests.fixtures.npm import PACKAGE, Npm, npm_env
 from tests.fixtures.pypi import make_wheel, pip_env

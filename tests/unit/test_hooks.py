@@ -315,8 +315,8 @@ def test_pass_env_hands_named_variables_to_the_hook(tmp_path: Path,
 
 
 def test_hooks_from_settings(tmp_path: Path) -> None:
+    from awstoken._config.hooks import hooks_from_settings
     from awstoken._config.settings import TokenSettings
-    from awstoken._rotation.hooks import hooks_from_settings
 
     assert hooks_from_settings(TokenSettings(name="ca")) == []
     sink, command = hooks_from_settings(TokenSettings(

@@ -11,11 +11,11 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .._rotation.hooks import hooks_from_settings
 from .._rotation.keeper import Keeper
 from .._rotation.rotator import RotateHook
 from .._sources.command import Source
 from .._sources.transforms import Transform
+from .hooks import hooks_from_settings
 from .settings import ServerSettings, Settings, TokenSettings
 
 #: ``[server]`` keys that take effect only at a restart (declared by their fields).

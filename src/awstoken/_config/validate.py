@@ -107,8 +107,8 @@ def _htpasswd(settings: Settings) -> list[str]:
 
 
 def _tokens(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    from .._rotation.hooks import hooks_from_settings
     from .build import build_source, build_transform
+    from .hooks import hooks_from_settings
 
     found = []
     for token in settings.tokens.values():

@@ -313,7 +313,7 @@ def _door_rotator(token: TokenSettings, storage: Storage, lease: Lease, margin: 
     a door that reads a usable token never loads the rotator, the sources or the hooks.
     """
     from .._config.build import build_source, build_transform
-    from .._rotation.hooks import hooks_from_settings
+    from .._config.hooks import hooks_from_settings
     from .._rotation.rotator import Rotator, Schedule
 
     class DoorRotator(Rotator):

@@ -24,9 +24,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .._config.settings import TokenSettings
 from .._errors import HookError
-from .._token import Token
 
 FORMATS = ("docker-config", "pip-conf", "pypirc", "npmrc", "netrc")
 
@@ -274,31 +272,6 @@ def _netrc_tokens(text: str) -> list[tuple[int, str]]:
         offset += len(line)
     return found
 
-
-def renderer(token: TokenSettings, fmt: str, url: str | None = None) -> Callable[[str | None, Token], str]:
-    """A :class:`FileSink` ``render`` that merges ``token``'s credentials into a ``fmt`` file.
-
-    The entry is for ``url`` when given, else the token's registries (docker-config) or
-    index URLs (the others).
-    """
-    from .._doors.common import credentials, token_registries
-
-    if fmt not in _MERGERS:
-        raise FormatError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    if url is not None:
-        targets: tuple[str, ...] = (url,)
-    elif fmt == "docker-config":
-        targets = token_registries(token)
-    else:
-        targets = token.indexes
-
-    def render(old: str | None, record: Token) -> str:
-        if record.value is None:
-            raise FormatError("the rotated record has no value")
-        user, password = credentials(record.value, token)
-        return merge(fmt, old, Entry(token.name, targets, user, password))
-
-    return render
 
 
 _MERGERS: dict[str, Callable[[str, Entry], str]] = {

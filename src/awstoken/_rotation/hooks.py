@@ -30,8 +30,7 @@ from .._sources.spawn import Runner
 from .._token import Token
 
 if TYPE_CHECKING:
-    from .._config.settings import TokenSettings
-    from .rotator import RotateHook
+    pass
 
 log = logging.getLogger("awstoken")
 
@@ -273,29 +272,3 @@ def hook_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -
     env.setdefault("PATH", os.defpath)
     return env
 
-
-def hooks_from_settings(token: TokenSettings) -> list[RotateHook]:
-    """The on-rotate hooks a ``[tokens.NAME]`` table asks for: its sink, then its command.
-
-    For the configuration builders; the loader has already checked the keys' types and
-    reports errors by file and key.
-    """
-    hooks: list[RotateHook] = []
-    if token.sink is not None:
-        render = None
-        if token.sink_format is not None:
-            from .formats import renderer
-
-            render = renderer(token, token.sink_format)
-        hooks.append(FileSink(token.sink, content=token.sink_content, mode=token.sink_mode,
-                              render=render))
-    if token.writes:
-        from .formats import renderer
-
-        hooks.extend(FileSink(write.path, mode=token.sink_mode,
-                              render=renderer(token, write.format, write.url))
-                     for write in token.writes)
-    if token.on_rotate is not None:
-        hooks.append(CommandHook(token.on_rotate, timeout=token.hook_timeout,
-                                 pass_env=token.hook_env))
-    return hooks
