@@ -28,7 +28,7 @@ from ._auth import InboundAuth
 from ._cache.http import ProxyCache
 from ._cache.store import Store
 from ._fast import FastForwarder
-from ._h1 import ClientConnection, Frontend, Pool, Request
+from ._h1 import ClientConnection, Frontend, Pool, Request, close_listeners
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._policy import TokenRefresher
 from ._routes import RouteTable
@@ -264,12 +264,10 @@ class ProxyServer:
         if self._stopped:
             return
         self._stopped = True
-        for server in self._listeners:
-            server.close()
+        await close_listeners(self._listeners)
         if self._frontend is not None:
             await self._frontend.shutdown(self.settings.server.shutdown_timeout)
-        for server in self._aux_listeners:
-            server.close()
+        await close_listeners(self._aux_listeners)
         for aux in self._aux:
             await aux.shutdown(1.0)
         if self.token_listeners is not None:

@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter
 from .._config.settings import Address, ServerSettings
 from .._errors import ConfigError
 from .._rotation.keeper import Keeper
+from ._h1 import close_listeners
 from ._policy import TokenRefresher
 
 log = logging.getLogger("awstoken.proxy")
@@ -243,8 +244,7 @@ class TokenListeners:
 
     async def stop(self) -> None:
         """Stop accepting, finish in-flight answers (briefly), remove our socket files."""
-        for bound in self._bound:
-            bound.server.close()
+        await close_listeners(bound.server for bound in self._bound)
         await self._web.shutdown(1.0)
         for bound in self._bound:
             with contextlib.suppress(Exception):

@@ -247,3 +247,42 @@ def test_a_reload_changes_the_wait_of_the_endpoint_and_the_proxy_alike(short_dir
         # With 300 s still in force the request would outlast the client's timeout.
         reply = request(str(sock), "GET", "/token/ecr", timeout=20)
         assert reply.status == 503
+
+
+def test_connections_accepted_as_the_endpoint_stops_are_closed_not_left_open(
+        short_dir: Path) -> None:
+    """asyncio's selector loop makes an accepted connection's protocol a loop iteration
+    later, in a task: a stop that ran first must still close it, or its client hangs
+    until its own timeout (seen: 60 s, and a leaked socket)."""
+    from awstoken.proxy._token_endpoint import TokenEndpoint, TokenListeners
+
+    path = str(short_dir / "late.sock")
+    settings = ServerSettings(admin_listen=None, token_listen=(path,))
+
+    async def main() -> list[bytes | str]:
+        listeners = TokenListeners(TokenEndpoint(Keeper(MemoryStorage()), ["ecr"]), settings)
+        await listeners.start()
+        clients = []
+        for _ in range(4):
+            client = socket.socket(socket.AF_UNIX)
+            client.connect(path)  # waits in the listener's backlog
+            clients.append(client)
+        # The accept callback runs, and the connections' tasks are scheduled, not run.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await listeners.stop()
+        await asyncio.sleep(0.2)  # anything still pending runs; nothing should answer
+        seen: list[bytes | str] = []
+        for client in clients:
+            client.settimeout(2)
+            try:
+                seen.append(client.recv(100))  # b"": closed by the server
+            except TimeoutError:
+                seen.append("still open")
+            except OSError as exc:
+                seen.append(type(exc).__name__)
+            client.close()
+        return seen
+
+    seen = asyncio.run(main())
+    assert "still open" not in seen, seen

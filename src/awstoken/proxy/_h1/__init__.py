@@ -15,7 +15,7 @@ write is paused (``pause_reading``) until the slow side drains (``resume_writing
 """
 
 from .flow import FlowControl
-from .frontend import MAX_CONNECTIONS, Frontend
+from .frontend import MAX_CONNECTIONS, Frontend, close_listeners
 from .inbound import BodyStream, ClientConnection, FastHandler, Handler, Request
 from .origin import Origin, UpstreamError
 from .pool import Pool
@@ -55,6 +55,7 @@ __all__ = [
     "Request",
     "UpstreamConnection",
     "UpstreamError",
+    "close_listeners",
     "encode_head",
     "http_date",
     "reason",

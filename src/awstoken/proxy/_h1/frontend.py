@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import logging
+from collections.abc import Iterable
 
 from .inbound import ClientConnection, FastHandler, Handler
 from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT
@@ -92,4 +94,27 @@ class Frontend:
             await asyncio.wait(tasks, timeout=1.0)
 
 
-__all__ = ["MAX_CONNECTIONS", "Frontend"]
+async def close_listeners(servers: Iterable[asyncio.Server]) -> None:
+    """Stop accepting on ``servers`` and close them, without losing a connection accepted
+    just before.
+
+    asyncio's selector loop accepts in a callback and builds each connection's transport a
+    loop iteration later, in a task; once its server is closed that task fails (Python
+    3.11: an assertion, logged only in debug mode) and leaves the accepted socket open,
+    its client hanging until its own timeout. So the accepting stops first, the tasks
+    already made run, and only then do the servers close. (uvloop builds the transport in
+    the accept callback itself.)
+    """
+    servers = list(servers)
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        for server in servers:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        for _ in range(3):  # the accept tasks, then their connection_made callbacks
+            await asyncio.sleep(0)
+    for server in servers:
+        server.close()
+
+
+__all__ = ["MAX_CONNECTIONS", "Frontend", "close_listeners"]
