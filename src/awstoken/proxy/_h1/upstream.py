@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from .awaiting import Awaiting
 from .flow import FlowControl
 from .origin import Origin, UpstreamError
 from .wire import HIGH_WATER, HOP_BY_HOP, MAX_HEAD, READ_SIZE, Chunk, text_fields
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .inbound import ClientConnection
     from .pool import Pool
 
-class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
+class UpstreamConnection(FlowControl, Awaiting, asyncio.BufferedProtocol):
     """One pooled connection to an upstream: one exchange at a time.
 
     The response body is buffered until a *sink* is attached (bounded: reading pauses at
@@ -339,11 +340,6 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self._pause()
         client.on_resume = self._resume
 
-    def _arm(self) -> None:
-        self._last = self.loop.time()
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._last + self.pool.read_timeout, self._check_timeout)
-
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -397,15 +393,6 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             self._cancel_timer()
             self._wake()
 
-    def event(self) -> asyncio.Future[None]:
-        """A future set by the next event (head, body progress, end, failure): awaiting it
-        directly saves a coroutine frame on every wake-up of the request path."""
-        waiter = self._waiter = self.loop.create_future()
-        return waiter
-
-    async def _wait(self) -> None:
-        await self.event()
-
     def start(self, head: bytes, head_only: bool) -> None:
         """Send a request head (the body, if any, follows through :meth:`write`);
         ``head_only`` for a HEAD request (its answer has no body). Positional: called for
@@ -417,7 +404,7 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
         self.head_only = head_only
         assert self.transport is not None
         self.transport.write(head)
-        self._last = now = self.loop.time()  # _arm, inline: once per request
+        self._last = now = self.loop.time()  # the read timer armed: once per request
         if self._timer is None:
             self._timer = self.loop.call_at(now + self.pool.read_timeout, self._check_timeout)
 
@@ -428,18 +415,6 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
 
     def _lost_message(self) -> str:
         return "upstream closed the connection"
-
-    async def wait_buffered(self, wanted: int) -> None:
-        """Until the body is complete or at least ``wanted`` bytes are buffered."""
-        self.limit = max(wanted, HIGH_WATER)
-        if self.buffered < self.limit:
-            self._resume()
-        while not self.complete and self.buffered < wanted:
-            if self.error is not None:
-                raise self.error
-            await self._wait()
-        if self.error is not None and not self.complete:
-            raise self.error
 
     def take(self) -> bytes:
         """The buffered body bytes (and forget them)."""
@@ -461,16 +436,6 @@ class UpstreamConnection(FlowControl, asyncio.BufferedProtocol):
             self._pause_for_client(client)
         else:
             self._resume()
-
-    async def stream_to(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None:
-        """Send the rest of the body through ``sink`` as it arrives, until complete."""
-        self.attach(client, sink)
-        while not self.complete:
-            if self.error is not None:
-                raise self.error
-            if client.closed:
-                raise ConnectionResetError("the client closed the connection")
-            await self._wait()
 
     def release(self) -> None:
         """Back to the pool when the exchange ended cleanly; otherwise close the connection."""
