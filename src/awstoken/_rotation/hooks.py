@@ -21,16 +21,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .. import _fs
 from .._errors import HookError, HookTimeout
 from .._sources.command import Fetched
 from .._sources.spawn import Runner
 from .._token import Token
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("awstoken")
 
