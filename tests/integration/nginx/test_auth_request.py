@@ -28,7 +28,7 @@ from tests.fixtures.nginx import (
     running_server,
     )
 from tests.fixtures.nginx import request as http_request
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, unix_accepts
 from tests.fixtures.wait import wait_until
 
 # Longer than 4096 bytes (nginx's default header buffer, and its limit for a word in a
@@ -281,7 +281,7 @@ token_max_age = "5s"
             log = tmp_path / "serve.log"
             proc = processes.start_logged([*awstoken_cli(), "serve", "-c", str(config)], log)
             try:
-                wait_until(lambda: _accepts(sock) or proc.poll() is not None, 30, "the socket")
+                wait_until(lambda: unix_accepts(sock) or proc.poll() is not None, 30, "the socket")
                 assert proc.poll() is None, log.read_text()
                 reply = http_request(("127.0.0.1", port), "GET", "/v2/",
                                      {"Authorization": "Basic Y2xpZW50OmNyZWRz"})
@@ -292,14 +292,3 @@ token_max_age = "5s"
             assert raw not in nginx.error_log() + nginx.access_log() + log.read_text()
 
 
-def _accepts(path: Path) -> bool:
-    import socket
-
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:  # bound, not listening yet
-            return False
-    return True

@@ -22,7 +22,7 @@ from awstoken._config.settings import ServerSettings, Settings, TokenSettings
 from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
 from tests.fixtures.nginx import Reply, request, running_server
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, unix_accepts
 from tests.fixtures.wait import wait_until
 
 from .conftest import call
@@ -30,17 +30,6 @@ from .conftest import call
 RAW = "first-fetch-token-6b1d"
 VALUE = f"Basic {RAW}"
 ERROR = "token 'ecr': the command exited with status 3: service is down"
-
-
-def _connectable(path: Path) -> bool:
-    if not path.exists():
-        return False
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:  # bound but not listening yet
-            return False
-    return True
 
 
 def _gated_command(tmp_path: Path) -> tuple[str, Path, Path]:
@@ -78,7 +67,7 @@ token_listen = "unix:{sock}"
     proc = processes.start_logged([*awstoken_cli(), "serve", "-c", str(config)],
                                   tmp_path / "serve.log")
     try:
-        wait_until(lambda: _connectable(sock) or proc.poll() is not None, 30, "the socket")
+        wait_until(lambda: unix_accepts(sock) or proc.poll() is not None, 30, "the socket")
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
         first = request(str(sock), "GET", "/token/ecr")
         assert (first.status, first.header("X-Awstoken-Value")) == (204, VALUE), first.body
