@@ -125,10 +125,14 @@ class TokenRefresher:
         """Whether a wait for ``name`` is in flight."""
         return any(key[0] == name for key in self._waits)
 
-    def close(self) -> None:
-        """Cancel the waits still in flight (at shutdown, once no request awaits them)."""
-        for waiter in list(self._waits.values()):
+    async def close(self) -> None:
+        """Cancel the waits still in flight (at shutdown, once no request awaits them), and
+        return once they have ended, so nothing of theirs outlives the server's stop."""
+        waiters = list(self._waits.values())
+        for waiter in waiters:
             waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        self._waits.clear()
 
     async def _wait(self, name: str, old: str, status: int) -> str | None:
         wait = RefreshWait(self.keeper, name, old, status, wait=self.wait, min_gap=self.min_gap)

@@ -272,7 +272,7 @@ class ProxyServer:
             await aux.shutdown(1.0)
         if self.token_listeners is not None:
             await self.token_listeners.stop()
-        self.refresher.close()  # waits whose requests are gone (a wait is bounded, not short)
+        await self.refresher.close()  # waits whose requests are gone (a wait is bounded, not short)
         if self._pool is not None:
             await self._pool.close()
         if self.cache is not None:
