@@ -12,6 +12,7 @@ minute on one core; needs gcc and the Python headers.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("dest", type=Path)
     parser.add_argument("--src", type=Path, default=ROOT / "src")
     args = parser.parse_args()
+    if importlib.util.find_spec("setuptools") is None:  # mypyc builds with it; 3.12+ venvs lack it
+        raise SystemExit(f"compile_tree: mypyc needs setuptools: {sys.executable} -m pip install "
+                         "setuptools")
     dest: Path = args.dest.resolve()
     if dest.exists():
         shutil.rmtree(dest)

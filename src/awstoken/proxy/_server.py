@@ -27,7 +27,7 @@ from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._cache.http import ProxyCache
 from ._cache.store import Store
-from ._compiled import request_path
+from ._compiled import quiet_mypyc_throw, request_path
 from ._fast import FastForwarder
 from ._h1 import ClientConnection, Frontend, Pool, Request, close_listeners
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
@@ -96,6 +96,7 @@ class ProxyServer:
         self.refresher = TokenRefresher(keeper, wait=settings.server.refresh_wait,
                                         min_gap=settings.server.refresh_min_gap)
         self._fast: FastForwarder | None = None
+        quiet_mypyc_throw()  # a compiled build's connection resets stay ConnectionResetError
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
         self._aux_listeners: list[asyncio.Server] = []
