@@ -2,7 +2,7 @@
 # The request path compiled with mypyc (pyproject.toml's build hook), tested as users get
 # it: a wheel built with HATCH_BUILD_HOOK_ENABLE_MYPYC=true, installed (not editable) in
 # .venv-compiled, then the proxy's tests run against that install. Arguments go to pytest
-# (default: the proxy's tests). PYTHON=python3.X picks the interpreter.
+# (default: the proxy's tests and the serve process tests). PYTHON=python3.X picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -23,6 +23,7 @@ wheel=$(ls "$build"/dist/awstoken-*.whl)
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$wheel[aws,redis,proxy]"
 workers=$(( $(nproc) * 2 ))
 if [ $# -eq 0 ]; then
-  set -- tests/unit/proxy tests/integration/proxy tests/integration/nginx
+  set -- tests/unit/proxy tests/integration/proxy tests/integration/nginx \
+    tests/integration/test_restart.py tests/integration/test_multiprocess.py
 fi
 AWSTOKEN_EXPECT_COMPILED=1 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -n "$workers" "$@"
