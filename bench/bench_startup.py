@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +67,6 @@ class Case:
     stdin: str = ""
     expect: str = ""
     serve_port: int | None = None  # for serve: the port to wait for, then SIGTERM
-    env: dict[str, str] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -136,9 +135,9 @@ def run(case: Case, env: dict[str, str]) -> float:
     """One run of ``case``: its CPU seconds (the child and what it reaped)."""
     before = _children_cpu()
     if case.serve_port is not None:
-        _serve(case, {**env, **case.env})
+        _serve(case, env)
     else:
-        out = subprocess.run(case.argv, input=case.stdin, env={**env, **case.env},
+        out = subprocess.run(case.argv, input=case.stdin, env=env,
                              capture_output=True, text=True, timeout=TIMEOUT, check=False)
         if out.returncode or case.expect not in out.stdout:
             raise SystemExit(f"{case.label}: exit {out.returncode}\n{out.stdout[-1000:]}"

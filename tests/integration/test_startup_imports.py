@@ -37,7 +37,9 @@ CASES = {
                        ": ok"),
     "awstoken get": ("awstoken", ["get", "-c", "{config}", "repo"], "", KEEPER, basic("aws", PASSWORD)),
     # status reads the schedule from the rotator module, which imports the command source.
-    "awstoken status": ("awstoken", ["status", "-c", "{config}"], "", KEEPER[:1] + KEEPER[3:], "repo"),
+    "awstoken status": ("awstoken", ["status", "-c", "{config}"], "",
+                        ("awstoken._rotation.keeper", "awstoken._config.hooks",
+                         "awstoken._rotation.formats"), "repo"),
     "docker helper get (fast path)": ("docker-credential-awstoken", ["get"], "r.example",
                                       (*LOADER, *KEEPER, "logging", "typing", "awstoken._config"),
                                       PASSWORD),
