@@ -45,8 +45,7 @@ CASES = {
                                       PASSWORD),
     "docker helper get (full path)": ("docker-credential-awstoken", ["-c", "{config}", "get"],
                                       "r.example", KEEPER, PASSWORD),
-    "docker helper version": ("docker-credential-awstoken", ["version"], "",
-                              ("awstoken._config.load", "tomllib", *KEEPER),
+    "docker helper version": ("docker-credential-awstoken", ["version"], "", (*LOADER, *KEEPER),
                               "(awstoken) "),
     "kubelet plugin (fast path)": ("awstoken-kubelet-credential-provider", [], REQUEST,
                                    (*LOADER, *KEEPER, "logging", "typing", "awstoken._config"),
@@ -99,6 +98,23 @@ def test_light_paths_import_only_what_they_need(tmp_path: Path, case: str) -> No
     assert _imported(modules, NEVER + also_never) == []
     if "fast path" in case:
         assert "awstoken._doors.fast" in modules  # the fast path, not another way round
+
+
+def test_keyring_loading_the_backend_loads_no_configuration() -> None:
+    """keyring imports every installed backend in each process that uses it (pip, twine,
+    poetry), and asks ours last: importing it must not cost the loader."""
+    pytest.importorskip("keyring")
+    code = ("import sys, keyring.backend\n"
+            "before = set(sys.modules)\n"
+            "import awstoken._doors.keyring as door\n"
+            "assert door.AwstokenKeyring().priority == door.PRIORITY\n"
+            "print('\\n'.join(sorted(set(sys.modules) - before)))\n")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert got.returncode == 0, got.stderr
+    added = set(got.stdout.split())  # what our backend adds to what keyring loaded already
+    assert "awstoken._doors.keyring" in added
+    assert _imported(added, NEVER + LOADER + KEEPER) == []
 
 
 def test_the_cases_run_the_console_scripts_of_pyproject() -> None:
