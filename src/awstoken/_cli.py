@@ -46,8 +46,8 @@ def _module_names(path: Iterable[str]) -> set[str]:
         for entry in entries:
             suffix = next((s for s in suffixes if entry.endswith(s)), None)
             stem = entry[:-len(suffix)] if suffix else entry
-            if stem and "." not in stem and stem != "__init__" and (suffix or os.path.isfile(
-                    os.path.join(directory, entry, "__init__.py"))):
+            if stem and "." not in stem and stem != "__init__" and (suffix or any(
+                    os.path.isfile(os.path.join(directory, entry, "__init__" + s)) for s in suffixes)):
                 names.add(stem)
     return names
 
