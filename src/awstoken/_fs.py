@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -198,7 +197,9 @@ class Directory:
         elif existing is not None and not stat.S_ISREG(existing.st_mode):
             kind = "a symbolic link" if stat.S_ISLNK(existing.st_mode) else "not a regular file"
             raise UnsafePath(f"{self._where(name)}: {kind}; refusing to replace it")
-        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        # os.urandom is what secrets.token_hex reads; importing secrets (hmac, OpenSSL's hashlib,
+        # random) costs a reading door more than its answer.
+        tmp = f".{name}.{os.urandom(6).hex()}.tmp"
         fd, _ = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             # Created 0600: the content is never more exposed than ``mode`` allows.

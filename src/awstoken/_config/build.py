@@ -2,18 +2,18 @@
 
 Loading (``_config.load``) validated everything already; errors here are about the
 environment (a missing variable, an unavailable extra), named by key as in the file.
+
+Each builder imports what it builds: ``awstoken get`` and ``status`` and the credential
+doors build a storage only, and the keeper, the rotator and the command source (subprocess,
+signal, socket, random: about a third of such a command's CPU) are not theirs to pay for.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigError
-from .._rotation.keeper import Keeper
-from .._rotation.rotator import Rotator
-from .._sources.command import Command, Source
-from .._sources.transforms import Transform, as_transform, basic_auth
 from ..storage import FileStorage, MemoryStorage, Storage
 from .options import (
     AwsOptions,
@@ -25,6 +25,12 @@ from .options import (
     RDSOptions,
 )
 from .settings import Settings, StorageSettings, TokenSettings
+
+if TYPE_CHECKING:
+    from .._rotation.keeper import Keeper
+    from .._rotation.rotator import Rotator
+    from .._sources.command import Source
+    from .._sources.transforms import Transform
 
 
 def build_storage(settings: StorageSettings) -> Storage:
@@ -58,6 +64,8 @@ def build_storage(settings: StorageSettings) -> Storage:
 
 def build_source(token: TokenSettings) -> Source:
     """The source of ``[tokens.NAME]``."""
+    from .._sources.command import Command
+
     opts = token.options
     if isinstance(opts, CommandOptions):
         if opts.command is None:
@@ -93,6 +101,8 @@ def _native(opts: AwsOptions, timeout: float) -> Source:
 
 def build_transform(token: TokenSettings) -> Transform:
     """The transform of ``[tokens.NAME]``: ``basic_user`` or ``format``."""
+    from .._sources.transforms import as_transform, basic_auth
+
     if token.basic_user is not None:
         return basic_auth(token.basic_user)
     return as_transform(None if token.format == "{token}" else token.format)
@@ -100,6 +110,8 @@ def build_transform(token: TokenSettings) -> Transform:
 
 def build_keeper(settings: Settings) -> Keeper:
     """A Keeper on the storage of ``settings``; rotators are added per token by the caller."""
+    from .._rotation.keeper import Keeper
+
     return Keeper(build_storage(settings.storage))
 
 

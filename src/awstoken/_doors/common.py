@@ -21,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._config.options import CodeArtifactOptions, ECROptions
-from .._config.settings import Settings, TokenSettings
 from .._errors import AwstokenError, ConfigError
 from .._token import Token
 
 if TYPE_CHECKING:
+    # Only for annotations: the settings classes come with the loader, which only the
+    # functions that read a file import (keyring imports this module in every process that
+    # uses it, docker's ``version`` needs none of it).
+    from .._config.settings import Settings, TokenSettings
     from .._rotation.rotator import Rotator
     from ..storage._base import Lease, Storage
 
@@ -115,6 +117,8 @@ def remember(settings: Settings) -> None:
 
 def token_registries(token: TokenSettings) -> tuple[str, ...]:
     """The registry hosts of one token: ``registries``, then the host its ECR source implies."""
+    from .._config.options import ECROptions  # loaded with the settings (see the imports)
+
     opts = token.options
     if isinstance(opts, ECROptions) and opts.registry_id and opts.region:
         implied = f"{opts.registry_id}.dkr.ecr.{opts.region}.amazonaws.com"
@@ -135,6 +139,8 @@ def registry_token(settings: Settings, server_url: str) -> str:
 
 def indexes(settings: Settings) -> list[tuple[str, str]]:
     """(index URL prefix, token name) pairs: ``indexes = [...]``, then CodeArtifact hosts."""
+    from .._config.options import CodeArtifactOptions  # loaded with the settings (see the imports)
+
     found = [(url, name) for name, token in settings.tokens.items() for url in token.indexes]
     for name, token in settings.tokens.items():
         opts = token.options

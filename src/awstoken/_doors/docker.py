@@ -15,11 +15,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .._config.settings import Settings
 from .._errors import AwstokenError
 from .common import NotFound, credentials, load_settings, obtain, registries, registry_token, remember
+
+if TYPE_CHECKING:  # the loader comes with load_settings(): `version` needs none of it
+    from .._config.settings import Settings
 
 PROG = "docker-credential-awstoken"
 #: The exact text docker-credential-helpers' clients recognise as a miss.

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from keyring.backend import KeyringBackend
 from keyring.credentials import Credential, SimpleCredential
 from keyring.errors import PasswordDeleteError, PasswordSetError
 
-from .._config.settings import Settings
 from .._errors import AwstokenError
 from .common import credentials, index_token, load_settings, obtain
+
+if TYPE_CHECKING:  # keyring imports this module in every process that uses it: no loader here
+    from .._config.settings import Settings
 
 log = logging.getLogger("awstoken")
 

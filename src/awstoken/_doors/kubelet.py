@@ -28,9 +28,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .._config.settings import Settings
 from .._duration import go_duration
 from .._errors import AwstokenError
 from .common import NotFound, credentials, load_settings, obtain, registry_token, remember
@@ -40,6 +39,9 @@ from .fast import (
     cache_seconds,
     image_registry,
 )
+
+if TYPE_CHECKING:  # the loader comes with load_settings()
+    from .._config.settings import Settings
 
 GROUP = KUBELET_GROUP
 VERSIONS = KUBELET_VERSIONS

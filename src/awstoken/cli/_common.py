@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from .._config.load import load
-from .._config.settings import Settings, TokenSettings
 from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    from .._config.settings import Settings, TokenSettings
 
 CONFIG_ENV = "AWSTOKEN_CONFIG"
 
@@ -29,6 +31,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
     """The settings from ``args.config``; raise ConfigError when none was given."""
     if not args.config:
         raise ConfigError(f"no configuration file: give -c FILE or set {CONFIG_ENV}")
+    # Here, not at module level: every command module is imported to build the parser, and
+    # the loader (TOML, the settings classes, the checks) is most of a short command's cost.
+    from .._config.load import load
+
     return load(args.config)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from .._config.settings import Settings
-from .._config.validate import insecure_settings, preflight, storage_location
 from .._errors import ConfigError
 from ._common import add_config_argument, load_settings
+
+if TYPE_CHECKING:
+    from .._config.settings import Settings
 
 NAME = "check"
 HELP = ("validate a configuration file as awstoken serve would (exit 0 if valid, 2 with every "
@@ -21,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every command module is imported to build the parser (see cli/__init__).
+    from .._config.validate import insecure_settings, preflight
+
     try:
         settings = load_settings(args)
         preflight(settings)
@@ -37,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(settings: Settings) -> str:
     """One line per part of the file: what it configures, never a secret."""
+    from .._config.validate import storage_location
+
     storage = settings.storage
     lines = [f"{settings.path}: ok", f"  storage: {storage.type} ({storage_location(settings)})"]
     for name, token in settings.tokens.items():

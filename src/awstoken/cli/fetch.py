@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._config.build import build_source, build_transform
 from .._errors import AwstokenError
-from .._rotation.rotator import fetch_value
 from ._common import add_token_arguments, configured_token, load_settings
 
 NAME = "fetch"
@@ -20,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every command module is imported to build the parser (see cli/__init__).
+    from .._config.build import build_source, build_transform
+    from .._rotation.rotator import fetch_value
+
     token = configured_token(load_settings(args), args.name)
     try:
         value = fetch_value(args.name, build_source(token), build_transform(token))[1]

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 
-from .._config.build import build_storage
 from .._errors import AwstokenError
 from ._common import add_token_arguments, configured_token, load_settings
 
@@ -20,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every command module is imported to build the parser (see cli/__init__).
+    from .._config.build import build_storage
+
     settings = load_settings(args)
     configured_token(settings, args.name)
     storage = build_storage(settings.storage)

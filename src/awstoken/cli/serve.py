@@ -12,10 +12,6 @@ import argparse
 import logging
 
 from .. import _logging
-from .._config.build import build_keeper
-from .._config.load import load
-from .._config.reload import TokenPlan
-from .._config.validate import insecure_settings, preflight
 from ._common import add_config_argument, load_settings
 
 NAME = "serve"
@@ -37,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every command module is imported to build the parser (see cli/__init__).
+    from .._config.build import build_keeper
+    from .._config.load import load
+    from .._config.reload import TokenPlan
+    from .._config.validate import insecure_settings, preflight
+
     settings = load_settings(args)
     # The same checks as `awstoken check`, before any source runs or any socket is bound.
     preflight(settings)

@@ -12,20 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._config.build import build_storage
-from .._config.settings import TokenSettings
 from .._duration import span
 from .._errors import AwstokenError
-from .._rotation.rotator import Schedule
-from .._token import Token
-from ..storage import Storage
 from ._common import add_config_argument, load_settings
+
+if TYPE_CHECKING:
+    from .._config.settings import TokenSettings
+    from .._token import Token
+    from ..storage import Storage
 
 NAME = "status"
 HELP = ("show each configured token's generation, age, time to expiry, next refresh, leader "
@@ -69,6 +68,8 @@ def leader_alive(leader: str | None, *, lease_held: bool, lease_known: bool) -> 
 
     ``lease_known``: the storage tells lease owners (Redis); ``lease_held``: someone holds it.
     """
+    import socket  # here: every command module is imported to build the parser (cli/__init__)
+
     host, _, pid = (leader or "").rpartition(":")
     if host and host == socket.gethostname() and pid.isdigit():
         return _pid_alive(int(pid))
@@ -93,6 +94,8 @@ def next_refresh(token: TokenSettings | None, record: Token | None) -> float | N
     """When the leader will next try to refresh (epoch seconds; without jitter, the earliest)."""
     if token is None:
         return None
+    from .._rotation.rotator import Schedule  # not at module level: see run()
+
     schedule = Schedule(interval=token.interval, retry=token.retry)
     return schedule.due(record, time.time(), lambda: 0.0)
 
@@ -184,6 +187,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every command module is imported to build the parser (see cli/__init__).
+    from .._config.build import build_storage
+
     settings = load_settings(args)
     storage = build_storage(settings.storage)
     now = time.time()

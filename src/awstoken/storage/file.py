@@ -7,7 +7,6 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,8 @@ def default_directory() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "awstoken"
+    import tempfile  # only here: with shutil and random it costs more than a door's answer
+
     return Path(tempfile.gettempdir()) / f"awstoken-{os.getuid()}"
 
 

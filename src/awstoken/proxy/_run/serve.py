@@ -27,7 +27,7 @@ from .._server import (
     token_names,
 )
 from .._token_endpoint import load_secret
-from .._upstream import tls_context
+from .._upstream import check_tls
 from .process import (
     Control,
     Reload,
@@ -130,7 +130,7 @@ def serve(settings: Settings, keeper: Keeper, *, on_ready: Callable[[], object] 
     check_something_to_serve(settings)
     token_names(settings, RouteTable(settings.routes))
     InboundAuth(settings.server)
-    tls_context(settings.server)
+    check_tls(settings.server)
     load_secret(settings.server)
     check_cache_directories(settings)
     workers = settings.server.workers
