@@ -27,6 +27,7 @@ from ._admin import AdminApp
 from ._auth import InboundAuth
 from ._cache.http import ProxyCache
 from ._cache.store import Store
+from ._compiled import quiet_mypyc_throw, request_path
 from ._fast import FastForwarder
 from ._h1 import ClientConnection, Frontend, Pool, Request, close_listeners
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
@@ -95,6 +96,7 @@ class ProxyServer:
         self.refresher = TokenRefresher(keeper, wait=settings.server.refresh_wait,
                                         min_gap=settings.server.refresh_min_gap)
         self._fast: FastForwarder | None = None
+        quiet_mypyc_throw()  # a compiled build's connection resets stay ConnectionResetError
         self._aux: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
         self._aux_listeners: list[asyncio.Server] = []
@@ -162,8 +164,8 @@ class ProxyServer:
         if self._fast is not None:
             self._fast.own_ports.update(self._own_ports())
         if self.with_proxy:
-            log.info("awstoken: proxy listening on http://%s:%d (%d routes)", *self.address[:2],
-                     len(self.routes.routes))
+            log.info("awstoken: proxy listening on http://%s:%d (%d routes, request path %s)",
+                     *self.address[:2], len(self.routes.routes), request_path())
 
     def _fast_forwarder(self) -> FastForwarder:
         assert self._pool is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +22,7 @@ from awstoken import Keeper, MemoryStorage, Token
 from awstoken._config.settings import RouteSettings, ServerSettings
 from awstoken.proxy._auth import InboundAuth
 from awstoken.proxy._fast import FastForwarder
-from awstoken.proxy._h1 import Frontend, Origin, Pool, Request, UpstreamConnection
+from awstoken.proxy._h1 import ClientConnection, Frontend, Origin, Pool, Request, UpstreamConnection
 from awstoken.proxy._metrics import RouteMetrics
 from awstoken.proxy._routes import RouteTable
 
@@ -186,6 +185,24 @@ def test_uncommon_requests_are_left_to_the_coroutine_path() -> None:
         assert (fast, slow) == (0, 1), request
 
 
+def _unconnected(remote: str | None) -> tuple[ClientConnection, Pool]:
+    """A client connection that came from ``remote`` (None: a unix socket) and a pool,
+    neither connected: the head builders read only the connection's addresses. (Made on a
+    loop, as in the server: compiled, they cannot be half-made with ``__new__``.)"""
+    async def unused(conn: ClientConnection, request: Request) -> None:
+        raise AssertionError("no request is answered")
+
+    async def made() -> tuple[ClientConnection, Pool]:
+        return Frontend(unused)(), Pool(ssl_context=_SSL, connect_timeout=5, read_timeout=30)
+
+    conn, pool = asyncio.run(made())
+    conn.remote, conn.local = remote, "127.0.0.1:8080"
+    return conn, pool
+
+
+_SSL = ssl.create_default_context()
+
+
 NAMES = ["Accept", "accept-encoding", "Authorization", "Connection", "X-Forwarded-For",
          "x-forwarded-proto", "X-Forwarded-Host", "Host", "Content-Length", "TE", "Expect",
          "Keep-Alive", "Upgrade", "Proxy-Authorization", "X-Token", "User-Agent", "Range",
@@ -206,17 +223,16 @@ def test_the_one_pass_request_head_is_the_general_one(fields: list[tuple[str, st
     storage = MemoryStorage()
     routes = RouteTable([RouteSettings(prefix="/", upstream="https://up.example/base",
                                        token="ecr", header=header)])
-    pool = Pool.__new__(Pool)  # no loop needed: the head is built, nothing is sent
+    conn, pool = _unconnected(remote)  # the head is built, nothing is sent
     forwarder = FastForwarder(routes=routes, keeper=Keeper(storage), pool=pool,
                               auth=InboundAuth(ServerSettings()),
                               metrics=RouteMetrics(CollectorRegistry()), access_log=False)
-    conn = SimpleNamespace(remote=remote, local="127.0.0.1:8080", memo=None)
     request = Request.of(method="GET", target="/v2/x?y=1", headers=fields, host="p")
     route = routes.routes[0]
     line = f"{header}: Basic t\r\n".encode()
-    fast = forwarder.fast._request_head(conn, request, route, "up.example", line,  # type: ignore[arg-type]
+    fast = forwarder.fast._request_head(conn, request, route, "up.example", line,
                                         header.lower().encode())
-    general = forwarder.fast._general_head(conn, request, route, "up.example", line)  # type: ignore[arg-type]
+    general = forwarder.fast._general_head(conn, request, route, "up.example", line)
     assert fast == general
 
 

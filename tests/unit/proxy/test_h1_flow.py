@@ -6,17 +6,21 @@ import asyncio
 
 import pytest
 
-from awstoken.proxy._h1 import FlowControl
+from awstoken.proxy._h1 import ClientConnection, Frontend, Request
 
 from .fakes import FakeTransport, run, settle
 
 
-class Side(FlowControl):
-    def __init__(self, transport: FakeTransport) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.transport = transport
-        self.closed = False
-        self._init_flow()
+async def _unused(conn: ClientConnection, request: Request) -> None:
+    raise AssertionError("no request is sent in these tests")
+
+
+def Side(transport: FakeTransport) -> ClientConnection:
+    """A protocol that mixes FlowControl in, on ``transport`` (a client connection: the
+    helper is a trait, and a compiled trait takes no subclass defined in a test)."""
+    conn = Frontend(_unused)()
+    conn.connection_made(transport)
+    return conn
 
 
 def test_reading_resumes_only_when_every_reason_is_withdrawn() -> None:

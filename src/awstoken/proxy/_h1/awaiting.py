@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import trait
+
 from .origin import UpstreamError
 from .wire import HIGH_WATER, Chunk
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from .inbound import ClientConnection
 
 
+# A trait: the one kind of second base a class compiled by mypyc may have.
+@trait
 class Awaiting:
     """Futures and waits over an upstream exchange's events (see ``UpstreamConnection``)."""
 
@@ -28,9 +32,12 @@ class Awaiting:
     complete: bool
     error: UpstreamError | None
 
-    if TYPE_CHECKING:  # the protocol's own
-        def _resume(self) -> None: ...
-        def attach(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None: ...
+    # The protocol's own (declared here so the trait type-checks and compiles).
+    def _resume(self) -> None:
+        raise NotImplementedError
+
+    def attach(self, client: ClientConnection, sink: Callable[[Chunk], Any]) -> None:
+        raise NotImplementedError
 
     def event(self) -> asyncio.Future[None]:
         """A future set by the next event (head, body progress, end, failure): awaiting it

@@ -257,15 +257,17 @@ class ClientConnection(FlowControl, asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._upgrade()
-        except ProtocolError as exc:
-            self._reject(exc)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
+        except ProtocolError as refused:
+            self._reject(refused)
+        except httptools.HttpParserCallbackError as raised:
+            # Each clause names its own exception: compiled (mypyc), one name is one typed
+            # local, and httptools' exceptions are not ProtocolErrors.
+            cause = raised.__context__
             self._reject(cause if isinstance(cause, ProtocolError) else
                          ProtocolError(400, "malformed request"))
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as malformed:
             # llhttp's reasons are short phrases ("Invalid header value char"), no bytes.
-            self._reject(ProtocolError(400, f"malformed request: {str(exc)[:100]}"))
+            self._reject(ProtocolError(400, f"malformed request: {str(malformed)[:100]}"))
         # After the whole read is parsed: a malformed request after a good one in the same
         # read aborts the connection before the good one goes anywhere.
         if self.queue and not self.busy and not self.closed:

@@ -220,10 +220,10 @@ class UpstreamConnection(FlowControl, Awaiting, asyncio.BufferedProtocol):
             self._fail(cause if isinstance(cause, UpstreamError) else
                        UpstreamError("protocol", f"upstream {self.origin.host}: bad response"))
             self.abort()
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as malformed:
             self._fail(UpstreamError("body" if self.head_done else "protocol",
                                      f"upstream {self.origin.host}: malformed response "
-                                     f"({type(exc).__name__})"))
+                                     f"({type(malformed).__name__})"))
             self.abort()
 
     def _feed_head(self, data: bytes | memoryview) -> bool:
