@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from awstoken.proxy._compiled import is_compiled, request_path
+from awstoken.proxy._compiled import is_compiled, quiet_mypyc_throw, request_path
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -42,3 +43,18 @@ def test_the_plain_install_runs_the_same_modules_interpreted() -> None:
     compiled = [_dotted(m) for m in compiled_modules() if is_compiled(_dotted(m))]
     assert compiled == [], "stale compiled modules: `find src -name '*.so' -delete`"
     assert request_path() == "interpreted"
+
+
+@pytest.mark.skipif(not COMPILED_RUN, reason="the compiled run only (scripts/test-compiled.sh)")
+def test_a_compiled_server_ignores_mypyc_throw_warning_even_under_w_error() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as -W error
+        with pytest.raises(DeprecationWarning):
+            warnings.warn(MESSAGE, DeprecationWarning, stacklevel=1)
+        quiet_mypyc_throw()  # what ProxyServer does
+        warnings.warn(MESSAGE, DeprecationWarning, stacklevel=1)  # ignored now
+        with pytest.raises(DeprecationWarning, match="something else"):
+            warnings.warn("something else", DeprecationWarning, stacklevel=1)
+
+
+MESSAGE = "the (type, exc, tb) signature of throw() is deprecated, use the single-arg signature instead."
