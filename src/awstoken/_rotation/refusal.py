@@ -53,13 +53,6 @@ def refresh_gap(keeper: Keeper, name: str, configured: float | None) -> float:
     return DEFAULT_MIN_REFRESH_GAP if configured is None else configured
 
 
-def storage_margin(keeper: Keeper) -> float:
-    """The seconds before expiry from which ``keeper``'s storage no longer hands a value out
-    (``margin`` of the built-in storages; 0 for a storage without one)."""
-    margin = getattr(keeper.storage, "margin", 0.0)
-    return float(margin) if isinstance(margin, (int, float)) else 0.0
-
-
 class RefreshWait:
     """One bounded wait for a token other than ``sent`` after a refusal with ``status``.
 
@@ -78,7 +71,6 @@ class RefreshWait:
         self.status = status
         self.wait = wait
         self.min_gap = refresh_gap(keeper, name, min_gap)
-        self.margin = storage_margin(keeper)
         self.clock = clock
         self.monotonic = monotonic
         self.value: str | None = None
@@ -91,11 +83,12 @@ class RefreshWait:
         """Look once (a storage read); how long to sleep before looking again, or None."""
         record = self.keeper.record(self.name)  # authoritative; also refreshes the hot cache
         now = self.clock()
-        # The storage's margin, as its reads apply it: a value that close to its expiry
-        # would expire on its way (CI saw nginx send one just past expiry).
-        if (record is not None and record.usable(now + self.margin)
-                and record.value != self.sent):
-            self._done("new", record.value)
+        # What the storage itself hands out, just refreshed by that read: its rule, expiry
+        # margin included (a value that close to its expiry would expire on its way: CI saw
+        # nginx send one just past it).
+        value = self.keeper.token(self.name)
+        if value is not None and value != self.sent:
+            self._done("new", value)
             return None
         since = self._since
         if since is None:
