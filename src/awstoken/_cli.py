@@ -1,8 +1,8 @@
 """The ``awstoken`` command line.
 
-Subcommands are the modules of the private package ``awstoken.cli`` (one file each, found at
-start-up, so adding a command touches no shared list). Each module defines ``NAME``,
-``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Subcommands are the modules of the private package ``awstoken.cli`` (one file each, named in
+``awstoken.cli.COMMANDS``). Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)``
+and ``run(args) -> int``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from importlib.machinery import all_suffixes
+from collections.abc import Sequence
 from types import ModuleType
 
 from ._errors import AwstokenError
@@ -23,33 +22,8 @@ def commands() -> list[ModuleType]:
     """The command modules, sorted by command name."""
     from . import cli
 
-    found = [importlib.import_module(f"{cli.__name__}.{name}")
-             for name in sorted(_module_names(cli.__path__)) if not name.startswith("_")]
+    found = [importlib.import_module(f"{cli.__name__}.{name}") for name in cli.COMMANDS]
     return sorted(found, key=lambda module: str(module.NAME))
-
-
-def _module_names(path: Iterable[str]) -> set[str]:
-    """The modules in a package's directories, as ``pkgutil.iter_modules`` lists them, with
-    ``os.listdir``: pkgutil imports ``inspect`` for it (7-10 ms, a fifth of ``--help``)."""
-    names: set[str] = set()
-    suffixes = sorted(all_suffixes(), key=len, reverse=True)
-    for directory in path:
-        try:
-            entries = os.listdir(directory)
-        except NotADirectoryError:  # a zip archive: pkgutil knows how to list it
-            import pkgutil
-
-            names.update(info.name for info in pkgutil.iter_modules([directory]))
-            continue
-        except OSError:
-            continue
-        for entry in entries:
-            suffix = next((s for s in suffixes if entry.endswith(s)), None)
-            stem = entry[:-len(suffix)] if suffix else entry
-            if stem and "." not in stem and stem != "__init__" and (suffix or any(
-                    os.path.isfile(os.path.join(directory, entry, "__init__" + s)) for s in suffixes)):
-                names.add(stem)
-    return names
 
 
 #: Where people go from ``--help``: the reference of every setting, and a starting point.
