@@ -47,6 +47,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import free_port
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 TIMEOUT = 60.0
@@ -67,12 +70,6 @@ class Case:
     stdin: str = ""
     expect: str = ""
     serve_port: int | None = None  # for serve: the port to wait for, then SIGTERM
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_files(work: Path) -> tuple[Path, int]:
