@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from awstoken.proxy._h1 import ClientConnection, Request
 
 T = TypeVar("T")
 
@@ -111,3 +114,8 @@ async def settle(rounds: int = 5) -> None:
     """Let ready callbacks and tasks run (no timers: each round is one loop iteration)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+async def no_requests(conn: ClientConnection, request: Request) -> None:
+    """The handler of a client connection that a test never sends a request on."""
+    raise AssertionError("no request is sent in this test")

@@ -26,7 +26,7 @@ from awstoken.proxy._h1 import ClientConnection, Frontend, Origin, Pool, Request
 from awstoken.proxy._metrics import RouteMetrics
 from awstoken.proxy._routes import RouteTable
 
-from .fakes import FakeTransport, run, settle
+from .fakes import FakeTransport, no_requests, run, settle
 
 TOKEN = "Basic dG9rZW4="
 BIG = 200 * 1024
@@ -189,11 +189,8 @@ def _unconnected(remote: str | None) -> tuple[ClientConnection, Pool]:
     """A client connection that came from ``remote`` (None: a unix socket) and a pool,
     neither connected: the head builders read only the connection's addresses. (Made on a
     loop, as in the server: compiled, they cannot be half-made with ``__new__``.)"""
-    async def unused(conn: ClientConnection, request: Request) -> None:
-        raise AssertionError("no request is answered")
-
     async def made() -> tuple[ClientConnection, Pool]:
-        return Frontend(unused)(), Pool(ssl_context=_SSL, connect_timeout=5, read_timeout=30)
+        return Frontend(no_requests)(), Pool(ssl_context=_SSL, connect_timeout=5, read_timeout=30)
 
     conn, pool = asyncio.run(made())
     conn.remote, conn.local = remote, "127.0.0.1:8080"

@@ -6,19 +6,15 @@ import asyncio
 
 import pytest
 
-from awstoken.proxy._h1 import ClientConnection, Frontend, Request
+from awstoken.proxy._h1 import ClientConnection, Frontend
 
-from .fakes import FakeTransport, run, settle
-
-
-async def _unused(conn: ClientConnection, request: Request) -> None:
-    raise AssertionError("no request is sent in these tests")
+from .fakes import FakeTransport, no_requests, run, settle
 
 
 def Side(transport: FakeTransport) -> ClientConnection:
     """A protocol that mixes FlowControl in, on ``transport`` (a client connection: the
     helper is a trait, and a compiled trait takes no subclass defined in a test)."""
-    conn = Frontend(_unused)()
+    conn = Frontend(no_requests)()
     conn.connection_made(transport)
     return conn
 
