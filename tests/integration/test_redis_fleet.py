@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -317,19 +318,28 @@ def assert_no_overlap(runs: list[Run]) -> None:
             f"the run by {after.worker} started while the run by {before.worker} was running")
 
 
+def flushed(runs: list[Run], flushes: list[float]) -> set[str]:
+    """Tokens of runs that a FLUSHALL hit: one came after the run started and before the next
+    run did. Their leader may have found its lease gone and discarded the token, by design:
+    a vanished lease is never taken back, since a follower may have taken it meanwhile."""
+    hit = set()
+    for i, run in enumerate(runs):
+        until = runs[i + 1].start if i + 1 < len(runs) else math.inf
+        if run.token is not None and any(run.start < t < until for t in flushes):
+            hit.add(run.token)
+    return hit
+
+
 def test_flushall_while_rotating_gives_no_overlap_and_one_call_per_rotation(
         redis_server: RedisServer, fleet: Callable[..., Fleet]) -> None:
     """Issue 12, failure 1: after FLUSHALL a follower took the vanished lease while the old
     leader kept leading until its next renewal: two refreshers."""
-    # The lease stays 4 s: a leader renews every lease / 4, and a renewal that finds the key
-    # gone mid-run makes the leader discard that run ("leadership was lost during the
-    # refresh"), which this test counts as a wasted call. With a 2 s lease (renewals twice as
-    # often) two of three runs under load failed so (docs/testing.md).
     lease = 4.0
     f = fleet(redis_server.url, interval=1.0, lease=lease)
     f.start(3, run_seconds=0.4)
     f.wait(lambda: all(f.status(pid).get("seen") for pid in f.procs), 60, "a first read")
     client = redis_server.client()
+    flushes: list[float] = []
     for _ in range(4):
         # FLUSHALL in the middle of a run, when the old leader is busiest.
         count = len(f.runs())
@@ -339,16 +349,16 @@ def test_flushall_while_rotating_gives_no_overlap_and_one_call_per_rotation(
         f.wait(grew, 3 * lease + 60, "a run starts")
         time.sleep(0.1)
         client.flushall()
-        flushed_at = time.time()
+        flushes.append(time.time())
     client.close()
 
     def settled() -> bool:
-        """A run started after the last FLUSHALL has ended, and every token made reached a
-        reader (a run stopped by the FLUSHALL made none)."""
+        """A run started after the last FLUSHALL has ended, and every token made by a run
+        that no FLUSHALL hit reached a reader."""
         seen = {t for pid in f.procs for t in f.status(pid).get("seen", [])}
         runs = f.runs()
-        return (any(r.start > flushed_at and r.end for r in runs)
-                and all(r.token in seen for r in runs if r.token is not None))
+        spared = {r.token for r in runs if r.token is not None} - flushed(runs, flushes)
+        return any(r.start > flushes[-1] and r.end for r in runs) and spared <= seen
 
     f.wait(settled, 3 * lease + 60, "a run after the last FLUSHALL, its token read")
     statuses = f.stop()
@@ -357,7 +367,10 @@ def test_flushall_while_rotating_gives_no_overlap_and_one_call_per_rotation(
     assert_no_overlap(runs)
     seen = {token for status in statuses.values() for token in status["seen"]}
     finished = [r.token for r in runs if r.token is not None]
-    wasted = [t for t in finished if t not in seen]
+    # One call per rotation: a token nobody used comes only from a run a FLUSHALL hit
+    # (usually the watch kills such a run before it makes one). Anything else is a second
+    # refresher or a lost write.
+    wasted = [t for t in finished if t not in seen and t not in flushed(runs, flushes)]
     assert not wasted, f"{len(wasted)} of {len(finished)} source calls made tokens nobody used"
     for status in statuses.values():
         assert status["nones_after_first"] == 0
