@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Final
 
 from .._rotation.keeper import Keeper
 from .._rotation.refusal import DEFAULT_REFRESH_WAIT
@@ -39,11 +40,11 @@ from ._routes import PathRefused, Route, RouteTable, needs_normalizing, normaliz
 log = logging.getLogger("awstoken.proxy")
 access_log = logging.getLogger("awstoken.access")
 
-_FAILURE_STATUS = {"timeout": 504}
+_FAILURE_STATUS: Final = {"timeout": 504}
 #: The methods registries and package indexes use. Anything else is refused with 405, never
 #: forwarded: an upstream that echoes TRACE would hand the token to the client.
-METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
-ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+ALLOW: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
 class FastForwarder(Responder):
@@ -384,7 +385,7 @@ class FastForwarder(Responder):
                               f"upstream for route {route.name}")
 
 
-_FRAMING = frozenset({"content-length"})
+_FRAMING: Final = frozenset({"content-length"})
 
 
 def _upstream_head(request: Request, origin: Origin, target: str,

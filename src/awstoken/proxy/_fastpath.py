@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ._answer import client_headers
 from ._framing import body_sink
@@ -35,10 +35,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("awstoken.proxy")
 
-# Stages of an exchange answered with callbacks (``UpstreamConnection.job[4]``).
-_HEAD, _COLLECT, _STREAM, _STREAM_CHUNKED = range(4)
-_REQUEST_DROP = frozenset(name.encode() for name in REQUEST_DROP)
-_FAILURE_STATUS = {"timeout": 504}
+# Final: a compiled build (mypyc) reads these as constants, not from the module's dict.
+# Stages of an exchange answered with callbacks (``_Job.stage``).
+_HEAD: Final = 0
+_COLLECT: Final = 1
+_STREAM: Final = 2
+_STREAM_CHUNKED: Final = 3
+_REQUEST_DROP: Final = frozenset(name.encode() for name in REQUEST_DROP)
+_FAILURE_STATUS: Final = {"timeout": 504}
+
+
+class _Job:
+    """One exchange answered with callbacks (``UpstreamConnection.job``): typed attributes,
+    which a compiled build reads without a lookup (a tuple of them needs one per item)."""
+
+    __slots__ = ("conn", "request", "reused", "route", "stage", "started", "value")
+
+    def __init__(self, conn: ClientConnection, request: Request, route: Route, value: str,
+                 started: float, reused: bool) -> None:
+        self.conn = conn
+        self.request = request
+        self.route = route
+        self.value = value
+        self.stage = _HEAD
+        self.started = started
+        self.reused = reused
 
 
 class FastPath:
@@ -93,7 +114,7 @@ class FastPath:
             return False  # a new connection is made by the coroutine path
         started = time.monotonic()
         reused = up.uses > 0
-        up.job = (conn, request, route, value, _HEAD, started, reused)
+        up.job = _Job(conn, request, route, value, started, reused)
         up.listener = self._progress
         conn.on_lost = up.poke  # the client left: _progress sees it closed
         up.start(head, request.method == "HEAD")
@@ -165,21 +186,21 @@ class FastPath:
 
     def _progress(self, up: UpstreamConnection) -> None:
         """An event of the exchange on ``up`` (head, body, end, failure, the client gone)."""
-        job = up.job
+        job: _Job | None = up.job
         if job is None:
             return
+        conn = job.conn
         try:
-            conn = job[0]
             if conn.closed:
                 self._client_gone(up)
             elif up.error is not None and not up.complete:
                 self._failed(up, up.error)
             else:
-                self._step(up, conn, job[4])
+                self._step(up, conn, job.stage)
         except Exception:
             log.exception("awstoken: unexpected error while answering a request")
-            job[0].on_lost = None
-            job[0].abort()
+            conn.on_lost = None
+            conn.abort()
             if up.job is not None:
                 self._finish(up, 502)
 
@@ -196,7 +217,8 @@ class FastPath:
             self._finish(up, up.status)
 
     def _head(self, up: UpstreamConnection) -> None:
-        conn, request, route, value, _, started, reused = up.job
+        job: _Job = up.job
+        conn, request, route = job.conn, job.request, job.route
         fw = self.fw
         status = up.status
         if status == 401 or status == 403 or (
@@ -204,7 +226,7 @@ class FastPath:
                 or (status == 200 and not up.head_only and is_index(up.content_type)):
             self._fall_over(up, up)
             return
-        fw.metrics.observe(route.name, time.monotonic() - started)
+        fw.metrics.observe(route.name, time.monotonic() - job.started)
         if up.head_only or status == 204 or status == 304:
             # HEAD keeps the upstream's Content-Length (the size a GET would bring).
             length = up.length
@@ -217,12 +239,13 @@ class FastPath:
         elif up.complete:
             self._send_whole(up)
         elif up.length is not None and up.length <= SMALL_BODY:
-            up.job = (conn, request, route, value, _COLLECT, started, reused)
+            job.stage = _COLLECT
         else:
             self._stream(up)
 
     def _send_whole(self, up: UpstreamConnection) -> None:
-        conn, request, route = up.job[:3]
+        job: _Job = up.job
+        conn, request, route = job.conn, job.request, job.route
         body = up.take()
         conn.response_started = True
         head = self._response_head(conn, up, route, request, b"Content-Length: %d\r\n" % len(body))
@@ -231,7 +254,8 @@ class FastPath:
         self._finish(up, up.status)
 
     def _stream(self, up: UpstreamConnection) -> None:
-        conn, request, route, value, _, started, reused = up.job
+        job: _Job = up.job
+        conn, request = job.conn, job.request
         length = up.length
         chunked = length is None and request.version == "1.1"
         if length is not None:
@@ -242,9 +266,8 @@ class FastPath:
             request.keep_alive = False  # the end of the connection ends the body
             framing = b""
         conn.response_started = True
-        conn.write(self._response_head(conn, up, route, request, framing))
-        up.job = (conn, request, route, value, _STREAM_CHUNKED if chunked else _STREAM, started,
-                  reused)
+        conn.write(self._response_head(conn, up, job.route, request, framing))
+        job.stage = _STREAM_CHUNKED if chunked else _STREAM
         up.attach(conn, body_sink(conn, chunked))
 
     def _response_head(self, conn: ClientConnection, up: UpstreamConnection, route: Route,
@@ -277,10 +300,11 @@ class FastPath:
     # -- endings ---------------------------------------------------------------------------
 
     def _failed(self, up: UpstreamConnection, error: UpstreamError) -> None:
-        conn, request, route, _, stage, _, reused = up.job
+        job: _Job = up.job
+        conn, request, route, stage = job.conn, job.request, job.route, job.stage
         fw = self.fw
         if stage == _HEAD:
-            if reused and error.before_response:
+            if job.reused and error.before_response:
                 # A pooled connection the upstream closed while idle: the request once more
                 # on a new connection (it has no body), by the coroutine path.
                 self._fall_over(up, None)
@@ -304,28 +328,29 @@ class FastPath:
 
     def _fall_over(self, up: UpstreamConnection, answered: UpstreamConnection | None) -> None:
         """Hand the request to the coroutine path, from ``answered``'s head or afresh."""
-        conn, request, route, value, _, started, _ = up.job
+        job: _Job = up.job
         up.listener = None
         up.job = None
         if answered is None:
             up.release()
-        conn.run(request, self.fw.resume(conn, request, route, value, answered, started))
+        job.conn.run(job.request, self.fw.resume(job.conn, job.request, job.route, job.value,
+                                                 answered, job.started))
 
     def _finish(self, up: UpstreamConnection, status: int) -> None:
-        conn, request, route = up.job[:3]
-        started = up.job[5]
+        job: _Job = up.job
         up.release()  # clears job and listener; back to the pool when the answer was whole
-        self.fw.record(conn, request, route, status, request.target, started)
-        conn.done(request)
+        request = job.request
+        self.fw.record(job.conn, request, job.route, status, request.target, job.started)
+        job.conn.done(request)
 
     def _client_gone(self, up: UpstreamConnection) -> None:
         """The client closed its connection while ``up`` answered it: abort the exchange
         (counted as 499, as the coroutine path counts a request cancelled that way)."""
-        conn, request = up.job[:2]
-        started = up.job[5]
+        job: _Job = up.job
         up.release()
-        self.fw.record(conn, request, None, 499, request.target, started)
-        conn.done(request)
+        request = job.request
+        self.fw.record(job.conn, request, None, 499, request.target, job.started)
+        job.conn.done(request)
 
 
 def _forwarded(prior: list[str] | None, client_ip: str | None, proto: str, host: str) -> str:

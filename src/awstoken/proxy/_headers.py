@@ -7,26 +7,27 @@ The policy works on ``(name, value)`` pairs in arrival order (:func:`request_hea
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 # RFC 9110 section 7.6.1 connection-specific fields, plus the old Proxy-Connection, and the
 # framing fields the proxy sets itself (Content-Length is restored when known).
-_HOP = frozenset((
+_HOP: Final = frozenset((
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade"))
-_REQUEST_DROP = _HOP | {"host", "authorization", "expect", "x-forwarded-for",
+_REQUEST_DROP: Final = _HOP | {"host", "authorization", "expect", "x-forwarded-for",
                         "x-forwarded-proto", "x-forwarded-host"}
-_RESPONSE_DROP = _HOP | {"content-length"}
+_RESPONSE_DROP: Final = _HOP | {"content-length"}
 #: Request fields the proxy never forwards as they are when it frames the request itself
 #: (besides the route's token header and the fields a Connection field names).
-REQUEST_DROP = _REQUEST_DROP | {"content-length"}
+REQUEST_DROP: Final = _REQUEST_DROP | {"content-length"}
 # Headers that never follow a redirect to another host.
-_CROSS_HOST_DROP = frozenset(("authorization", "cookie", "x-forwarded-for", "x-forwarded-host",
+_CROSS_HOST_DROP: Final = frozenset(("authorization", "cookie", "x-forwarded-for", "x-forwarded-host",
                               "x-forwarded-proto"))
 
 # What a followed redirect target (S3 and the like: not the route's upstream) may say to the
 # client: the body's description and caching. No cookies, no challenges, no Location, no
 # headers awstoken gives a meaning to (X-Awstoken-*), nothing else.
-_FOLLOWED_KEEP = frozenset((
+_FOLLOWED_KEEP: Final = frozenset((
     "content-type", "content-length", "content-range", "content-encoding", "content-language",
     "content-disposition", "content-md5", "accept-ranges", "etag", "last-modified",
     "cache-control", "expires", "date", "age", "vary", "transfer-encoding", "connection"))

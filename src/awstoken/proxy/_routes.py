@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .._config.settings import CacheSettings, RouteSettings
@@ -92,12 +92,12 @@ class PathRefused(ValueError):
     """A request path that must not be forwarded (answer 400): the message says why."""
 
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
-_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 #: How many rounds of percent-decoding an upstream might apply (double-decoding servers exist).
-_DECODE_ROUNDS = 4
-_DOTS = "dot segments ('.', '..', '%2e') are not allowed in the path"
+_DECODE_ROUNDS: Final = 4
+_DOTS: Final = "dot segments ('.', '..', '%2e') are not allowed in the path"
 
 
 def needs_normalizing(path: str) -> bool:

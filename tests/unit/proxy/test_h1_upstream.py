@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from awstoken.proxy._h1 import (
     UpstreamConnection,
     UpstreamError,
 )
+from awstoken.proxy._h1 import upstream as _upstream
 
 from .fakes import FakeTransport, run, settle
 
@@ -74,6 +76,50 @@ def test_the_request_head_goes_out_and_a_content_length_answer_is_framed() -> No
         assert conn.complete and conn.take() == b"hello"
         conn.release()
         assert pool.take(conn.origin) is conn  # kept alive, pooled
+        await pool.close()
+    run(main)
+
+
+@pytest.mark.parametrize("spelling", [str.lower, str.upper, str.title, lambda s: "".join(
+    c.upper() if i % 2 else c for i, c in enumerate(s))])
+def test_framing_and_hop_by_hop_fields_are_found_however_an_upstream_spells_them(
+        spelling: Any) -> None:
+    """The kind of each field name is learned per spelling (upstream._KINDS): every spelling
+    of a framing or hop-by-hop name is still dropped, and its meaning still read."""
+    async def main() -> None:
+        names = ["Content-Length", "Content-Type", "Location", "Connection", "Keep-Alive",
+                 "Proxy-Authenticate", "Trailer", "Upgrade", "X-Kept"]
+        values = ["3", "text/plain", "/next", "keep-alive", "timeout=5", "Basic", "X",
+                  "h2c", "yes"]
+        for _ in range(2):  # the second answer is read from what the first one taught
+            pool, conn, _t = upstream()
+            conn.start(b"GET / HTTP/1.1\r\n\r\n", head_only=False)
+            fields = "".join(f"{spelling(n)}: {v}\r\n" for n, v in zip(names, values,
+                                                                         strict=True))
+            feed(conn, f"HTTP/1.1 200 OK\r\n{fields}\r\nabc".encode())
+            assert (conn.length, conn.content_type, conn.location) == (3, "text/plain", "/next")
+            assert conn.kept == f"{spelling('Content-Type')}: text/plain\r\n" \
+                f"{spelling('Location')}: /next\r\n{spelling('X-Kept')}: yes\r\n".encode()
+            assert conn.complete and conn.take() == b"abc"
+            await pool.close()
+    run(main)
+
+
+def test_an_upstream_inventing_names_cannot_grow_what_is_learned_past_its_bound() -> None:
+    """Field names come from upstreams: the learned kinds stay bounded, in count and in the
+    length of a name, and a name past the bound is still read right."""
+    async def main() -> None:
+        pool, conn, _t = upstream()
+        for i in range(_upstream._KINDS_MAX // 100 + 2):
+            conn.start(b"GET / HTTP/1.1\r\n\r\n", head_only=False)
+            fields = b"".join(b"X-%d-%d: v\r\n" % (i, j) for j in range(100))
+            feed(conn, b"HTTP/1.1 200 OK\r\n" + fields + b"X-" + b"n" * 200 +
+                 b": v\r\nCoNtEnT-LeNgTh: 1\r\n\r\nz")
+            assert conn.complete and conn.length == 1 and conn.take() == b"z"
+            conn.release()
+            assert pool.take(conn.origin) is conn
+        assert len(_upstream._KINDS) <= _upstream._KINDS_MAX
+        assert all(len(name) <= _upstream._KIND_NAME_MAX for name in _upstream._KINDS)
         await pool.close()
     run(main)
 

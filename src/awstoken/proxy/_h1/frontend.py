@@ -6,6 +6,7 @@ import asyncio
 import asyncio.selector_events
 import logging
 from collections.abc import Iterable
+from typing import Final
 
 from .inbound import ClientConnection, FastHandler, Handler
 from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT
@@ -14,7 +15,7 @@ log = logging.getLogger("awstoken.proxy")
 
 
 #: Open client connections per process unless configured (``server.max_connections``).
-MAX_CONNECTIONS = 4096
+MAX_CONNECTIONS: Final = 4096
 
 
 class Frontend:

@@ -14,7 +14,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -139,7 +139,7 @@ Handler = Callable[["ClientConnection", Request], Awaitable[None]]
 FastHandler = Callable[["ClientConnection", Request], bool]
 
 
-_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding", b"host", b"expect"))
+_FRAMING_FIELDS: Final = frozenset((b"content-length", b"transfer-encoding", b"host", b"expect"))
 
 
 def _framing(headers: list[tuple[bytes, bytes]],
@@ -177,7 +177,7 @@ def _check_version(version: str, host: str | None, chunked: bool) -> None:
         raise ProtocolError(400, f"HTTP/{version} is not served")
 
 
-_BUSY = encode_head("HTTP/1.1 503 Service Unavailable", [
+_BUSY: Final = encode_head("HTTP/1.1 503 Service Unavailable", [
     ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", "33"),
     ("Retry-After", "1"), ("Connection", "close")]) + b"too many connections, retry soon\n"
 

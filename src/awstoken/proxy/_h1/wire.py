@@ -5,25 +5,26 @@ from __future__ import annotations
 import email.utils
 import time
 from http import HTTPStatus
+from typing import Final
 
 #: A request head (request line and headers) may be at most this big; 431 above it.
-MAX_HEAD = 64 * 1024
+MAX_HEAD: Final = 64 * 1024
 #: Body bytes buffered before the sending side is paused.
-HIGH_WATER = 1024 * 1024
+HIGH_WATER: Final = 1024 * 1024
 #: Idle keep-alive client connections are closed after this many seconds.
-KEEPALIVE_TIMEOUT = 75.0
+KEEPALIVE_TIMEOUT: Final = 75.0
 #: A client must send a whole request head within this many seconds.
-HEAD_TIMEOUT = 60.0
+HEAD_TIMEOUT: Final = 60.0
 #: Idle upstream connections kept per origin.
-MAX_IDLE = 128
+MAX_IDLE: Final = 128
 #: Bytes read from an upstream per system call, into one buffer per pool. Larger reads
 #: than nginx's 256k buffers: fewer system calls per GiB streamed (measured: 1 MiB cut the
 #: CPU per GiB by a fifth against 256 KiB).
-READ_SIZE = 1024 * 1024
+READ_SIZE: Final = 1024 * 1024
 
 #: Response fields that never pass through as they are: hop-by-hop (RFC 9110 7.6.1, plus
 #: the old Proxy-Connection) and framing (Content-Length: the proxy frames each answer).
-HOP_BY_HOP = frozenset((
+HOP_BY_HOP: Final = frozenset((
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
     b"content-length"))
@@ -32,7 +33,7 @@ HOP_BY_HOP = frozenset((
 #: that is valid only during the call (see ``UpstreamConnection.buffer_updated``).
 Chunk = bytes | memoryview
 
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
 def reason(status: int) -> str:
