@@ -248,8 +248,8 @@ class FastPath:
         conn, request, route = job.conn, job.request, job.route
         body = up.take()
         conn.response_started = True
-        head = self._response_head(conn, up, route, request, b"Content-Length: %d\r\n" % len(body))
-        conn.write(head + body)
+        conn.write(self._response_head(conn, up, route, request,
+                                       b"Content-Length: %d\r\n" % len(body), body))
         conn.sent = len(body)
         self._finish(up, up.status)
 
@@ -271,16 +271,26 @@ class FastPath:
         up.attach(conn, body_sink(conn, chunked))
 
     def _response_head(self, conn: ClientConnection, up: UpstreamConnection, route: Route,
-                       request: Request, framing: bytes) -> bytes:
+                       request: Request, framing: bytes, body: bytes = b"") -> bytes:
         """The status line, the upstream's fields but hop-by-hop and framing ones (``kept``,
-        as received), ``framing``, and Connection for the client."""
+        as received), ``framing``, Connection for the client, then ``body``: one join."""
         kept = up.kept
+        parts = [self._status_line(up)]
         if kept is None or up.location is not None:
-            kept = self._filtered_fields(conn, up, route)
+            parts.append(self._filtered_fields(conn, up, route))
+        else:
+            parts += kept
+        parts.append(framing)
         if not request.keep_alive:
-            framing += b"Connection: close\r\n"
+            parts.append(b"Connection: close\r\n")
         elif request.version == "1.0":
-            framing += b"Connection: keep-alive\r\n"
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if body:
+            parts.append(body)
+        return b"".join(parts)
+
+    def _status_line(self, up: UpstreamConnection) -> bytes:
         key = (up.status, up.reason)
         line = self._status_lines.get(key)
         if line is None:
@@ -288,7 +298,7 @@ class FastPath:
             line = b"HTTP/1.1 %d %s\r\n" % (status, phrase or reason(status).encode("latin-1"))
             if len(self._status_lines) < 256:  # reason phrases come from upstreams: bounded
                 self._status_lines[key] = line
-        return line + kept + framing + b"\r\n"
+        return line
 
     def _filtered_fields(self, conn: ClientConnection, up: UpstreamConnection,
                          route: Route) -> bytes:

@@ -37,7 +37,7 @@ class RouteMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._requests: dict[tuple[str, str], int] = {}
+        self._requests: dict[str, list[int]] = {}  # per route: answers by status // 100
         self._latency: dict[str, list[float]] = {}  # per route: bucket counts..., sum
         registry.register(_RouteCollector(self))
         self.retries = Counter("awstoken_proxy_token_retries", "Requests retried after an "
@@ -52,8 +52,12 @@ class RouteMetrics:
 
     def count(self, route: str, status: int) -> None:
         """One answered request (``status`` 499 when the client went away first)."""
-        key = (route, _CLASSES.get(status // 100) or f"{status // 100}xx")
-        self._requests[key] = self._requests.get(key, 0) + 1
+        # One lookup by the route's name (a str, its hash kept): a (route, class) key would be
+        # a new tuple to hash on every request.
+        counts = self._requests.get(route)
+        if counts is None:
+            counts = self._requests[route] = [0] * 10
+        counts[status // 100 if 0 <= status < 1000 else 0] += 1
 
     def observe(self, route: str, seconds: float) -> None:
         """Time from sending a request upstream to its response head."""
@@ -62,9 +66,6 @@ class RouteMetrics:
             counts = self._latency[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
         counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         counts[-1] += seconds
-
-
-_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 
 
 class _RouteCollector(Collector):
@@ -79,8 +80,10 @@ class _RouteCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily("awstoken_proxy_requests", "Requests answered, by route "
                                        "and status class.", labels=("route", "status"))
-        for (route, status), value in sorted(self.metrics._requests.items()):
-            requests.add_metric([route, status], float(value))
+        for route, by_class in sorted(self.metrics._requests.items()):
+            for cls, value in enumerate(by_class):
+                if value:
+                    requests.add_metric([route, f"{cls}xx"], float(value))
         latency = HistogramMetricFamily("awstoken_proxy_upstream_seconds", "Time to the "
                                         "upstream's response headers.", labels=("route",))
         for route, counts in sorted(self.metrics._latency.items()):

@@ -260,7 +260,9 @@ class Rig:
         self.client.connection_made(self.client_transport)
 
     def counted(self) -> dict[tuple[str, str], int]:
-        return dict(self.metrics._requests)
+        """Answers counted, by route and status class."""
+        return {(route, f"{cls}xx"): n for route, by_class in self.metrics._requests.items()
+                for cls, n in enumerate(by_class) if n}
 
     async def close(self) -> None:
         await self.frontend.shutdown(0.1)

@@ -51,9 +51,10 @@ class UpstreamConnection(FlowControl, Awaiting, asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self.reason = b""
         self.raw: list[tuple[bytes, bytes]] = []  # the response head's fields, as received
-        #: The fields that pass to a client as they are (see on_headers_complete); None when
-        #: the upstream named fields in ``Connection`` (they are dropped by name then).
-        self.kept: bytes | None = b""
+        #: The fields that pass to a client as they are (see _read_head), as pieces to join
+        #: into the client's head; None when the upstream named fields in ``Connection``
+        #: (they are dropped by name then).
+        self.kept: list[bytes] | None = []
         self._headers: list[tuple[str, str]] | None = None
         self.chunks: list[bytes] = []
         self.sink: Callable[[Chunk], Any] | None = None
@@ -327,7 +328,7 @@ class UpstreamConnection(FlowControl, Awaiting, asyncio.BufferedProtocol):
                 kept.append(b": ")
                 kept.append(value)
                 kept.append(b"\r\n")
-        self.kept = None if kept is None else b"".join(kept)
+        self.kept = kept
 
     # -- flow control and timers ---------------------------------------------------------------
 
