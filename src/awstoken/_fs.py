@@ -170,9 +170,11 @@ class Directory:
         with os.fdopen(fd, "rb") as fh:
             return fh.read(), info
 
-    def open_lock(self, name: str) -> int:
-        """Open (creating, mode 0600) the lock file ``name``; the caller owns the descriptor."""
-        return self._open(name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)[0]
+    def open_lock(self, name: str, *, create: bool = True) -> int:
+        """Open (creating, mode 0600, unless not ``create``) the lock file ``name``; the caller
+        owns the descriptor. Raises FileNotFoundError when it is missing and not ``create``."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK if create else _READ
+        return self._open(name, flags)[0]
 
     def touch(self, name: str) -> None:
         """Create ``name`` (mode 0600) if needed and set its times to now."""

@@ -65,6 +65,62 @@ def test_a_leader_that_is_gone_shows_as_gone(tmp_path: Path) -> None:
     storage.close()
 
 
+def test_a_running_leader_shows_even_before_it_writes_and_after_a_dead_writer(
+        tmp_path: Path) -> None:
+    """File storage: the process holding the lock file's flock leads, whoever wrote the
+    record. Before, status named the record's writer (gone) and said nobody leads while a
+    new leader held the lock and had not refreshed yet."""
+    cfg = config(tmp_path)
+    storage = FileStorage(tmp_path / "store")
+    now = time.time()
+    gone = f"{socket.gethostname()}:{dead_pid()}"
+    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 60,
+                               generation=2, leader=gone))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom awstoken import FileStorage\n"
+         f"lease = FileStorage({str(tmp_path / 'store')!r}).acquire('ecr')\n"
+         "print('held' if lease else 'busy', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        line = row(status(cfg).stdout, "ecr")
+        assert f"{socket.gethostname()}:{holder.pid}" in line, line
+        assert "(gone)" not in line and "no leader" not in line
+        data = json.loads(status(cfg, "--json").stdout)["tokens"][0]
+        assert data["leader"] == f"{socket.gethostname()}:{holder.pid}"
+        assert data["leader_alive"] is True and data["written_by"] == gone
+    finally:
+        holder.kill()
+        holder.wait(30)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    # The holder died: the kernel dropped its flock, and nobody leads.
+    line = row(status(cfg).stdout, "ecr")
+    assert f"{gone} (gone)" in line and "none (no leader)" in line
+    # Status only probes: it never takes the lease, so a rotator can.
+    lease = storage.acquire("ecr")
+    assert lease is not None
+    lease.release()
+    storage.close()
+
+
+def test_status_never_follows_a_planted_lock_file_link(tmp_path: Path) -> None:
+    """The storage directory is shared: a lock file replaced by a symbolic link is refused,
+    never opened through (the leader is then unknown, and status says so)."""
+    cfg = config(tmp_path)
+    storage = FileStorage(tmp_path / "store")
+    storage.write("ecr", Token("v", refreshed_at=time.time(), generation=1, leader="h:1"))
+    target = tmp_path / "elsewhere"
+    target.write_text("not a lock\n")
+    (tmp_path / "store" / "ecr.lock").symlink_to(target)
+    out = status(cfg, "--json")
+    data = json.loads(out.stdout)["tokens"][0]
+    assert data["leader"] == "h:1" and data["leader_alive"] is None  # cannot tell
+    assert target.read_text() == "not a lock\n"
+    assert "Traceback" not in out.stderr
+    storage.close()
+
+
 def test_status_shows_the_next_refresh(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     storage = FileStorage(tmp_path / "store")

@@ -1,10 +1,10 @@
 """``awstoken status -c FILE``: each configured token's state, never its value.
 
-The leader is the process that holds the token's lease right now where the storage can say
-(Redis: the lease's owner id, shown as ``host:pid``), else the process that wrote the record.
-Whether it still runs: on this host, its pid is checked; on another host, a held Redis lease
-says it is alive (its owner renews it) and a Redis storage with no lease holder says nobody
-leads; otherwise it is unknown.
+The leader is the process that holds the token's lease right now (Redis: the lease's owner
+id; file: the holder of the lock file's flock, from /proc/locks; shown as ``host:pid``),
+else the process that wrote the record. Whether it still runs: on this host, its pid is
+checked; otherwise a held lease says it is alive (its owner renews or holds it), a storage
+with no lease holder says nobody leads, and a storage that cannot tell leaves it unknown.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def lease_holder(storage: Storage, name: str) -> str | None:
     """``host:pid`` of the process holding the lease of ``name``, where the storage tells.
 
-    Only a storage with a ``leader(name)`` method (RedisStorage) does; a FileStorage's flock
-    has no readable owner. None when nobody holds it or the storage cannot be asked.
+    A storage with a ``leader(name)`` method does (RedisStorage, FileStorage). None when
+    nobody holds it or the storage cannot be asked.
     """
     return _lease(storage, name)[0]
 

@@ -207,6 +207,40 @@ class FileStorage(BaseStorage):
         self._leases = [held for held in self._leases if held._fd is not None] + [lease]
         return lease
 
+    def leader(self, name: str) -> str | None:
+        """``host:pid:flock`` of the process holding the lease of ``name`` now (``host:?:flock``
+        when its pid cannot be read), or None when nobody holds it (``awstoken status``).
+
+        A shared lock that cannot be taken means that an exclusive one is held. The probe
+        holds its shared lock for an instant only; a process trying to lead at that very
+        instant finds the lock busy and tries again at its next poll.
+        """
+        lock = f"{check_name(name)}.lock"
+        try:
+            directory = self._directory()
+            if directory is None:
+                return None
+            fd = directory.open_lock(lock, create=False)
+        except FileNotFoundError:
+            return None  # nobody ever led here, or the directory was replaced
+        except UnsafePath as exc:
+            raise StorageError(f"token {name!r}: refusing the lock file {exc}") from None
+        except OSError as exc:
+            raise StorageError(f"token {name!r}: cannot open lock file {self.path / lock}: "
+                               f"{exc.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _flock_holder(os.fstat(fd))
+            else:
+                return None  # closing the descriptor releases the probe's lock
+        finally:
+            os.close(fd)
+        import socket  # here: the light paths (doors, --version) never ask for a leader
+
+        return f"{socket.gethostname()}:{pid if pid is not None else '?'}:flock"
+
     @staticmethod
     def _remove_stale_temporaries(directory: Directory, name: str) -> None:
         # A writer killed between creating its temporary and the rename leaves it behind;
@@ -248,3 +282,22 @@ class FileStorage(BaseStorage):
         for lease in self._leases:
             lease._forget_in_child()
         self._leases = []
+
+
+def _flock_holder(info: os.stat_result) -> int | None:
+    """The pid holding an exclusive ``flock`` on the file of ``info``, from Linux's
+    /proc/locks (None elsewhere, or when the holder is outside this process's pid
+    namespace)."""
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"; a waiter's line has "->".
+        fields = line.split()
+        if fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and len(fields) > 5 \
+                and fields[5] == wanted and fields[4].isdigit() and fields[4] != "0":
+            return int(fields[4])
+    return None
