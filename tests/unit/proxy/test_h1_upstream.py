@@ -23,7 +23,7 @@ from awstoken.proxy._h1 import (
     UpstreamConnection,
     UpstreamError,
 )
-from awstoken.proxy._h1 import upstream as _upstream
+from awstoken.proxy._h1 import fields as response_fields
 
 from .fakes import FakeTransport, run, settle
 
@@ -84,7 +84,7 @@ def test_the_request_head_goes_out_and_a_content_length_answer_is_framed() -> No
     c.upper() if i % 2 else c for i, c in enumerate(s))])
 def test_framing_and_hop_by_hop_fields_are_found_however_an_upstream_spells_them(
         spelling: Any) -> None:
-    """The kind of each field name is learned per spelling (upstream._KINDS): every spelling
+    """The kind of each field name is learned per spelling (fields.KINDS): every spelling
     of a framing or hop-by-hop name is still dropped, and its meaning still read."""
     async def main() -> None:
         names = ["Content-Length", "Content-Type", "Location", "Connection", "Keep-Alive",
@@ -110,7 +110,7 @@ def test_an_upstream_inventing_names_cannot_grow_what_is_learned_past_its_bound(
     length of a name, and a name past the bound is still read right."""
     async def main() -> None:
         pool, conn, _t = upstream()
-        for i in range(_upstream._KINDS_MAX // 100 + 2):
+        for i in range(response_fields.KINDS_MAX // 100 + 2):
             conn.start(b"GET / HTTP/1.1\r\n\r\n", head_only=False)
             fields = b"".join(b"X-%d-%d: v\r\n" % (i, j) for j in range(100))
             feed(conn, b"HTTP/1.1 200 OK\r\n" + fields + b"X-" + b"n" * 200 +
@@ -118,8 +118,8 @@ def test_an_upstream_inventing_names_cannot_grow_what_is_learned_past_its_bound(
             assert conn.complete and conn.length == 1 and conn.take() == b"z"
             conn.release()
             assert pool.take(conn.origin) is conn
-        assert len(_upstream._KINDS) <= _upstream._KINDS_MAX
-        assert all(len(name) <= _upstream._KIND_NAME_MAX for name in _upstream._KINDS)
+        assert len(response_fields.KINDS) <= response_fields.KINDS_MAX
+        assert all(len(name) <= response_fields.KIND_NAME_MAX for name in response_fields.KINDS)
         await pool.close()
     run(main)
 

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from .awaiting import Awaiting
+from .fields import (
+    CHUNKED,
+    CONNECTION,
+    DROP,
+    KINDS,
+    LENGTH,
+    LOCATION,
+    TYPE,
+    field_kind,
+    names_others,
+)
 from .flow import FlowControl
 from .origin import Origin, UpstreamError
-from .wire import HIGH_WATER, HOP_BY_HOP, MAX_HEAD, READ_SIZE, Chunk, text_fields
+from .wire import HIGH_WATER, MAX_HEAD, READ_SIZE, Chunk, text_fields
 
 if TYPE_CHECKING:
     from .inbound import ClientConnection
@@ -308,20 +319,20 @@ class UpstreamConnection(FlowControl, Awaiting, asyncio.BufferedProtocol):
         but hop-by-hop and framing fields, in one bytes string."""
         kept: list[bytes] | None = []
         for name, value in self.raw:
-            kind = _KINDS.get(name)
+            kind = KINDS.get(name)
             if kind is None:
                 kind = field_kind(name)
-            if kind >= _DROP:
-                if kind == _LENGTH:
+            if kind >= DROP:
+                if kind == LENGTH:
                     self.length = int(value)
-                elif kind == _CHUNKED:
+                elif kind == CHUNKED:
                     self.chunked = True
-                elif kind == _CONNECTION and _names_others(value, self.raw):
+                elif kind == CONNECTION and names_others(value, self.raw):
                     kept = None  # fields it names are hop-by-hop too: filtered by name later
                 continue
-            if kind == _TYPE:
+            if kind == TYPE:
                 self.content_type = value.decode("latin-1")
-            elif kind == _LOCATION:
+            elif kind == LOCATION:
                 self.location = value.decode("latin-1")
             if kept is not None:
                 kept.append(name)
@@ -471,46 +482,6 @@ class UpstreamConnection(FlowControl, Awaiting, asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.abort()
             self.pool.forget(self)
-
-
-# What _read_head does with a response field, by name: pass it on (noting two of them), or
-# drop it (noting the framing ones).
-_PASS: Final = 0
-_TYPE: Final = 1
-_LOCATION: Final = 2
-_DROP: Final = 3
-_LENGTH: Final = 4
-_CHUNKED: Final = 5
-_CONNECTION: Final = 6
-_KIND_BY_LOWER: Final = {
-    **dict.fromkeys(HOP_BY_HOP, _DROP), b"content-length": _LENGTH,
-    b"transfer-encoding": _CHUNKED, b"connection": _CONNECTION, b"content-type": _TYPE,
-    b"location": _LOCATION}
-# The kind of each name as received, learned: an upstream spells its names the same way in
-# every answer, so one dict lookup replaces lower() and two set lookups per field. Bounded
-# (names come from upstreams): past the bound a name is lower-cased each time.
-_KINDS: Final[dict[bytes, int]] = {}
-_KINDS_MAX: Final = 1024
-_KIND_NAME_MAX: Final = 64
-
-
-def field_kind(name: bytes) -> int:
-    """What a response head's reader does with the field ``name`` (``_PASS``...)."""
-    kind = _KINDS.get(name)
-    if kind is None:
-        kind = _KIND_BY_LOWER.get(name.lower(), _PASS)
-        if len(_KINDS) < _KINDS_MAX and len(name) <= _KIND_NAME_MAX:
-            _KINDS[name] = kind
-    return kind
-
-
-def _names_others(value: bytes, fields: list[tuple[bytes, bytes]]) -> bool:
-    """True when a Connection field names a field of the head that is not hop-by-hop
-    already (``keep-alive`` and ``close`` commonly name none)."""
-    if value == b"keep-alive" or value == b"close":
-        return False
-    named = {token.strip().lower() for token in value.split(b",")} - HOP_BY_HOP
-    return bool(named) and any(name.lower() in named for name, _ in fields)
 
 
 class _HeadDone(Exception):
