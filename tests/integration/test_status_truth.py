@@ -42,13 +42,18 @@ def row(out: str, name: str) -> str:
     return next(line for line in out.splitlines() if line.startswith(name + " "))
 
 
+def write_usable(storage: FileStorage, leader: str, generation: int, age: float) -> None:
+    """A usable record of ``ecr`` written ``age`` seconds ago by ``leader``."""
+    now = time.time()
+    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - age,
+                               generation=generation, leader=leader))
+
+
 def test_a_leader_that_is_gone_shows_as_gone(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     storage = FileStorage(tmp_path / "store")
-    now = time.time()
     leader = f"{socket.gethostname()}:{dead_pid()}"
-    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 780,
-                               generation=2, leader=leader))
+    write_usable(storage, leader, 2, 780)
     table = status(cfg)
     assert table.returncode == 0  # the token itself is still usable
     assert f"{leader} (gone)" in row(table.stdout, "ecr")
@@ -57,8 +62,7 @@ def test_a_leader_that_is_gone_shows_as_gone(tmp_path: Path) -> None:
     assert data["leader"] == leader and data["leader_alive"] is False
     # A live leader (this test process) is shown plainly.
     alive = f"{socket.gethostname()}:{os.getpid()}"
-    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 60,
-                               generation=3, leader=alive))
+    write_usable(storage, alive, 3, 60)
     line = row(status(cfg).stdout, "ecr")
     assert alive in line and "(gone)" not in line
     assert "c2VjcmV0" not in table.stdout
@@ -72,10 +76,8 @@ def test_a_running_leader_shows_even_before_it_writes_and_after_a_dead_writer(
     new leader held the lock and had not refreshed yet."""
     cfg = config(tmp_path)
     storage = FileStorage(tmp_path / "store")
-    now = time.time()
     gone = f"{socket.gethostname()}:{dead_pid()}"
-    storage.write("ecr", Token("Basic c2VjcmV0", expires_at=now + 3600, refreshed_at=now - 60,
-                               generation=2, leader=gone))
+    write_usable(storage, gone, 2, 60)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom awstoken import FileStorage\n"
          f"lease = FileStorage({str(tmp_path / 'store')!r}).acquire('ecr')\n"
