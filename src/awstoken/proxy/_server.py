@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable
 
@@ -34,7 +35,7 @@ from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._policy import TokenRefresher
 from ._routes import RouteTable
 from ._token_endpoint import TokenEndpoint, TokenListeners, load_secret
-from ._upstream import tls_context
+from ._upstream import check_tls, tls_context
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -77,7 +78,7 @@ class ProxyServer:
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RouteMetrics(self.registry)
         self.cache = ProxyCache.for_routes(self.routes, self.registry)
-        self.tls = tls_context(settings.server)  # also validates the TLS settings
+        check_tls(settings.server)  # the context itself is made at the first https upstream
         self._pool: Pool | None = None
         self._frontend: Frontend | None = None
         self.reuse_port = reuse_port
@@ -136,7 +137,8 @@ class ProxyServer:
         if self.with_proxy:
             host, port = self.settings.server.listen
             server = self.settings.server
-            self._pool = Pool(ssl_context=self.tls, connect_timeout=server.connect_timeout,
+            self._pool = Pool(ssl_context=functools.partial(tls_context, server),
+                              connect_timeout=server.connect_timeout,
                               read_timeout=server.read_timeout)
             if self.cache is not None:
                 self.cache.open()  # ConfigError when a cache directory is not ours

@@ -1,15 +1,22 @@
 """``check_tls`` (serve's check before its workers start) refuses exactly what ``tls_context``
-(each process's upstream context) refuses, with the same message, without the system CAs."""
+(each process's upstream context) refuses, with the same message, without the system CAs;
+the pool makes that context at its first https upstream only."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import ssl
 from pathlib import Path
 
 import pytest
 
 from awstoken import ConfigError
 from awstoken._config.settings import ServerSettings
+from awstoken.proxy._h1 import Origin, Pool, UpstreamError
 from awstoken.proxy._upstream import check_tls, tls_context
+
+from .fakes import run
 
 
 def _message(call: object, settings: ServerSettings) -> str | None:
@@ -32,3 +39,48 @@ def test_check_tls_refuses_what_tls_context_refuses(tmp_path: Path, case: str) -
     assert (expected is not None) == (case in ("missing", "not pem"))
     if expected is not None:
         assert expected.startswith(f"server.ca_file {str(bad)!r}: cannot load it (")
+
+
+def test_the_pool_makes_its_tls_context_at_the_first_https_upstream_only() -> None:
+    """Loading the system's CAs costs 40-60 ms of CPU per process: a pool of plain-HTTP
+    upstreams never does it, and a pool of https ones does it once."""
+    made: list[ssl.SSLContext] = []
+
+    def make() -> ssl.SSLContext:
+        made.append(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+        return made[-1]
+
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = Pool(ssl_context=make, connect_timeout=5, read_timeout=5)
+        conn = await pool.connect(Origin.parse(f"http://127.0.0.1:{port}"))
+        assert made == []
+        conn.abort()
+        assert pool.tls() is pool.tls() is made[0] and len(made) == 1
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main)
+
+
+def test_a_tls_context_that_cannot_be_made_later_fails_that_request_only(tmp_path: Path) -> None:
+    """``ca_file`` is checked when serve starts; removed afterwards, the first https
+    upstream's request fails as a TLS error naming the upstream (never a traceback)."""
+    settings = ServerSettings(ca_file=str(tmp_path / "gone.pem"))
+
+    async def main() -> None:
+        pool = Pool(ssl_context=functools.partial(tls_context, settings), connect_timeout=5,
+                    read_timeout=5)
+        with pytest.raises(UpstreamError) as failed:
+            await pool.connect(Origin.parse("https://upstream.example:8443"))
+        assert failed.value.kind == "tls" and failed.value.before_response
+        assert str(failed.value).startswith("upstream upstream.example: no TLS context (")
+        assert "gone.pem" in str(failed.value)
+        await pool.close()
+
+    run(main)
