@@ -180,19 +180,29 @@ class FileStorage(BaseStorage):
                                f"{exc.strerror}") from None
         self._signatures[name] = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_dev)
 
-    def acquire(self, name: str) -> _FileLease | None:
+    def _open_lock(self, name: str, *, create: bool) -> tuple[Directory, str, int] | None:
+        """The directory, name and an open descriptor of the lock file of ``name``; None
+        when it is missing (or, with ``create``, was removed under us: the next step opens
+        the directory again). Never through a symbolic link."""
         lock = f"{check_name(name)}.lock"
         try:
-            directory = self._directory(create=True)
-            assert directory is not None
-            fd = directory.open_lock(lock)
+            directory = self._directory(create=create)
+            if directory is None:
+                return None
+            return directory, lock, directory.open_lock(lock, create=create)
         except UnsafePath as exc:
             raise StorageError(f"token {name!r}: refusing the lock file {exc}") from None
         except FileNotFoundError:
-            return None  # removed under us: the next step opens the directory again
+            return None
         except OSError as exc:
             raise StorageError(f"token {name!r}: cannot open lock file {self.path / lock}: "
                                f"{exc.strerror}") from None
+
+    def acquire(self, name: str) -> _FileLease | None:
+        opened = self._open_lock(name, create=True)
+        if opened is None:
+            return None
+        directory, lock, fd = opened
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -215,19 +225,10 @@ class FileStorage(BaseStorage):
         holds its shared lock for an instant only; a process trying to lead at that very
         instant finds the lock busy and tries again at its next poll.
         """
-        lock = f"{check_name(name)}.lock"
-        try:
-            directory = self._directory()
-            if directory is None:
-                return None
-            fd = directory.open_lock(lock, create=False)
-        except FileNotFoundError:
+        opened = self._open_lock(name, create=False)
+        if opened is None:
             return None  # nobody ever led here, or the directory was replaced
-        except UnsafePath as exc:
-            raise StorageError(f"token {name!r}: refusing the lock file {exc}") from None
-        except OSError as exc:
-            raise StorageError(f"token {name!r}: cannot open lock file {self.path / lock}: "
-                               f"{exc.strerror}") from None
+        fd = opened[2]
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
