@@ -15,14 +15,14 @@ _HOP: Final = frozenset((
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade"))
 _REQUEST_DROP: Final = _HOP | {"host", "authorization", "expect", "x-forwarded-for",
-                        "x-forwarded-proto", "x-forwarded-host"}
+                               "x-forwarded-proto", "x-forwarded-host"}
 _RESPONSE_DROP: Final = _HOP | {"content-length"}
 #: Request fields the proxy never forwards as they are when it frames the request itself
 #: (besides the route's token header and the fields a Connection field names).
 REQUEST_DROP: Final = _REQUEST_DROP | {"content-length"}
 # Headers that never follow a redirect to another host.
-_CROSS_HOST_DROP: Final = frozenset(("authorization", "cookie", "x-forwarded-for", "x-forwarded-host",
-                              "x-forwarded-proto"))
+_CROSS_HOST_DROP: Final = frozenset(("authorization", "cookie", "x-forwarded-for",
+                                     "x-forwarded-host", "x-forwarded-proto"))
 
 # What a followed redirect target (S3 and the like: not the route's upstream) may say to the
 # client: the body's description and caching. No cookies, no challenges, no Location, no
