@@ -28,12 +28,48 @@ def test_each_worker_has_its_own_ports_below_the_ephemeral_range(
     assert min(taken) >= ports.FLOOR and max(taken) < ports._ephemeral_low()
 
 
-def test_free_port_gives_a_bindable_port_and_never_the_same_twice_in_a_row() -> None:
+def _listen(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """Bind and listen as every server here does (SO_REUSEADDR)."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def test_free_port_gives_a_port_a_server_can_listen_on_never_the_same_twice_in_a_row() -> None:
     chosen = [ports.free_port() for _ in range(20)]
     assert len(set(chosen)) == len(chosen)
     for port in chosen:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", port))
+        with _listen(port), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    with _listen(ports.free_port(), "0.0.0.0"):  # the wildcard address too
+        pass
+
+
+def test_a_port_handed_out_stays_reserved_until_a_server_takes_it() -> None:
+    """Between the choice and the server's bind, another suite's check (a plain bind) is
+    refused and connections are refused too; the server then listens beside the
+    reservation, and no second listener can join it."""
+    port = ports.free_port()
+    with socket.socket() as other, pytest.raises(OSError, match="in use"):
+        other.bind(("127.0.0.1", port))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with _listen(port), pytest.raises(OSError, match="in use"):
+        _listen(port).close()
+
+
+def test_reservations_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ports, "RESERVED_MAX", 3)
+    chosen = [ports.free_port() for _ in range(5)]
+    assert len(ports._reserved) == 3
+    with socket.socket() as sock:  # the oldest was let go
+        sock.bind(("127.0.0.1", chosen[0]))
 
 
 def test_free_port_skips_a_port_something_holds(monkeypatch: pytest.MonkeyPatch) -> None:
