@@ -1,6 +1,6 @@
 """``awstoken serve``: a streaming reverse proxy that attaches tokens to forwarded requests.
 
-Needs the ``awstoken[proxy]`` extra (aiohttp, prometheus-client, bcrypt; uvloop when
+Needs the ``awstoken[proxy]`` extra (prometheus-client, bcrypt, httptools; uvloop when
 available). ``import awstoken`` never imports this package.
 
     from awstoken.proxy import serve

@@ -23,13 +23,14 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .._rotation.keeper import Keeper
+from ._h1 import ClientConnection, Request
+from ._local import Answer, request_path
 from ._metrics import storage_health
 
-Endpoint = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Endpoint = Callable[[], Awaitable[Answer]]
 MetricsSource = Callable[[], Awaitable[bytes]]
 
 
@@ -64,7 +65,7 @@ def token_status(keeper: Keeper, names: Iterable[str]) -> tuple[bool, dict[str, 
 
 
 class AdminApp:
-    """The admin request handler (an aiohttp low-level handler)."""
+    """The admin request handler (a ``_local`` application)."""
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], registry: CollectorRegistry,
                  *, extra_metrics: MetricsSource | None = None) -> None:
@@ -78,29 +79,29 @@ class AdminApp:
             "/metrics": self.metrics,
         }
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, conn: ClientConnection, request: Request) -> Answer:
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, text="method not allowed\n", headers={"Allow": "GET, HEAD"})
-        handler = self.endpoints.get(request.path)
+            return Answer.text(405, "method not allowed\n", [("Allow", "GET, HEAD")])
+        handler = self.endpoints.get(request_path(request))
         if handler is None:
-            return web.Response(status=404, text="not found\n")
-        return await handler(request)
+            return Answer.text(404, "not found\n")
+        return await handler()
 
-    async def healthz(self, request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(text="ok\n")
+    async def healthz(self) -> Answer:
+        return Answer.text(200, "ok\n")
 
-    async def readyz(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def readyz(self) -> Answer:
         ready, report = await asyncio.to_thread(token_status, self.keeper, self.token_names)
         answer: dict[str, object] = {"ready": ready, "tokens": report}
         health = storage_health(self.keeper.storage)
         if health is not None:
             # Informational: readiness depends on the tokens this process holds, not on Redis.
             answer["storage"] = health.as_dict()
-        return web.Response(status=200 if ready else 503, content_type="application/json",
-                            text=json.dumps(answer, indent=1) + "\n")
+        return Answer(200 if ready else 503, (json.dumps(answer, indent=1) + "\n").encode(),
+                      [("Content-Type", "application/json; charset=utf-8")])
 
-    async def metrics(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def metrics(self) -> Answer:
         body = await asyncio.to_thread(generate_latest, self.registry)
         if self.extra_metrics is not None:
             body += await self.extra_metrics()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Answer(200, body, [("Content-Type", CONTENT_TYPE_LATEST)])

@@ -39,18 +39,8 @@ class Responder:
     def _send(self, conn: ClientConnection, request: Request, status: int,
               reason_: str, headers: list[tuple[str, str]], body: bytes, *,
               framing: bool = True) -> None:
-        """A whole answer in one write (with its Content-Length unless ``framing`` is off)."""
-        head_only = request.method == "HEAD" or status in (204, 304) or status < 200
-        if framing and status not in (204, 304) and status >= 200:
-            headers.append(("Content-Length", str(len(body))))
-        if not request.keep_alive:
-            headers.append(("Connection", "close"))
-        elif request.version == "1.0":
-            headers.append(("Connection", "keep-alive"))
-        conn.response_started = True
-        data = _encode_head(f"HTTP/1.1 {status} {reason_}", headers)
-        conn.write(data if head_only else data + body)
-        conn.sent = 0 if head_only else len(body)
+        """A whole answer in one write (see ``ClientConnection.answer``)."""
+        conn.answer(request, status, reason_, headers, body, framing=framing)
 
     def _error(self, conn: ClientConnection, request: Request, path: str, status: int,
                message: str, extra: list[tuple[str, str]] | None = None) -> int:

@@ -16,7 +16,6 @@ import functools
 import logging
 from collections.abc import Awaitable
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .._config.reload import describe_changes, keep_restart_only
@@ -31,6 +30,7 @@ from ._cache.store import Store
 from ._compiled import quiet_mypyc_throw, request_path
 from ._fast import FastForwarder
 from ._h1 import ClientConnection, Frontend, Pool, Request, close_listeners
+from ._local import local_frontend
 from ._metrics import RouteMetrics, StorageCollector, TokenCollector
 from ._policy import TokenRefresher
 from ._routes import RouteTable
@@ -98,7 +98,7 @@ class ProxyServer:
                                         min_gap=settings.server.refresh_min_gap)
         self._fast: FastForwarder | None = None
         quiet_mypyc_throw()  # a compiled build's connection resets stay ConnectionResetError
-        self._aux: list[web.Server] = []
+        self._aux: list[Frontend] = []  # the admin listener's and the worker metrics socket's
         self._listeners: list[asyncio.Server] = []
         self._aux_listeners: list[asyncio.Server] = []
         self._stopped = False
@@ -160,7 +160,7 @@ class ProxyServer:
         if self.metrics_socket is not None:
             # A worker's own metrics for the parent to merge: this process's routes only.
             worker_admin = AdminApp(self.keeper, self.token_names, self.registry)
-            aux = web.Server(worker_admin, access_log=None)
+            aux = local_frontend(worker_admin, self.settings.server)
             self._aux.append(aux)
             self._aux_listeners.append(await loop.create_unix_server(aux, self.metrics_socket))
         if self._fast is not None:
@@ -257,7 +257,7 @@ class ProxyServer:
         address = self.settings.server.admin_listen
         if address is None:
             return
-        aux = web.Server(admin, access_log=None)
+        aux = local_frontend(admin, self.settings.server)
         self._aux.append(aux)
         self._aux_listeners.append(await asyncio.get_running_loop().create_server(
             aux, address[0], address[1]))

@@ -38,13 +38,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from .._config.settings import Address, ServerSettings
 from .._errors import ConfigError
 from .._rotation.keeper import Keeper
-from ._h1 import close_listeners
+from ._h1 import ClientConnection, Frontend, Request, close_listeners
+from ._local import Answer, local_frontend, request_header, request_path
 from ._policy import TokenRefresher
 
 log = logging.getLogger("awstoken.proxy")
@@ -78,7 +78,7 @@ def load_secret(settings: ServerSettings) -> bytes | None:
 
 
 class TokenEndpoint:
-    """The request handler (an aiohttp low-level handler) of the token listeners."""
+    """The request handler (a ``_local`` application) of the token listeners."""
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
                  max_age: float = 5.0, registry: CollectorRegistry | None = None,
@@ -102,13 +102,13 @@ class TokenEndpoint:
         self._extra_hosts = tuple(hosts)  # server.token_hosts
 
     def _answer(self, status: int, token: str, text: str = "",
-                headers: dict[str, str] | None = None) -> web.Response:
+                headers: dict[str, str] | None = None) -> Answer:
         self.requests.labels(token, str(status)).inc()
-        return web.Response(status=status, text=text or None,
-                            headers={"Cache-Control": "no-store", **(headers or {})})
+        return Answer.text(status, text, [("Cache-Control", "no-store"),
+                                          *(headers or {}).items()])
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        if self.secret is None and not self._host_ok(request):
+    async def __call__(self, conn: ClientConnection, request: Request) -> Answer:
+        if self.secret is None and not self._host_ok(conn, request):
             return self._answer(421, "", "misdirected request: the Host header does not name "
                                 "this token endpoint\n")
         if request.method not in ("GET", "HEAD"):
@@ -116,7 +116,7 @@ class TokenEndpoint:
         # The secret first: without it, a client learns nothing, not even which names exist.
         if self.secret is not None and not self._secret_ok(request):
             return self._answer(403, "", f"forbidden: {SECRET_HEADER} is missing or wrong\n")
-        path = request.path
+        path = request_path(request)
         name = path[len(PATH_PREFIX):] if path.startswith(PATH_PREFIX) else ""
         if name not in self.names:
             return self._answer(404, "", "no such token\n")
@@ -135,8 +135,8 @@ class TokenEndpoint:
             expires = record.expires_at if record is not None and record.value == value else None
             self._expiry[name] = (value, expires)
         self.requests.labels(name, "204").inc()
-        return web.Response(status=204, headers={VALUE_HEADER: value,
-                                                 "Cache-Control": self._cache_control(name, value)})
+        return Answer(204, headers=[(VALUE_HEADER, value),
+                                    ("Cache-Control", self._cache_control(name, value))])
 
     def _cache_control(self, name: str, value: str) -> str:
         """``max-age`` of at most ``max_age``, ending :data:`STALE_ALLOWANCE` seconds before
@@ -151,12 +151,12 @@ class TokenEndpoint:
             seconds = min(seconds, known[1] - margin - STALE_ALLOWANCE - self.clock())
         return f"max-age={int(seconds)}" if seconds >= 1 else "no-store"
 
-    def _host_ok(self, request: web.BaseRequest) -> bool:
+    def _host_ok(self, conn: ClientConnection, request: Request) -> bool:
         """On TCP, the Host header must name the listener (its address, or localhost, with
         its port): a web page whose name an attacker re-points at 127.0.0.1 (DNS rebinding)
         sends its own name. Unix sockets are out of a browser's reach; with a secret, the
         page does not know it."""
-        transport = request.transport
+        transport = conn.transport
         sock = transport.get_extra_info("sockname") if transport is not None else None
         if not isinstance(sock, tuple):
             return True
@@ -164,11 +164,11 @@ class TokenEndpoint:
         if allowed is None:
             allowed = self._hosts[sock[1]] = _host_names(str(sock[0]), int(sock[1]),
                                                          self._extra_hosts)
-        return request.headers.get("Host", "").lower() in allowed
+        return (request_header(request, "host") or "").lower() in allowed
 
-    def _secret_ok(self, request: web.BaseRequest) -> bool:
+    def _secret_ok(self, request: Request) -> bool:
         assert self.secret is not None
-        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
+        given = (request_header(request, SECRET_HEADER.lower()) or "").encode("latin-1")
         if hmac.compare_digest(given, self.secret):
             return True
         now = time.monotonic()
@@ -206,7 +206,7 @@ class TokenListeners:
     def __init__(self, handler: TokenEndpoint, settings: ServerSettings) -> None:
         self.handler = handler
         self.settings = settings
-        self._web = web.Server(handler, access_log=None)
+        self._frontend: Frontend = local_frontend(handler, settings)
         self._bound: list[_Bound] = []
 
     @property
@@ -228,11 +228,11 @@ class TokenListeners:
             if isinstance(address, str):
                 sock = _bind_unix(address, self.settings.token_socket_mode)
                 inode = os.stat(address).st_ino
-                server = await loop.create_unix_server(self._web, sock=sock, backlog=1024)
+                server = await loop.create_unix_server(self._frontend, sock=sock, backlog=1024)
                 self._bound.append(_Bound(address, server, inode))
             else:
                 try:
-                    server = await loop.create_server(self._web, address[0], address[1],
+                    server = await loop.create_server(self._frontend, address[0], address[1],
                                                       backlog=1024)
                 except OSError as exc:
                     raise ConfigError(f"server.token_listen: cannot listen on "
@@ -245,7 +245,7 @@ class TokenListeners:
     async def stop(self) -> None:
         """Stop accepting, finish in-flight answers (briefly), remove our socket files."""
         await close_listeners(bound.server for bound in self._bound)
-        await self._web.shutdown(1.0)
+        await self._frontend.shutdown(1.0)
         for bound in self._bound:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(bound.server.wait_closed(), 1.0)

@@ -162,6 +162,13 @@ token = "never"
         created = values['awstoken_proxy_token_unavailable_created{route="/"}']
         assert started - 1 <= created <= time.time()
         assert all(v <= time.time() for k, v in values.items() if "_created" in k)
+        # Every listener of serve is the proxy's own HTTP/1.1 server, and the parent reads
+        # its workers' metrics without a client library: no process loads aiohttp.
+        family = [proc.pid, *children(proc.pid, b"_run.worker")]
+        assert len(family) == 3
+        for pid in family:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "aiohttp" not in maps and "multidict" not in maps, pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -419,6 +419,23 @@ class ClientConnection(FlowControl, asyncio.Protocol):
 
     # -- writing -------------------------------------------------------------------------------
 
+    def answer(self, request: Request, status: int, reason_: str,
+               headers: list[tuple[str, str]], body: bytes, *, framing: bool = True) -> None:
+        """A whole answer to ``request`` in one write: its Content-Length (unless ``framing``
+        is off: the head of a HEAD answer keeps the upstream's), no body where HTTP has none
+        (HEAD, 1xx, 204, 304), and the connection's fate (close, or keep-alive for 1.0)."""
+        head_only = request.method == "HEAD" or status in (204, 304) or status < 200
+        if framing and status not in (204, 304) and status >= 200:
+            headers.append(("Content-Length", str(len(body))))
+        if not request.keep_alive:
+            headers.append(("Connection", "close"))
+        elif request.version == "1.0":
+            headers.append(("Connection", "keep-alive"))
+        self.response_started = True
+        data = encode_head(f"HTTP/1.1 {status} {reason_}", headers)
+        self.write(data if head_only else data + body)
+        self.sent = 0 if head_only else len(body)
+
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)

@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from prometheus_client import CollectorRegistry
 
 from ..._config.reload import keep_restart_only
@@ -281,14 +280,41 @@ class Supervisor:
         texts: list[str] = []
         for worker in sorted(self.workers.values(), key=lambda w: w.index):
             try:
-                connector = aiohttp.UnixConnector(path=worker.socket)
-                async with aiohttp.ClientSession(connector=connector) as session, session.get(
-                        "http://worker/metrics", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    texts.append(await resp.text())
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                texts.append(await asyncio.wait_for(_read_metrics(worker.socket), 2.0))
+            except (OSError, TimeoutError, ValueError) as exc:
                 log.warning("awstoken: cannot read metrics of worker %d: %s", worker.index,
-                            type(exc).__name__)
+                            exc if isinstance(exc, ValueError) else type(exc).__name__)
         return merge_exposition(texts, skip=_PARENT_FAMILIES).encode()
+
+
+#: The most a worker's metrics answer may take (a scrape of thousands of routes is ~1 MiB).
+_METRICS_MAX = 64 * 1024 * 1024
+
+
+async def _read_metrics(path: str) -> str:
+    """``GET /metrics`` on a worker's metrics socket. The worker is our own child, answering
+    with the admin application (``Connection: close``, a Content-Length body): what comes
+    back is checked, not parsed generously."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        data = bytearray()
+        while chunk := await reader.read(65536):
+            data += chunk
+            if len(data) > _METRICS_MAX:
+                raise ValueError("the answer is too large")
+    finally:
+        writer.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or status[1] != "200":
+        raise ValueError(f"the answer was {lines[0]!r}" if lines[0] else "no answer")
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length" and value.strip() != str(len(body)):
+            raise ValueError("the answer was cut short")
+    return body.decode("utf-8", "replace")
 
 
 #: Reported by the parent itself: summing the workers' token ages or storage gauges would
