@@ -16,7 +16,7 @@ storage that already holds a usable token, so no source runs:
   ``_doors/fast.py``) and, with ``-c FILE``, the full path (load and validate the file);
 - ``awstoken-kubelet-credential-provider``: the fast path and, with ``-c FILE``, the full one;
 - ``awstoken serve -c FILE``: from start until its proxy port accepts, then SIGTERM (its
-  shutdown included).
+  shutdown included), and its peak resident memory at that moment (VmHWM).
 
 The figure is CPU time (user + system, from ``getrusage(RUSAGE_CHILDREN)`` around each run:
 the child and whatever it reaped), not wall time: on a shared machine CPU seconds are what
@@ -142,6 +142,17 @@ def run(case: Case, env: dict[str, str]) -> float:
     return _children_cpu() - before
 
 
+#: serve's peak resident memory at ready (VmHWM, KiB), per source tree (PYTHONPATH).
+SERVE_PEAK_RSS: dict[str, list[int]] = {}
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _serve(case: Case, env: dict[str, str]) -> None:
     assert case.serve_port is not None
     with tempfile.TemporaryFile() as err:
@@ -149,6 +160,7 @@ def _serve(case: Case, env: dict[str, str]) -> None:
                                 stdout=subprocess.DEVNULL, stderr=err)
         try:
             _wait_accepts(case.serve_port, proc)
+            SERVE_PEAK_RSS.setdefault(env["PYTHONPATH"], []).append(_peak_rss(proc.pid))
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(TIMEOUT)
         finally:
@@ -221,6 +233,10 @@ def _table(trees: list[str], labels: list[str], cpu: dict[str, dict[str, list[fl
             cells.append(f"{min(values) * 1000:.0f} / {median * 1000:.0f} ({median / base:.1f}x)")
         cells += [f"{m / medians[0]:.2f}" for m in medians[1:]]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    peaks = [SERVE_PEAK_RSS.get(str(Path(t).resolve()), []) for t in trees]
+    if all(peaks):
+        print("awstoken serve's peak RSS at ready (VmHWM, MiB, median): " + ", ".join(
+            f"{h} {statistics.median(p) / 1024:.1f}" for h, p in zip(heads, peaks, strict=True)))
 
 
 if __name__ == "__main__":
