@@ -225,6 +225,7 @@ class FastForwarder(Responder):
         body = request.body
         if body is not None and request.expect_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.expect_continue = False  # told to send it: the body comes (see done())
         recorder = None if body is None else BodyRecorder.for_length(
             request.length, memory_max=self.replay_max_bytes,
             spool_max=self.replay_spool_max_bytes)

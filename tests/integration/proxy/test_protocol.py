@@ -349,3 +349,41 @@ def test_large_body_intact_through_stalling_clients(tmp_path: Path, upstream: Up
             ThreadPoolExecutor(2) as pool:
         for done in [pool.submit(_fetch_twice_stalling, proxy.url, data) for _ in range(2)]:
             done.result(timeout=120)
+
+
+@pytest.mark.parametrize("size", [100_000, 8 * 1024 * 1024])
+def test_a_refused_upload_reaches_a_client_that_sends_all_before_reading(
+        upstream: Upstream, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """The standard library's clients (urllib.request, http.client) send the whole body,
+    then read. The proxy refuses at the head (inbound credentials, 401): it reads the rest
+    of the body and drops it, so the client gets its 401 and can use the same connection
+    again. (Closing at once reset the connection under them: an error, not the 401.)"""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    monkeypatch.setenv("AWSTOKEN_TEST_INBOUND", "inbound-secret")
+    settings = settings_for(upstream.url, bearer_tokens_env="AWSTOKEN_TEST_INBOUND")
+    body = b"x" * size
+    with running_proxy(settings, keeper()) as running:
+        put = urllib.request.Request(f"{running.url}/upload", data=body, method="PUT",
+                                     headers={"Authorization": "Bearer wrong"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(put, timeout=30)
+        assert refused.value.code == 401
+        refused.value.close()  # it holds the connection
+        parts = urlsplit(running.url)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+        try:
+            for method, path, auth in (("PUT", "/upload", "wrong"), ("PUT", "/upload", "wrong"),
+                                       ("GET", "/after", "inbound-secret")):
+                conn.request(method, path, body=body if method == "PUT" else None,
+                             headers={"Authorization": f"Bearer {auth}"})
+                reply = conn.getresponse()
+                reply.read()
+                assert reply.status == (401 if method == "PUT" else 200)
+                sock = conn.sock
+                assert sock is not None  # kept open: the next request goes on it
+        finally:
+            conn.close()
+        assert [seen["raw_path"] for seen in upstream.seen] == ["/after"]

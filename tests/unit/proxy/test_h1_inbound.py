@@ -11,6 +11,7 @@ import asyncio
 import pytest
 
 from awstoken.proxy._h1 import HIGH_WATER, MAX_HEAD, ClientConnection, Frontend, Request
+from awstoken.proxy._h1.wire import LINGER
 
 from .fakes import FakeTransport, run, settle
 
@@ -233,6 +234,7 @@ def test_a_body_over_high_water_pauses_the_client_until_it_is_read() -> None:
 def test_a_client_that_closes_mid_body_fails_the_body_read() -> None:
     async def main() -> None:
         handler = Recorder(read_body=False)
+        handler.hold = asyncio.Event()  # still answering: the body is the handler's to read
         frontend, conn, _ = connect(handler)
         conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
         await settle()
@@ -242,6 +244,84 @@ def test_a_client_that_closes_mid_body_fails_the_body_read() -> None:
         conn.connection_lost(None)
         with pytest.raises(ConnectionResetError):
             await body.read()
+        handler.hold.set()
+        await _stop(frontend)
+    run(main)
+
+
+def test_a_body_its_answer_did_not_need_is_read_and_dropped_then_the_connection_kept() -> None:
+    """A refusal answered before the body ended: the rest of the body is read and dropped
+    (even past HIGH_WATER, never buffered), then the next request is answered on the same
+    connection. Closing at once reset clients that send the whole body before reading."""
+    async def main() -> None:
+        handler = Recorder(read_body=False)
+        frontend, conn, transport = connect(handler)
+        size = 3 * HIGH_WATER
+        conn.data_received(b"PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\nxx" % size)
+        await settle()
+        assert bytes(transport.data).startswith(b"HTTP/1.1 200 OK")  # answered, body unread
+        assert conn.lingering is not None and not transport.closing
+        body = handler.requests[0].body
+        assert body is not None
+        for _ in range(3):
+            conn.data_received(b"x" * (HIGH_WATER - 1))
+            assert transport.reading  # dropped as it comes: nothing held, nothing paused
+        conn.data_received(b"x" + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        await settle()
+        assert body.done and body.received == size and conn.lingering is None
+        assert [r.target for r in handler.requests] == ["/big", "/next"]
+        assert bytes(transport.data).count(b"HTTP/1.1 200 OK") == 2  # one answer each
+        assert not transport.closing
+        await _stop(frontend)
+    run(main)
+
+
+@pytest.mark.parametrize(("head", "rest"), [
+    # Connection: close: the body is read to its end, then the connection closes.
+    (b"PUT /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 6\r\n\r\nab",
+     b"cdef"),
+    # A malformed chunk in a body being dropped: closed, never a second answer.
+    (b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+     b"zz\r\n"),
+])
+def test_a_dropped_body_ends_in_one_answer_and_a_close(head: bytes, rest: bytes) -> None:
+    async def main() -> None:
+        handler = Recorder(read_body=False)
+        frontend, conn, transport = connect(handler)
+        conn.data_received(head)
+        await settle()
+        assert conn.lingering is not None and not transport.closing
+        conn.data_received(rest)
+        await settle()
+        assert transport.closing or transport.aborted
+        assert bytes(transport.data).count(b"HTTP/1.1") == 1
+        await _stop(frontend)
+    run(main)
+
+
+def test_a_client_waiting_for_100_continue_is_closed_after_a_final_answer() -> None:
+    # It was sent no 100 Continue: it sends no body, and none can be waited for.
+    async def main() -> None:
+        handler = Recorder(read_body=False)
+        frontend, conn, transport = connect(handler)
+        conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                           b"Content-Length: 5\r\n\r\n")
+        await settle()
+        assert transport.closing and conn.lingering is None
+        await _stop(frontend)
+    run(main)
+
+
+def test_a_client_that_keeps_sending_a_dropped_body_is_closed_after_linger() -> None:
+    async def main() -> None:
+        handler = Recorder(read_body=False)
+        frontend, conn, transport = connect(handler)
+        conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await settle()
+        assert conn.lingering is not None
+        conn.since -= LINGER  # as if it had trickled chunks for LINGER seconds
+        frontend._sweep()
+        assert transport.closing
         await _stop(frontend)
     run(main)
 

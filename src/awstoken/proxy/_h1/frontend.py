@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from .inbound import ClientConnection, FastHandler, Handler
-from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT
+from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT, LINGER
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -40,7 +40,7 @@ class Frontend:
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.at_limit = False  # logged once each time the limit is reached
-        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4))
+        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4, LINGER / 4))
         self._sweeper = self.loop.call_later(self._every, self._sweep)
 
     def __call__(self) -> ClientConnection:
@@ -69,7 +69,10 @@ class Frontend:
         for conn in list(self.connections):
             if conn.busy:
                 continue
-            limit = self.head_timeout if conn.in_head else self.keepalive_timeout
+            if conn.lingering is not None:
+                limit = LINGER
+            else:
+                limit = self.head_timeout if conn.in_head else self.keepalive_timeout
             if now - conn.since >= limit:
                 conn.close()
         self._sweeper = self.loop.call_later(self._every, self._sweep)

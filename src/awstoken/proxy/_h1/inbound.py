@@ -37,18 +37,23 @@ log = logging.getLogger("awstoken.proxy")
 class BodyStream:
     """A request body as it arrives from the client; pauses the client above HIGH_WATER."""
 
-    __slots__ = ("_chunks", "_conn", "_size", "_waiter", "done", "error", "received")
+    __slots__ = ("_chunks", "_conn", "_size", "_waiter", "discarding", "done", "error",
+                 "received")
 
     def __init__(self, conn: ClientConnection) -> None:
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self.done = False
+        self.discarding = False
         self.received = 0
         self.error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
+        if self.discarding:
+            self.received += len(data)
+            return
         self._chunks.append(data)
         self._size += len(data)
         self.received += len(data)
@@ -59,6 +64,13 @@ class BodyStream:
     def finish(self) -> None:
         self.done = True
         self._wake()
+
+    def discard(self) -> None:
+        """Drop what is buffered and whatever else comes: nobody reads this body any more."""
+        self.discarding = True
+        self._chunks.clear()
+        self._size = 0
+        self._conn.resume_reading("body")
 
     def fail(self, exc: BaseException) -> None:
         if not self.done:
@@ -205,6 +217,8 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.since = self.loop.time()
         self.closed = False
         self.eof = False  # the client shut its sending side: answer what is queued, then close
+        #: Answered, its body still coming: read and dropped until it ends (``done``).
+        self.lingering: Request | None = None
         self._init_flow()
         self.response_started = False
         self.sent = 0  # body bytes of the current response
@@ -345,9 +359,16 @@ class ClientConnection(FlowControl, asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._parsing = None
-        if self._body is not None:
-            self._body.finish()
+        body = self._body
+        if body is not None:
+            body.finish()
             self._body = None
+            lingering = self.lingering
+            if lingering is not None and lingering.body is body:
+                self.lingering = None
+                self.since = self.loop.time()  # idle from now on, or the next request's turn
+                if not lingering.keep_alive:
+                    self.close()
 
     # -- running requests ----------------------------------------------------------------------
 
@@ -389,6 +410,17 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.on_lost = None
         self.since = self.loop.time()
         body = request.body
+        if body is not None and not body.done and body.error is None and not self.closed and \
+                not self.frontend.closing and not request.expect_continue:
+            # Answered before the client finished sending the body (a refusal, an error).
+            # Closing now would reset the connection under a client that is still sending,
+            # and it could lose the answer (Python's http.client sends the whole body before
+            # it reads): read the rest and drop it, as nginx does, for at most LINGER
+            # seconds (the frontend's sweep), then go on as after any answer. (A client that
+            # waits for 100 Continue and got a final answer sends no body: closed below.)
+            self.lingering = request
+            body.discard()
+            return
         if not request.keep_alive or (body is not None and not body.done) or self.closed or \
                 self.frontend.closing or (self.eof and not self.queue):
             # An unread request body cannot be skipped safely: close instead.
@@ -404,8 +436,9 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         parsing, self._parsing = self._parsing, None
         if parsing is not None and parsing in self.queue:
             self.queue.remove(parsing)  # its head parsed, then it broke: never answer it
-        if self.busy or self.queue:
-            self.abort()  # mid-body in a request already being answered
+        if self.busy or self.queue or self.lingering is not None:
+            # Mid-body in a request being answered, or already answered: no second answer.
+            self.abort()
             return
         log.info("awstoken: %d for a malformed request from %s: %s", exc.status,
                  self.remote or "-", exc)

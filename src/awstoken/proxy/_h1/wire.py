@@ -15,6 +15,10 @@ HIGH_WATER: Final = 1024 * 1024
 KEEPALIVE_TIMEOUT: Final = 75.0
 #: A client must send a whole request head within this many seconds.
 HEAD_TIMEOUT: Final = 60.0
+#: Seconds a connection may go on sending a request body that its answer did not need (a
+#: refusal, an error), read and dropped before the connection is kept or closed (nginx's
+#: lingering_time).
+LINGER: Final = 30.0
 #: Idle upstream connections kept per origin.
 MAX_IDLE: Final = 128
 #: Bytes read from an upstream per system call, into one buffer per pool. Larger reads
