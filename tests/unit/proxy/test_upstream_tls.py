@@ -84,3 +84,39 @@ def test_a_tls_context_that_cannot_be_made_later_fails_that_request_only(tmp_pat
         await pool.close()
 
     run(main)
+
+
+def test_a_tls_context_that_cannot_be_made_is_not_tried_again_for_a_while(
+        tmp_path: Path) -> None:
+    """Each attempt loads the system's CAs on the event loop (40-60 ms): while ``ca_file`` is
+    missing, connections fail with the same reason without a new attempt, for TLS_RETRY
+    seconds; then the next connection tries again, and succeeds once the file is back."""
+    import certifi
+
+    ca_file = tmp_path / "ca.pem"
+    settings = ServerSettings(ca_file=str(ca_file))
+    calls: list[int] = []
+
+    def make() -> ssl.SSLContext:
+        calls.append(1)
+        return tls_context(settings)
+
+    async def main() -> None:
+        pool = Pool(ssl_context=make, connect_timeout=5, read_timeout=5)
+        origin = Origin.parse("https://upstream.example:8443")
+        for _ in range(3):
+            with pytest.raises(UpstreamError) as failed:
+                await pool.connect(origin)
+            assert "ca.pem" in str(failed.value) and failed.value.kind == "tls"
+        assert len(calls) == 1
+        ca_file.write_bytes(Path(certifi.where()).read_bytes())  # the file is back
+        with pytest.raises(UpstreamError):  # still within the window
+            await pool.connect(origin)
+        assert len(calls) == 1
+        assert pool._tls_failed is not None
+        pool._tls_failed = (0.0, pool._tls_failed[1])  # the window has passed
+        assert isinstance(pool.tls(), ssl.SSLContext) and len(calls) == 2
+        assert pool.tls() is pool.tls() and len(calls) == 2
+        await pool.close()
+
+    run(main)

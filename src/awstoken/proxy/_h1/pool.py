@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from typing import Final
 
 from .origin import Origin, UpstreamError
 from .upstream import UpstreamConnection
 from .wire import MAX_IDLE, READ_SIZE
+
+#: Seconds a TLS context that could not be made is not tried again (see ``Pool.tls``).
+TLS_RETRY: Final = 5.0
 
 
 class Pool:
@@ -21,6 +25,7 @@ class Pool:
         loads the system's CA certificates: 40-60 ms of CPU per process)."""
         self.loop = asyncio.get_running_loop()
         self._ssl = ssl_context
+        self._tls_failed: tuple[float, str] | None = None  # (retry after, why) see tls()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.idle: dict[str, list[UpstreamConnection]] = {}  # by Origin.url
@@ -30,10 +35,24 @@ class Pool:
         self.read_buffer = memoryview(bytearray(READ_SIZE))
 
     def tls(self) -> ssl.SSLContext:
-        """The upstreams' TLS context (made now if it was given as a function)."""
+        """The upstreams' TLS context (made now if it was given as a function).
+
+        When it cannot be made (``ca_file`` removed since the start), the failure is
+        remembered for ``TLS_RETRY`` seconds: each attempt loads the system's CAs on the
+        event loop (40-60 ms), so connections meanwhile fail with the same reason at once.
+        """
         context = self._ssl
         if not isinstance(context, ssl.SSLContext):
-            context = self._ssl = context()
+            failed = self._tls_failed
+            now = self.loop.time()
+            if failed is not None and now < failed[0]:
+                raise ssl.SSLError(failed[1])
+            try:
+                context = self._ssl = context()
+            except Exception as exc:
+                self._tls_failed = (now + TLS_RETRY, str(exc))
+                raise
+            self._tls_failed = None
         return context
 
     def take(self, origin: Origin) -> UpstreamConnection | None:
