@@ -60,9 +60,10 @@ def request_header(request: Request, name: str) -> str | None:
     return None
 
 
-def local_frontend(app: App, settings: ServerSettings) -> Frontend:
+def local_frontend(app: App, settings: ServerSettings, name: str) -> Frontend:
     """A protocol factory for ``loop.create_server`` that answers every request with
-    ``app``, with the limits ``settings`` gives the proxy listener."""
+    ``app``, with the limits ``settings`` gives the proxy listener (``name``: the listener,
+    in log lines)."""
 
     async def handle(conn: ClientConnection, request: Request) -> None:
         try:
@@ -76,7 +77,7 @@ def local_frontend(app: App, settings: ServerSettings) -> Frontend:
 
     return Frontend(handle, max_connections=settings.max_connections,
                     head_timeout=settings.head_timeout,
-                    keepalive_timeout=settings.keepalive_timeout)
+                    keepalive_timeout=settings.keepalive_timeout, name=name)
 
 
 __all__ = ["TEXT", "Answer", "App", "local_frontend", "request_header", "request_path"]

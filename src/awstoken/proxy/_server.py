@@ -160,7 +160,7 @@ class ProxyServer:
         if self.metrics_socket is not None:
             # A worker's own metrics for the parent to merge: this process's routes only.
             worker_admin = AdminApp(self.keeper, self.token_names, self.registry)
-            aux = local_frontend(worker_admin, self.settings.server)
+            aux = local_frontend(worker_admin, self.settings.server, "worker metrics")
             self._aux.append(aux)
             self._aux_listeners.append(await loop.create_unix_server(aux, self.metrics_socket))
         if self._fast is not None:
@@ -257,7 +257,7 @@ class ProxyServer:
         address = self.settings.server.admin_listen
         if address is None:
             return
-        aux = local_frontend(admin, self.settings.server)
+        aux = local_frontend(admin, self.settings.server, "admin listener")
         self._aux.append(aux)
         self._aux_listeners.append(await asyncio.get_running_loop().create_server(
             aux, address[0], address[1]))

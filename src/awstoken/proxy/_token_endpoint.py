@@ -206,7 +206,7 @@ class TokenListeners:
     def __init__(self, handler: TokenEndpoint, settings: ServerSettings) -> None:
         self.handler = handler
         self.settings = settings
-        self._frontend: Frontend = local_frontend(handler, settings)
+        self._frontend: Frontend = local_frontend(handler, settings, "token endpoint")
         self._bound: list[_Bound] = []
 
     @property

@@ -103,7 +103,8 @@ def test_a_token_request_with_a_body_is_refused_and_the_body_never_parsed(
     assert VALUE.encode() not in answer
 
 
-def test_clients_that_send_nothing_are_closed_and_the_connection_limit_holds() -> None:
+def test_clients_that_send_nothing_are_closed_and_the_connection_limit_holds(
+        caplog: pytest.LogCaptureFixture) -> None:
     with listeners(head_timeout=0.5, max_connections=2) as (_, admin, token):
         for url in (admin, token):
             port = int(url.rsplit(":", 1)[1])
@@ -119,3 +120,6 @@ def test_clients_that_send_nothing_are_closed_and_the_connection_limit_holds() -
             host = url.removeprefix("http://")
             assert statuses(_get(url, "/healthz" if url == admin else "/token/ecr", host)) in (
                 [200], [204])
+    # One warning per listener, naming it.
+    limits = [r.getMessage() for r in caplog.records if "max_connections (2)" in r.getMessage()]
+    assert [m.split(":")[1].strip() for m in limits] == ["admin listener", "token endpoint"]

@@ -30,8 +30,9 @@ class Frontend:
     def __init__(self, handler: Handler, *, max_connections: int = MAX_CONNECTIONS,
                  head_timeout: float = HEAD_TIMEOUT,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 fast: FastHandler | None = None) -> None:
+                 fast: FastHandler | None = None, name: str = "proxy") -> None:
         self.handler = handler
+        self.name = name  # the listener, in log lines
         self.fast = fast
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
@@ -51,15 +52,16 @@ class Frontend:
         if len(self.connections) < self.max_connections:
             if self.at_limit and len(self.connections) < self.max_connections * 9 // 10:
                 self.at_limit = False
-                log.warning("awstoken: proxy connections back under server.max_connections "
-                            "(%d open)", len(self.connections))
+                log.warning("awstoken: %s connections back under server.max_connections "
+                            "(%d open)", self.name, len(self.connections))
             self.connections.add(conn)
             return True
         if not self.at_limit:
             self.at_limit = True
-            log.warning("awstoken: server.max_connections (%d) reached: new clients get 503 "
-                        "until idle connections time out (head_timeout %gs, keepalive_timeout "
-                        "%gs)", self.max_connections, self.head_timeout, self.keepalive_timeout)
+            log.warning("awstoken: %s: server.max_connections (%d) reached: new clients get "
+                        "503 until idle connections time out (head_timeout %gs, "
+                        "keepalive_timeout %gs)", self.name, self.max_connections,
+                        self.head_timeout, self.keepalive_timeout)
         return False
 
     def _sweep(self) -> None:
