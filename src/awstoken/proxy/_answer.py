@@ -36,17 +36,11 @@ class Responder:
 
     # -- small answers -------------------------------------------------------------------------
 
-    def _send(self, conn: ClientConnection, request: Request, status: int,
-              reason_: str, headers: list[tuple[str, str]], body: bytes, *,
-              framing: bool = True) -> None:
-        """A whole answer in one write (see ``ClientConnection.answer``)."""
-        conn.answer(request, status, reason_, headers, body, framing=framing)
-
     def _error(self, conn: ClientConnection, request: Request, path: str, status: int,
                message: str, extra: list[tuple[str, str]] | None = None) -> int:
         content_type, body = error_body(path, status, message)
         headers = [("Date", http_date()), ("Content-Type", content_type), *(extra or ())]
-        self._send(conn, request, status, _reason(status), headers, body)
+        conn.answer(request, status, _reason(status), headers, body)
         return status
 
 
@@ -71,14 +65,14 @@ class Responder:
             # HEAD keeps the upstream's Content-Length (the size a GET would bring).
             if request.method == "HEAD" and length is not None and status not in (204, 304):
                 headers.append(("Content-Length", str(length)))
-            self._send(conn, request, status, reason_, headers, b"", framing=False)
+            conn.answer(request, status, reason_, headers, b"", framing=False)
             return status
         if status == 200 and is_index(up.content_type):
             return await self._respond_index(conn, request, route, up, headers, proxy_origin)
         if (length is not None and length <= SMALL_BODY) or up.complete:
             if not up.complete:
                 await self._collect(up, SMALL_BODY if length is None else length)
-            self._send(conn, request, status, reason_, headers, up.take())
+            conn.answer(request, status, reason_, headers, up.take())
             return status
         return await self._stream(conn, request, up, status, reason_, headers, route, length)
 
@@ -149,7 +143,7 @@ class Responder:
         if rewritten != plain:
             body = rewritten
             headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
-        self._send(conn, request, up.status, reason_, headers, body)
+        conn.answer(request, up.status, reason_, headers, body)
         return up.status
 
     def _index_failure(self, route: Route, up: UpstreamConnection, what: str) -> UpstreamFailure:

@@ -52,14 +52,6 @@ def request_path(request: Request) -> str:
     return unquote(path)
 
 
-def request_header(request: Request, name: str) -> str | None:
-    """The first value of field ``name`` (lowercase), or None."""
-    for key, value in request.headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
 def local_frontend(app: App, settings: ServerSettings, name: str) -> Frontend:
     """A protocol factory for ``loop.create_server`` that answers every request with
     ``app``, with the limits ``settings`` gives the proxy listener (``name``: the listener,
@@ -80,4 +72,4 @@ def local_frontend(app: App, settings: ServerSettings, name: str) -> Frontend:
                     keepalive_timeout=settings.keepalive_timeout, name=name)
 
 
-__all__ = ["TEXT", "Answer", "App", "local_frontend", "request_header", "request_path"]
+__all__ = ["TEXT", "Answer", "App", "local_frontend", "request_path"]

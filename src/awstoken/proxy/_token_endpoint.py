@@ -44,7 +44,8 @@ from .._config.settings import Address, ServerSettings
 from .._errors import ConfigError
 from .._rotation.keeper import Keeper
 from ._h1 import ClientConnection, Frontend, Request, close_listeners
-from ._local import Answer, local_frontend, request_header, request_path
+from ._headers import header
+from ._local import Answer, local_frontend, request_path
 from ._policy import TokenRefresher
 
 log = logging.getLogger("awstoken.proxy")
@@ -164,11 +165,11 @@ class TokenEndpoint:
         if allowed is None:
             allowed = self._hosts[sock[1]] = _host_names(str(sock[0]), int(sock[1]),
                                                          self._extra_hosts)
-        return (request_header(request, "host") or "").lower() in allowed
+        return (header(request.headers, "host") or "").lower() in allowed
 
     def _secret_ok(self, request: Request) -> bool:
         assert self.secret is not None
-        given = (request_header(request, SECRET_HEADER.lower()) or "").encode("latin-1")
+        given = (header(request.headers, SECRET_HEADER.lower()) or "").encode("latin-1")
         if hmac.compare_digest(given, self.secret):
             return True
         now = time.monotonic()

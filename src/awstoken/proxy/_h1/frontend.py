@@ -41,7 +41,8 @@ class Frontend:
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.at_limit = False  # logged once each time the limit is reached
-        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4, LINGER / 4))
+        # LINGER (30 s) needs no term here: a sweep every 5 s at most is fine enough for it.
+        self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4))
         self._sweeper = self.loop.call_later(self._every, self._sweep)
 
     def __call__(self) -> ClientConnection:

@@ -51,12 +51,11 @@ class BodyStream:
         self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
+        self.received += len(data)
         if self.discarding:
-            self.received += len(data)
             return
         self._chunks.append(data)
         self._size += len(data)
-        self.received += len(data)
         if self._size >= HIGH_WATER:
             self._conn.pause_reading("body")
         self._wake()
