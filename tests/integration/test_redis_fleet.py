@@ -334,7 +334,7 @@ def test_flushall_while_rotating_gives_no_overlap_and_one_call_per_rotation(
         redis_server: RedisServer, fleet: Callable[..., Fleet]) -> None:
     """Issue 12, failure 1: after FLUSHALL a follower took the vanished lease while the old
     leader kept leading until its next renewal: two refreshers."""
-    lease = 4.0
+    lease = 2.0
     f = fleet(redis_server.url, interval=1.0, lease=lease)
     f.start(3, run_seconds=0.4)
     f.wait(lambda: all(f.status(pid).get("seen") for pid in f.procs), 60, "a first read")

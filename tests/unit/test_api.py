@@ -50,11 +50,18 @@ def test_import_uses_the_standard_library_only() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_rotate_returns_at_once_and_token_appears(module_state: awstoken.FileStorage) -> None:
+def test_rotate_returns_at_once_and_token_appears(module_state: awstoken.FileStorage,
+                                                   tmp_path: Path) -> None:
+    # The command waits (up to 10 s) for a file that is made only after rotate() returns: a
+    # rotate() that ran it in the foreground would take the 10 s, however busy the machine.
+    go = tmp_path / "go"
+    command = (f"for i in $(seq 200); do [ -e '{go}' ] && break; sleep 0.05; done; "
+               "printf 'abc\\n'")
     started = time.monotonic()
-    awstoken.rotate("slow", "sleep 1; printf 'abc\\n'", lambda t: "Basic " + t)
-    assert time.monotonic() - started < 0.5  # the command runs in the background
+    awstoken.rotate("slow", command, lambda t: "Basic " + t)
+    assert time.monotonic() - started < 5  # the command runs in the background
     assert awstoken.token("slow") is None
+    go.touch()
     wait_until(lambda: awstoken.token("slow") is not None)
     assert awstoken.token("slow") == "Basic abc"
 

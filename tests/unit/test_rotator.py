@@ -275,6 +275,21 @@ def test_forced_refresh_is_rate_limited() -> None:
     assert len(source.calls) == 2  # the request was served; no more refreshes
 
 
+def test_refresh_soon_runs_the_source_at_the_next_step_once() -> None:
+    # A reload changed the source: the stored token is fresh, and the last refresh was 3 s
+    # ago (min_refresh_gap 600), but it is the old source's.
+    clock = Clock()
+    source = Script(clock)
+    rotator, _ = make(clock, source, min_refresh_gap=600)
+    start = clock.now
+    rotator.step()
+    clock.now += 3
+    rotator.refresh_soon()
+    rotator.step()
+    rotator.step()
+    assert [round(c - start) for c in source.calls] == [0, 3]  # at once, and once
+
+
 def test_hooks_run_after_a_rotation_and_their_failure_keeps_the_token() -> None:
     seen: list[tuple[str, str, int]] = []
 

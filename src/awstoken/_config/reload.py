@@ -92,10 +92,14 @@ class TokenPlan:
             old = before.get(name)
             if old == token and name in keeper.rotators:
                 continue
-            keeper.rotate(name, source, transform, interval=token.interval, retry=token.retry,
-                          timeout=token.timeout, on_rotate=hooks,
-                          min_refresh_gap=self.settings.server.refresh_min_gap)
+            rotator = keeper.rotate(name, source, transform, interval=token.interval,
+                                    retry=token.retry, timeout=token.timeout, on_rotate=hooks,
+                                    min_refresh_gap=self.settings.server.refresh_min_gap)
             if old is not None and _changes_value(old, token):
+                # The stored token is the old source's: this process refreshes at once when
+                # it leads (the operator asked; min_refresh_gap is for refusals), and asks
+                # the leader elsewhere in a fleet otherwise.
+                rotator.refresh_soon()
                 keeper.request_refresh(name)
 
 

@@ -165,6 +165,7 @@ class Rotator:
         # backoff stored in the record may be a previous leader's (a process that failed
         # and was restarted), which must not make a new leader without a usable token wait.
         self._tried_as_leader = False
+        self._refresh_first = False  # refresh_soon(): at the next step as leader
 
     @property
     def leader(self) -> bool:
@@ -202,6 +203,13 @@ class Rotator:
         """Make the thread look at the schedule now."""
         self._wake.set()
 
+    def refresh_soon(self) -> None:
+        """Refresh at this process's next step as leader, whatever the stored record's age
+        and without ``min_refresh_gap``: the stored token was made by another configuration
+        of this token (a reload that changed its source), not by this rotator's source."""
+        self._refresh_first = True
+        self._wake.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -231,7 +239,8 @@ class Rotator:
         now = self.clock()
         record = self.storage.read(self.name)
         due = self._due(record)
-        if now >= due or self._forced(record, now):
+        if now >= due or self._refresh_first or self._forced(record, now):
+            self._refresh_first = False
             self._refresh_locked(record)
             record = self.storage.read(self.name)
             now = self.clock()

@@ -128,10 +128,13 @@ def test_sighup_reloads_routes_and_tokens_and_keeps_requests_in_flight(
     port, admin = free_port(), free_port()
     counter = tmp_path / "runs-a"
     config = tmp_path / "awstoken.toml"
+    # A changed command runs at once, however long refresh_min_gap (which rate-limits
+    # refreshes asked for by refusals) is.
+    gap = 'refresh_min_gap = "10m"'
     config.write_text(config_text(
         tmp_path, port, admin, workers, upstream.url,
         tokens={"a": f"echo a >> {counter}; echo tok-a", "b": "echo tok-b"},
-        routes={"/a": "a", "/b": "b"}))
+        routes={"/a": "a", "/b": "b"}, extra=gap))
     with serving(config, port, tmp_path) as server:
         wait_for_port(port)
         wait_until(lambda: server.token_seen("/a/echo") == "Bearer tok-a", 30, "Bearer tok-a on /a/echo")
@@ -142,7 +145,7 @@ def test_sighup_reloads_routes_and_tokens_and_keeps_requests_in_flight(
         config.write_text(config_text(
             tmp_path, port, admin, workers, upstream.url,
             tokens={"a": f"echo a >> {counter}; echo tok-a2", "c": "echo tok-c"},
-            routes={"/a": "a", "/c": "c"}))
+            routes={"/a": "a", "/c": "c"}, extra=gap))
         server.proc.send_signal(signal.SIGHUP)
         server.wait_log("configuration reloaded")
         assert "routes: +/c -/b" in server.log

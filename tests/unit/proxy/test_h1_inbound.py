@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from awstoken.proxy._h1 import HIGH_WATER, MAX_HEAD, ClientConnection, Frontend, Request
-from awstoken.proxy._h1.wire import LINGER
+from awstoken.proxy._h1.wire import LINGER, LINGER_IDLE
 
 from .fakes import FakeTransport, run, settle
 
@@ -319,9 +319,32 @@ def test_a_client_that_keeps_sending_a_dropped_body_is_closed_after_linger() -> 
         conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         await settle()
         assert conn.lingering is not None
-        conn.since -= LINGER  # as if it had trickled chunks for LINGER seconds
+        conn.linger_until -= LINGER  # as if it had trickled chunks for LINGER seconds
+        conn.data_received(b"1\r\nx\r\n")  # and still does
         frontend._sweep()
         assert transport.closing
+        await _stop(frontend)
+    run(main)
+
+
+def test_a_dropped_body_that_trickles_is_read_and_a_silent_one_is_closed() -> None:
+    """Inside LINGER, a client that goes on sending is kept; one that sends nothing for
+    LINGER_IDLE seconds (its upload stalled, and timed out) is closed, as nginx's
+    lingering_timeout does, rather than held for the whole LINGER."""
+    async def main() -> None:
+        handler = Recorder(read_body=False)
+        frontend, conn, transport = connect(handler)
+        conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await settle()
+        assert conn.lingering is not None
+        conn.since -= LINGER_IDLE - 0.5
+        conn.data_received(b"1\r\nx\r\n")  # a chunk: active again
+        frontend._sweep()
+        assert conn.lingering is not None and not transport.closing
+        conn.since -= LINGER_IDLE  # then silent for LINGER_IDLE
+        frontend._sweep()
+        assert transport.closing
+        assert bytes(transport.data).count(b"HTTP/1.1") == 1
         await _stop(frontend)
     run(main)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from .inbound import ClientConnection, FastHandler, Handler
-from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT, LINGER
+from .wire import HEAD_TIMEOUT, KEEPALIVE_TIMEOUT, LINGER_IDLE
 
 log = logging.getLogger("awstoken.proxy")
 
@@ -41,7 +41,7 @@ class Frontend:
         self.head_timeout = head_timeout
         self.keepalive_timeout = keepalive_timeout
         self.at_limit = False  # logged once each time the limit is reached
-        # LINGER (30 s) needs no term here: a sweep every 5 s at most is fine enough for it.
+        # LINGER and LINGER_IDLE need no term here: a sweep every 5 s at most is fine for them.
         self._every = max(0.1, min(5.0, head_timeout / 4, keepalive_timeout / 4))
         self._sweeper = self.loop.call_later(self._every, self._sweep)
 
@@ -73,7 +73,10 @@ class Frontend:
             if conn.busy:
                 continue
             if conn.lingering is not None:
-                limit = LINGER
+                if now >= conn.linger_until:
+                    conn.close()
+                    continue
+                limit = LINGER_IDLE
             else:
                 limit = self.head_timeout if conn.in_head else self.keepalive_timeout
             if now - conn.since >= limit:

@@ -21,6 +21,7 @@ import httptools
 from .flow import FlowControl
 from .wire import (
     HIGH_WATER,
+    LINGER,
     MAX_HEAD,
     ProtocolError,
     encode_head,
@@ -53,6 +54,7 @@ class BodyStream:
     def feed(self, data: bytes) -> None:
         self.received += len(data)
         if self.discarding:
+            self._conn.since = self._conn.loop.time()  # still sending: not idle (LINGER_IDLE)
             return
         self._chunks.append(data)
         self._size += len(data)
@@ -216,8 +218,10 @@ class ClientConnection(FlowControl, asyncio.Protocol):
         self.since = self.loop.time()
         self.closed = False
         self.eof = False  # the client shut its sending side: answer what is queued, then close
-        #: Answered, its body still coming: read and dropped until it ends (``done``).
+        #: Answered, its body still coming: read and dropped until it ends (``done``), or
+        #: until ``linger_until`` (loop time).
         self.lingering: Request | None = None
+        self.linger_until = 0.0
         self._init_flow()
         self.response_started = False
         self.sent = 0  # body bytes of the current response
@@ -415,9 +419,11 @@ class ClientConnection(FlowControl, asyncio.Protocol):
             # Closing now would reset the connection under a client that is still sending,
             # and it could lose the answer (Python's http.client sends the whole body before
             # it reads): read the rest and drop it, as nginx does, for at most LINGER
-            # seconds (the frontend's sweep), then go on as after any answer. (A client that
-            # waits for 100 Continue and got a final answer sends no body: closed below.)
+            # seconds and while it does not go LINGER_IDLE seconds silent (the frontend's
+            # sweep), then go on as after any answer. (A client that waits for 100 Continue
+            # and got a final answer sends no body: closed below.)
             self.lingering = request
+            self.linger_until = self.since + LINGER
             body.discard()
             return
         if not request.keep_alive or (body is not None and not body.done) or self.closed or \

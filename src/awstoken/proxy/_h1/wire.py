@@ -19,6 +19,9 @@ HEAD_TIMEOUT: Final = 60.0
 #: refusal, an error), read and dropped before the connection is kept or closed (nginx's
 #: lingering_time).
 LINGER: Final = 30.0
+#: ... and it is closed sooner when it sends nothing of it for this many seconds (nginx's
+#: lingering_timeout): a client gone silent mid-body (its upload timed out) holds no slot.
+LINGER_IDLE: Final = 5.0
 #: Idle upstream connections kept per origin.
 MAX_IDLE: Final = 128
 #: Bytes read from an upstream per system call, into one buffer per pool. Larger reads
