@@ -83,7 +83,7 @@ class TokenEndpoint:
 
     def __init__(self, keeper: Keeper, token_names: Iterable[str], *, secret: bytes | None = None,
                  max_age: float = 5.0, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time, hosts: Iterable[str] = (),
+                 clock: Callable[[], float] | None = None, hosts: Iterable[str] = (),
                  refresher: TokenRefresher | None = None) -> None:
         self.keeper = keeper
         #: Waits for a token on its way (``server.refresh_wait``); the server shares its own
@@ -92,6 +92,8 @@ class TokenEndpoint:
         self.names = frozenset(token_names)
         self.secret = secret
         self.max_age = max_age
+        #: None: the storage's own clock (the one that decides when a token stops being
+        #: handed out), so that max-age and that moment agree.
         self.clock = clock
         # name -> (value, its expiry): the record is read once per new value, not per request.
         self._expiry: dict[str, tuple[str, float | None]] = {}
@@ -148,8 +150,11 @@ class TokenEndpoint:
         seconds = self.max_age
         if known[1] is not None:
             # The storage's margin: the moment awstoken itself stops handing the token out.
-            margin = getattr(self.keeper.storage, "margin", 0.0)
-            seconds = min(seconds, known[1] - margin - STALE_ALLOWANCE - self.clock())
+            storage = self.keeper.storage
+            margin = getattr(storage, "margin", 0.0)
+            clock: Callable[[], float] = (self.clock if self.clock is not None
+                                          else getattr(storage, "clock", time.time))
+            seconds = min(seconds, known[1] - margin - STALE_ALLOWANCE - clock())
         return f"max-age={int(seconds)}" if seconds >= 1 else "no-store"
 
     def _host_ok(self, conn: ClientConnection, request: Request) -> bool:

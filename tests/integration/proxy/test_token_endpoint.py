@@ -92,24 +92,54 @@ def test_a_missing_secret_variable_is_a_config_error(monkeypatch: pytest.MonkeyP
         ProxyServer(settings, Keeper(MemoryStorage()))
 
 
+class _Clock:
+    """A clock the test moves; each move wakes the storage's cache thread, which evicts a
+    value at its expiry by this clock."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.storage: MemoryStorage | None = None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        if self.storage is not None:
+            with self.storage._lock:
+                self.storage._wake.notify_all()
+
+
 def test_max_age_never_outlives_the_token(short_dir: Path) -> None:
+    # The endpoint reads the storage's clock (the one that decides when the token stops
+    # being handed out): here a clock the test moves.
     sock = str(short_dir / "token.sock")
-    keeper = Keeper(MemoryStorage())
-    keeper.manage("ecr", lambda: Fetched("Basic short-lived", time.time() + 14.5))
-    keeper.manage("pypi", lambda: Fetched("Basic long-lived", time.time() + 3600))
+    clock = _Clock()
+    clock.storage = MemoryStorage(clock=clock)
+    keeper = Keeper(clock.storage)
+    keeper.manage("ecr", lambda: Fetched("Basic short-lived", clock.now + 14.5))
+    keeper.manage("pypi", lambda: Fetched("Basic long-lived", clock.now + 3600))
     settings = endpoint_settings(sock)
-    settings = replace(settings, server=replace(settings.server, token_max_age=30.0))
+    settings = replace(settings, server=replace(settings.server, token_max_age=30.0,
+                                                refresh_wait=0.2))
     with running_server(settings, keeper):
         # 14.5 s left, minus the storage's 1 s margin and 10 s for a cache's stale use:
         # at most 3 s in any cache.
-        short = request(sock, "GET", "/token/ecr").header("Cache-Control")
-        assert short in ("max-age=3", "max-age=2"), short
+        assert request(sock, "GET", "/token/ecr").header("Cache-Control") == "max-age=3"
         assert request(sock, "GET", "/token/pypi").header("Cache-Control") == "max-age=30"
+        clock.advance(1)
+        assert request(sock, "GET", "/token/ecr").header("Cache-Control") == "max-age=2"
         # Closer to the end: still handed out, but not for caching; then not at all.
-        wait_until(lambda: request(sock, "GET", "/token/ecr").header("Cache-Control")
-                   == "no-store", 10)
-        assert request(sock, "GET", "/token/ecr").status == 204
-        wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 15)
+        clock.advance(2.2)
+        reply = request(sock, "GET", "/token/ecr")
+        assert (reply.status, reply.header("Cache-Control")) == (204, "no-store")
+        clock.advance(10.2)  # 1.1 s left: inside the storage's 1 s margin + 0.1
+        reply = request(sock, "GET", "/token/ecr")
+        assert (reply.status, reply.header("Cache-Control")) == (204, "no-store")
+        clock.advance(0.2)
+        wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 10,
+                   "503 once the token is inside the storage's margin")
+        assert request(sock, "GET", "/token/pypi").header("Cache-Control") == "max-age=30"
 
 
 def test_the_proxy_and_admin_listeners_do_not_serve_tokens(upstream: Upstream,
