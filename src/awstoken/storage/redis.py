@@ -135,6 +135,10 @@ class RedisStorage(BaseStorage):
         self._client = self._link.client
         self._raw: dict[str, bytes | None] = {}  # what Redis held when we last looked
         self._unsaved: set[str] = set()  # written here, not yet in Redis
+        # Stores in flight, per name: a record being stored is not "unsaved" yet (its own
+        # notification can arrive before the store call returns; it must not be written
+        # again, nor over whatever replaces it meanwhile).
+        self._storing: dict[str, int] = {}
         self._leadership = Leadership(
             client=self._client, key=self._key, channel=self._channel,
             call=lambda *args, **kwargs: self._call(*args, **kwargs),  # patchable in tests
@@ -255,13 +259,15 @@ class RedisStorage(BaseStorage):
         written back if this process still holds a usable copy. ``seq``: the number of
         messages about ``name`` seen when ``raw`` was asked for; if one arrived since, it
         is newer than ``raw`` (pub/sub overtakes a GET or MGET answer), and ``raw`` is
-        ignored.
+        ignored; so is a read answered while this process stores a record of ``name`` (it
+        may predate that write: the write's answer or its notification decides).
         """
         with self._lock:
             local = self._records.get(name)
-            pending = name in self._unsaved
+            storing = name in self._storing
+            pending = name in self._unsaved and not storing
             known = self._raw.get(name, b"")
-            overtaken = seq is not None and self._seq.get(name, 0) != seq
+            overtaken = seq is not None and (storing or self._seq.get(name, 0) != seq)
         if ((raw is not None and raw == known) or overtaken) and not pending:
             return local
         record = None if raw is None else self._io.parse(name, raw)
@@ -371,7 +377,14 @@ class RedisStorage(BaseStorage):
             # the watcher stores it when Redis is back (if nothing newer is there by then).
             self._remember(name, token)
             self._unsaved.add(name)
-        self._store(name, token)
+            self._storing[name] = self._storing.get(name, 0) + 1
+        try:
+            self._store(name, token)
+        finally:
+            with self._lock:
+                left = self._storing.pop(name) - 1
+                if left:
+                    self._storing[name] = left
 
     def _stamp(self, name: str, token: Token) -> Token:
         """``token`` with the fence it is written under: the lease's if this process leads,
@@ -389,11 +402,13 @@ class RedisStorage(BaseStorage):
         raw = token.to_json()
         there = self._io.write(name, token, raw)
         with self._lock:
-            if self._records.get(name) is token:
+            # Equal, not identical: the notification of this very write may have replaced
+            # the local record with its own copy already.
+            if self._records.get(name) == token:
                 self._unsaved.discard(name)
         if there is None:
             with self._lock:
-                if self._records.get(name) is token:
+                if self._records.get(name) == token:
                     self._raw[name] = raw
             return
         # Redis holds a newer record (another leader was faster, or ours lapsed): adopt it.
