@@ -312,13 +312,18 @@ def test_a_client_waiting_for_100_continue_is_closed_after_a_final_answer() -> N
     run(main)
 
 
+async def _dropping_a_chunked_body() -> tuple[Frontend, ClientConnection, FakeTransport]:
+    """A chunked upload answered before its body came: the connection lingers."""
+    frontend, conn, transport = connect(Recorder(read_body=False))
+    conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await settle()
+    assert conn.lingering is not None
+    return frontend, conn, transport
+
+
 def test_a_client_that_keeps_sending_a_dropped_body_is_closed_after_linger() -> None:
     async def main() -> None:
-        handler = Recorder(read_body=False)
-        frontend, conn, transport = connect(handler)
-        conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await settle()
-        assert conn.lingering is not None
+        frontend, conn, transport = await _dropping_a_chunked_body()
         conn.linger_until -= LINGER  # as if it had trickled chunks for LINGER seconds
         conn.data_received(b"1\r\nx\r\n")  # and still does
         frontend._sweep()
@@ -332,11 +337,7 @@ def test_a_dropped_body_that_trickles_is_read_and_a_silent_one_is_closed() -> No
     LINGER_IDLE seconds (its upload stalled, and timed out) is closed, as nginx's
     lingering_timeout does, rather than held for the whole LINGER."""
     async def main() -> None:
-        handler = Recorder(read_body=False)
-        frontend, conn, transport = connect(handler)
-        conn.data_received(b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await settle()
-        assert conn.lingering is not None
+        frontend, conn, transport = await _dropping_a_chunked_body()
         conn.since -= LINGER_IDLE - 0.5
         conn.data_received(b"1\r\nx\r\n")  # a chunk: active again
         frontend._sweep()
