@@ -24,9 +24,10 @@ fi
 # source again without it (docs/testing.md).
 unset PYTHONDONTWRITEBYTECODE
 # In parallel by default (pytest-xdist; pyproject's --dist loadgroup keeps grouped tests in
-# one worker): AWSTOKEN_TEST_WORKERS workers, else two per CPU, chosen by measurement (most
-# tests wait on processes and sockets; more gained nothing on 2 CPUs: docs/testing.md). An
-# -n of the caller's wins (-n 0: one process).
-workers=${AWSTOKEN_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) * 2 ))}
+# one worker): AWSTOKEN_TEST_WORKERS workers, else three per CPU, chosen by measurement (most
+# tests wait on processes and sockets: on 2 CPUs, 6 workers took 127 s idle and 159-160 s
+# under two CPU burners, 4 took 137 s and 181-193 s; docs/testing.md). An -n of the
+# caller's wins (-n 0: one process).
+workers=${AWSTOKEN_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) * 3 ))}
 # The aws CLI the tests run is the venv's own.
 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pytest -n "$workers" "$@"
