@@ -15,6 +15,7 @@ import pytest
 
 from awstoken import Keeper, RedisStorage, StorageError, Token
 from tests.fixtures.binaries import require_binary
+from tests.fixtures.clock import ManualClock
 from tests.fixtures.ports import free_port
 from tests.fixtures.redis import RedisServer, TcpRelay
 from tests.fixtures.wait import wait_until
@@ -117,19 +118,9 @@ def test_refresh_requests_cross_processes(redis_server: RedisServer, make_storag
 
 # -- leases ------------------------------------------------------------------------------------
 
-class ManualClock:
-    """A lease clock that moves only when the test says."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_lease_is_exclusive_and_released_only_by_its_owner(
         redis_server: RedisServer, make_storage: Factory) -> None:
-    clock = ManualClock()  # b's lease clock: its wait below takes no real time
+    clock = ManualClock(1000.0)  # b's lease clock: its wait below takes no real time
     a = make_storage(redis_server.url, lease=5)
     b = make_storage(redis_server.url, lease=5, lease_clock=clock)
     lease = a.acquire("t")
@@ -162,7 +153,7 @@ def test_lease_is_exclusive_and_released_only_by_its_owner(
 
 
 def test_the_owner_renews_its_lease(redis_server: RedisServer, make_storage: Factory) -> None:
-    clock = ManualClock()
+    clock = ManualClock(1000.0)
     a = make_storage(redis_server.url, lease=0.6, lease_clock=clock)  # margin 0.12 s
     b = make_storage(redis_server.url, lease=0.6)
     lease = a.acquire("t")

@@ -11,21 +11,14 @@ import pytest
 import awstoken
 from awstoken import Fetched, MemoryStorage, Rotator, Schedule
 from awstoken._rotation.rotator import fetch_value
+from tests.fixtures.clock import ManualClock
 from tests.fixtures.wait import wait_until
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Script:
     """A source that plays a script: a string is a token, an exception is raised."""
 
-    def __init__(self, clock: Clock, lifetime: float | None = None) -> None:
+    def __init__(self, clock: ManualClock, lifetime: float | None = None) -> None:
         self.clock = clock
         self.lifetime = lifetime
         self.fail = False
@@ -41,7 +34,7 @@ class Script:
         return Fetched(f"tok{self.n}", expires)
 
 
-def make(clock: Clock, source: Script, **schedule: float) -> tuple[Rotator, MemoryStorage]:
+def make(clock: ManualClock, source: Script, **schedule: float) -> tuple[Rotator, MemoryStorage]:
     storage = MemoryStorage(clock=clock)
     options: dict[str, float] = {"interval": 100, "retry": 10, "jitter": 0, "max_retry": 80,
                                  "poll": 1}
@@ -51,7 +44,7 @@ def make(clock: Clock, source: Script, **schedule: float) -> tuple[Rotator, Memo
     return rotator, storage
 
 
-def run_until(rotator: Rotator, clock: Clock, until: float) -> None:
+def run_until(rotator: Rotator, clock: ManualClock, until: float) -> None:
     """Step the rotator, advancing the fake clock by what each step asks."""
     while clock.now < until:
         delay = rotator.step()
@@ -64,7 +57,7 @@ def value(storage: MemoryStorage) -> str | None:
 
 
 def test_refreshes_now_then_on_the_interval() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock)
     rotator, storage = make(clock, source)
     start = clock.now
@@ -76,7 +69,7 @@ def test_refreshes_now_then_on_the_interval() -> None:
 
 
 def test_failures_back_off_exponentially_to_the_cap_and_keep_the_token() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock)
     rotator, storage = make(clock, source)
     start = clock.now
@@ -99,7 +92,7 @@ def test_failures_back_off_exponentially_to_the_cap_and_keep_the_token() -> None
 
 
 def test_jitter_lengthens_retries_within_its_fraction() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock)
     rotator, _ = make(clock, source, jitter=0.2, max_retry=1000)
     start = clock.now
@@ -110,7 +103,7 @@ def test_jitter_lengthens_retries_within_its_fraction() -> None:
 
 
 def test_known_expiry_moves_the_refresh_earlier() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock, lifetime=900)  # a 15-minute token, interval 6 h
     rotator, _ = make(clock, source, interval=6 * 3600, advisory=900, mandatory=600)
     start = clock.now
@@ -120,7 +113,7 @@ def test_known_expiry_moves_the_refresh_earlier() -> None:
 
 
 def test_mandatory_window_retries_faster_than_the_backoff() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock, lifetime=900)
     rotator, storage = make(clock, source, interval=6 * 3600, retry=100, max_retry=1000)
     start = clock.now
@@ -138,7 +131,7 @@ def test_mandatory_window_retries_faster_than_the_backoff() -> None:
 
 
 def test_an_expired_token_is_never_returned() -> None:
-    clock = Clock()
+    clock = ManualClock()
     storage = MemoryStorage(clock=clock)  # a margin of 1 s
     now = clock.now
     storage.write("t", awstoken.Token("Basic old", expires_at=now + 1.05, refreshed_at=now))
@@ -169,7 +162,7 @@ def test_a_token_expired_on_arrival_says_when_and_what_to_check() -> None:
 
 
 def test_a_freshly_fetched_expired_token_is_a_failure() -> None:
-    clock = Clock()
+    clock = ManualClock()
 
     class Stale:
         def fetch(self) -> Fetched:
@@ -188,7 +181,7 @@ def test_a_freshly_fetched_expired_token_is_a_failure() -> None:
 
 @pytest.mark.parametrize("bad", ["tok\r\nX-Injected: yes", "", "tok\x00"])
 def test_a_bad_value_keeps_the_previous_token(bad: str) -> None:
-    clock = Clock()
+    clock = ManualClock()
     outputs = iter(["good", bad])
     storage = MemoryStorage(clock=clock)
     rotator = Rotator("t", awstoken.FunctionSource(lambda: next(outputs)),
@@ -243,7 +236,7 @@ def test_one_refresh_at_a_time_per_name() -> None:
 
 
 def test_leadership_within_one_storage() -> None:
-    clock = Clock()
+    clock = ManualClock()
     storage = MemoryStorage(clock=clock)
     first = Script(clock)
     second = Script(clock)
@@ -259,7 +252,7 @@ def test_leadership_within_one_storage() -> None:
 
 
 def test_forced_refresh_is_rate_limited() -> None:
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock)
     rotator, storage = make(clock, source, min_refresh_gap=10)
     start = clock.now
@@ -278,7 +271,7 @@ def test_forced_refresh_is_rate_limited() -> None:
 def test_refresh_soon_runs_the_source_at_the_next_step_once() -> None:
     # A reload changed the source: the stored token is fresh, and the last refresh was 3 s
     # ago (min_refresh_gap 600), but it is the old source's.
-    clock = Clock()
+    clock = ManualClock()
     source = Script(clock)
     rotator, _ = make(clock, source, min_refresh_gap=600)
     start = clock.now

@@ -18,6 +18,7 @@ from awstoken._config.settings import RouteSettings, ServerSettings, Settings, T
 from awstoken.proxy import ProxyServer
 from tests.fixtures import processes
 from tests.fixtures.cli import awstoken_cli
+from tests.fixtures.clock import ManualClock
 from tests.fixtures.nginx import request, running_server
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.proxy import LoopThread, Upstream
@@ -92,31 +93,20 @@ def test_a_missing_secret_variable_is_a_config_error(monkeypatch: pytest.MonkeyP
         ProxyServer(settings, Keeper(MemoryStorage()))
 
 
-class _Clock:
-    """A clock the test moves; each move wakes the storage's cache thread, which evicts a
-    value at its expiry by this clock."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.storage: MemoryStorage | None = None
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        if self.storage is not None:
-            with self.storage._lock:
-                self.storage._wake.notify_all()
-
-
 def test_max_age_never_outlives_the_token(short_dir: Path) -> None:
     # The endpoint reads the storage's clock (the one that decides when the token stops
     # being handed out): here a clock the test moves.
     sock = str(short_dir / "token.sock")
-    clock = _Clock()
-    clock.storage = MemoryStorage(clock=clock)
-    keeper = Keeper(clock.storage)
+    clock = ManualClock(time.time())
+    storage = MemoryStorage(clock=clock)
+    keeper = Keeper(storage)
+
+    def advance(seconds: float) -> None:
+        # Wake the storage's cache thread, which evicts a value at its expiry by this clock.
+        clock.now += seconds
+        with storage._lock:
+            storage._wake.notify_all()
+
     keeper.manage("ecr", lambda: Fetched("Basic short-lived", clock.now + 14.5))
     keeper.manage("pypi", lambda: Fetched("Basic long-lived", clock.now + 3600))
     settings = endpoint_settings(sock)
@@ -127,16 +117,16 @@ def test_max_age_never_outlives_the_token(short_dir: Path) -> None:
         # at most 3 s in any cache.
         assert request(sock, "GET", "/token/ecr").header("Cache-Control") == "max-age=3"
         assert request(sock, "GET", "/token/pypi").header("Cache-Control") == "max-age=30"
-        clock.advance(1)
+        advance(1)
         assert request(sock, "GET", "/token/ecr").header("Cache-Control") == "max-age=2"
         # Closer to the end: still handed out, but not for caching; then not at all.
-        clock.advance(2.2)
+        advance(2.2)
         reply = request(sock, "GET", "/token/ecr")
         assert (reply.status, reply.header("Cache-Control")) == (204, "no-store")
-        clock.advance(10.2)  # 1.1 s left: inside the storage's 1 s margin + 0.1
+        advance(10.2)  # 1.1 s left: inside the storage's 1 s margin + 0.1
         reply = request(sock, "GET", "/token/ecr")
         assert (reply.status, reply.header("Cache-Control")) == (204, "no-store")
-        clock.advance(0.2)
+        advance(0.2)
         wait_until(lambda: request(sock, "GET", "/token/ecr").status == 503, 10,
                    "503 once the token is inside the storage's margin")
         assert request(sock, "GET", "/token/pypi").header("Cache-Control") == "max-age=30"
